@@ -1,0 +1,3 @@
+"""CLI commands (evaluate)."""
+
+from lipsync_cli.cli.app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""CLI commands (train)."""
+
+from lipsync_cli.cli.app import app  # noqa: F401
