@@ -1,0 +1,63 @@
+"""Shared fixtures: the ../shared data beside the checkout (skip when absent) and fake upstream checkpoints."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LIPSYNC_SHARED", REPO.parent / "shared"))
+COMPAT = SHARED / "compat"
+TESTMEDIA = SHARED / "testmedia"
+DETECTORS = SHARED / "detectors"
+SCRFD_ONNX = DETECTORS / "scrfd_2.5g_bnkps.onnx"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def compat_dir() -> Path:
+    return _require(COMPAT)
+
+
+@pytest.fixture(scope="session")
+def testmedia() -> Path:
+    return _require(TESTMEDIA)
+
+
+@pytest.fixture(scope="session")
+def scrfd_onnx() -> Path:
+    return _require(SCRFD_ONNX)
+
+
+def media(name: str) -> Path:
+    """A file of ../shared/testmedia, skipping the test when it is absent."""
+    return _require(TESTMEDIA / name)
+
+
+@pytest.fixture(scope="session")
+def fake_ckpt(tmp_path_factory):
+    """fake_ckpt(name) -> Path of a deterministic fake upstream checkpoint ('wav2lip', 's3fd', 'syncnet_color',
+    'disc_qual', 'syncnet_v2'), written once per session by ../shared/compat/make_fake_ckpt.py."""
+    cache: dict[str, Path] = {}
+    out_dir = tmp_path_factory.mktemp("fake_ckpts")
+
+    def make(name: str) -> Path:
+        if name not in cache:
+            script = _require(COMPAT / "make_fake_ckpt.py")
+            spec = importlib.util.spec_from_file_location("make_fake_ckpt", script)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            out = out_dir / f"{name}.pth"
+            mod.main([str(COMPAT / f"{name}_keys.json"), str(out)])
+            cache[name] = out
+        return cache[name]
+
+    return make
