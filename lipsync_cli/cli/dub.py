@@ -1,11 +1,145 @@
-"""CLI commands (dub)."""
+"""CLI commands `lipsync dub` and `lipsync detect`."""
 
-from lipsync_cli.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lipsync_cli.cli.app import app
+from lipsync_cli.constants import DEFAULT_FPS, DEFAULT_PADS
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@contextmanager
+def progress_bars(quiet: bool):
+    """Yield a ``progress(stage, advance, total)`` callback drawing one rich bar per stage (frames)."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    labels = {"detect": "detecting faces", "dub": "dubbing"}
+    with Progress(TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+                  TimeRemainingColumn(), console=_console(), transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, advance: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(tasks[stage], advance=advance, total=total)
+
+        yield progress
+
+
+def _track_options(pads, no_smooth: bool, ref_box):
+    from lipsync_cli.faces.track import TrackOptions
+
+    return TrackOptions(pads=tuple(pads), smooth=not no_smooth, ref_box=tuple(ref_box) if ref_box else None)
 
 
 @app.command()
-def version() -> None:
-    """Print the version."""
-    from lipsync_cli import __version__
+def dub(
+    video: Path = typer.Argument(..., help="Video (any format ffmpeg reads) or still image (jpg/png/webp)."),
+    audio: Path = typer.Argument(..., help="Speech: any audio file ffmpeg reads, or a video's audio track."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output video (.mp4), written only on success."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
+                                              help="Generator weights (default: wav2lip_gan from the registry)."),
+    arch: Optional[str] = typer.Option(None, help="wav2lip | attn_wav2lip | lpips_attn_wav2lip (default: from "
+                                                  "the checkpoint)."),
+    detector: str = typer.Option("s3fd", help="Face detector: s3fd | insightface."),
+    detector_weights: Optional[Path] = typer.Option(None, help="Detector weights: s3fd .pth, or an insightface "
+                                                                 "pack name / .onnx file."),
+    det_size: int = typer.Option(640, help="Longest side (px) of the frames the detector sees."),
+    box: Optional[tuple[int, int, int, int]] = typer.Option(None, help="Fixed face box X1 Y1 X2 Y2 (pixels, x "
+                                                                         "right, y down): skips detection."),
+    track: Optional[Path] = typer.Option(None, help="Reuse face boxes from `lipsync detect -o track.json`."),
+    pads: tuple[int, int, int, int] = typer.Option(DEFAULT_PADS, help="Pixels added TOP BOTTOM LEFT RIGHT "
+                                                                      "around detected faces."),
+    no_smooth: bool = typer.Option(False, "--no-smooth", help="Do not smooth face boxes over time."),
+    ref_box: Optional[tuple[int, int, int, int]] = typer.Option(None, help="Dub the face nearest this box X1 Y1 "
+                                                                            "X2 Y2 (default: the largest face)."),
+    strict: bool = typer.Option(False, help="Fail, naming the frames, when a frame has no face (default: those "
+                                            "frames pass through unchanged)."),
+    batch_size: Optional[int] = typer.Option(None, help="Faces per generator batch (default 16 on CPU, 128 on "
+                                                        "GPU; halved automatically on GPU out-of-memory)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps (auto: cuda > mps > cpu)."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with native bf16 "
+                                               "and on CUDA GPUs that have it, fp16 on other GPUs, else fp32)."),
+    blend: str = typer.Option("feather", help="feather (soft lower-face mask) | paste (exactly Wav2Lip)."),
+    loop: str = typer.Option("pingpong", help="When the audio outlasts the video: pingpong (no jump cut) | "
+                                             "forward (as Wav2Lip)."),
+    fps: float = typer.Option(DEFAULT_FPS, help="Frame rate of the video made from a still image."),
+    crf: int = typer.Option(18, help="H.264 quality (0 lossless .. 51 worst)."),
+    preset: str = typer.Option("veryfast", help="x264 preset (ultrafast .. veryslow)."),
+    offline: bool = typer.Option(False, "--offline", help="Never download weights (also LIPSYNC_OFFLINE=1)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Re-draw the speaker's mouth in VIDEO to match AUDIO and write the result to -o."""
+    from lipsync_cli.dub import DubOptions, dub as run_dub
 
-    print(__version__)
+    opts = DubOptions(
+        checkpoint=checkpoint, arch=arch, detector=detector, detector_weights=detector_weights, det_size=det_size,
+        box=tuple(box) if box else None, track=track, track_options=_track_options(pads, no_smooth, ref_box),
+        strict=strict, batch_size=batch_size, device=device, precision=precision, blend=blend, loop=loop, fps=fps,
+        crf=crf, preset=preset, offline=True if offline else None,
+    )
+    console = _console()
+
+    def notify(msg: str) -> None:
+        console.print(msg, highlight=False)
+
+    with progress_bars(quiet) as progress:
+        result = run_dub(video, audio, output, opts, progress=progress, notify=notify)
+    if quiet:
+        return
+    if result.no_face_frames:
+        console.print(f"{len(result.no_face_frames)} frame(s) had no face and passed through unchanged")
+    rate = result.stage_fps()
+    stages = "  ".join(f"{k} {v:.1f}" for k, v in rate.items() if result.stage_frames.get(k))
+    console.print(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps "
+                  f"({result.frames / result.fps:.2f} s), {result.faces} faces redrawn")
+    console.print(f"{result.device}/{result.precision} batch {result.batch_size}: {result.wall_seconds:.1f} s, "
+                  f"{result.frames / result.wall_seconds:.1f} frames/s end to end, "
+                  f"{result.realtime_factor:.2f}x real time; stage frames/s: {stages}", highlight=False)
+
+
+@app.command()
+def detect(
+    video: Path = typer.Argument(..., help="Video or still image."),
+    output: Path = typer.Option(..., "-o", "--output", help="Track file to write (JSON)."),
+    detector: str = typer.Option("s3fd", help="Face detector: s3fd | insightface."),
+    detector_weights: Optional[Path] = typer.Option(None, help="Detector weights (s3fd .pth, insightface pack "
+                                                                 "name or .onnx)."),
+    det_size: int = typer.Option(640, help="Longest side (px) of the frames the detector sees."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
+    offline: bool = typer.Option(False, "--offline", help="Never download weights."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Detect the faces of every frame once and save them, for `lipsync dub --track` (one video, many dubs)."""
+    from lipsync_cli.dub import DubOptions, detect_track, resolve_device
+    from lipsync_cli.errors import BadOption, InputNotFound
+
+    if not video.is_file():
+        raise InputNotFound(f"video file not found: {video}")
+    if output.suffix.lower() != ".json":
+        raise BadOption(f"track output {output} should end in .json")
+    opts = DubOptions(detector=detector, detector_weights=detector_weights, det_size=det_size,
+                      offline=True if offline else None)
+    opts.validate()
+    console = _console()
+    with progress_bars(quiet) as progress:
+        track = detect_track(video, opts, device=resolve_device(device), progress=progress,
+                             notify=lambda m: console.print(m, highlight=False))
+    track.save(output)
+    if not quiet:
+        with_face = sum(1 for f in track.faces if len(f))
+        console.print(f"wrote {output}: {len(track)} frames, {with_face} with at least one face")

@@ -1,0 +1,250 @@
+"""Audio: load any sound track as 16 kHz mono, Wav2Lip's mel spectrogram, and the per-frame mel windows.
+
+The mel spectrogram reproduces Rudrabha/Wav2Lip ``audio.melspectrogram`` (librosa 0.7 numerics) with numpy
+alone: pre-emphasis, a centred STFT with reflect padding and a periodic Hann window, a Slaney mel basis,
+decibels with a floor, and symmetric normalisation to [-MAX_ABS_VALUE, MAX_ABS_VALUE].
+
+Time bases: audio samples at ``SAMPLE_RATE`` Hz; mel steps at ``MEL_FPS`` per second (one per ``HOP_LENGTH``
+samples); video frames at ``fps``. A generator window is ``MEL_WINDOW`` mel steps (0.2 s).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+
+import numpy as np
+
+from lipsync_cli.constants import (
+    DEFAULT_FPS,
+    FMAX,
+    FMIN,
+    HOP_LENGTH,
+    MAX_ABS_VALUE,
+    MEL_FPS,
+    MEL_WINDOW,
+    MIN_LEVEL_DB,
+    N_FFT,
+    N_MELS,
+    PREEMPHASIS,
+    REF_LEVEL_DB,
+    SAMPLE_RATE,
+    WIN_LENGTH,
+)
+from lipsync_cli.errors import AudioTooShort, BadOption, MediaError
+
+MIN_AUDIO_SAMPLES = MEL_WINDOW * HOP_LENGTH  # 3200 samples = 0.2 s: one generator window of audio
+N_FREQS = N_FFT // 2 + 1  # 401 STFT bins
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------------------------
+
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, start: float = 0.0,
+               duration: float | None = None, min_samples: int | None = None) -> np.ndarray:
+    """Decode the first audio stream of ``path`` to float32 mono at ``sr`` Hz (nominally in [-1, 1]) with ffmpeg.
+
+    Works for wav of any rate/sample format/channel count, mp3, m4a/aac, and the audio track of a video.
+    Channels are averaged (as librosa does in Wav2Lip). ``start``/``duration`` (seconds) select a part. ``min_samples`` (default: one
+    generator window, 0.2 s at ``sr``) is the shortest result accepted.
+
+    Raises ``InputNotFound``, ``VideoOpenError`` (not media), ``NoAudioStream`` (no audio track: name it),
+    ``AudioTooShort`` (empty or shorter than ``min_samples``), ``MediaError`` (decode failed).
+    """
+    from lipsync_cli.video import find_ffmpeg, probe_audio
+
+    if sr <= 0:
+        raise BadOption(f"sample rate must be > 0, got {sr}")
+    info = probe_audio(path)  # raises InputNotFound / VideoOpenError / NoAudioStream
+    cmd = [find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error"]
+    if start > 0:
+        cmd += ["-ss", f"{start:.6f}"]
+    if duration is not None:
+        cmd += ["-t", f"{duration:.6f}"]
+    # ffmpeg's own downmix weighs stereo by 0.707 each; Wav2Lip (librosa) averages the channels: do that
+    channels = info.channels if info.channels and info.channels > 1 else 1
+    cmd += ["-i", str(info.path), "-map", f"0:{info.stream_index}", "-vn", "-sn", "-dn",
+            "-ac", str(channels), "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    proc = subprocess.run(cmd, check=False, capture_output=True)
+    if proc.returncode != 0:
+        msg = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise MediaError(f"ffmpeg could not decode the audio of {info.path}: {msg[-1] if msg else 'no message'}")
+    samples = np.frombuffer(proc.stdout, np.float32)
+    if channels > 1:
+        samples = samples[: len(samples) - len(samples) % channels].reshape(-1, channels)  # (n, channels)
+        wav = samples.mean(axis=1, dtype=np.float32)  # (n_samples,)
+    else:
+        wav = samples.copy()  # (n_samples,)
+    need = MIN_AUDIO_SAMPLES * sr // SAMPLE_RATE if min_samples is None else min_samples
+    if len(wav) == 0 or len(wav) < need:
+        raise AudioTooShort(f"{info.path} has {len(wav) / sr:.3f} s of audio, need at least {need / sr:.3f} s",
+                            hint="give a longer audio file")
+    return wav
+
+
+# --------------------------------------------------------------------------------------------------------------
+# mel spectrogram (Wav2Lip audio.py)
+# --------------------------------------------------------------------------------------------------------------
+
+def preemphasis(wav: np.ndarray, k: float = PREEMPHASIS) -> np.ndarray:
+    """y[0] = x[0], y[n] = x[n] - k x[n-1] (scipy ``lfilter([1, -k], [1], x)``), in float64."""
+    x = np.asarray(wav, dtype=np.float64)
+    y = np.empty_like(x)
+    if len(x):
+        y[0] = x[0]
+        y[1:] = x[1:] - k * x[:-1]
+    return y
+
+
+def stft_magnitude(y: np.ndarray) -> np.ndarray:
+    """|STFT| of ``y``: (N_FREQS, 1 + len(y) // HOP_LENGTH) float64.
+
+    librosa's defaults of the Wav2Lip era: centred frames (reflect padding of N_FFT // 2 each side), periodic
+    Hann window of WIN_LENGTH, hop HOP_LENGTH.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    pad = N_FFT // 2
+    if len(y) <= pad:
+        raise AudioTooShort(f"{len(y)} samples is too short for an STFT (need more than {pad})")
+    padded = np.pad(y, pad, mode="reflect")
+    n_frames = 1 + (len(padded) - N_FFT) // HOP_LENGTH
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:n_frames]  # (T, N_FFT)
+    window = _hann(WIN_LENGTH)
+    if WIN_LENGTH < N_FFT:  # centre the window inside the FFT frame, as librosa does
+        left = (N_FFT - WIN_LENGTH) // 2
+        window = np.pad(window, (left, N_FFT - WIN_LENGTH - left))
+    return np.abs(np.fft.rfft(frames * window, n=N_FFT, axis=1)).T  # (N_FREQS, T)
+
+
+def _hann(n: int) -> np.ndarray:
+    """Periodic Hann window (scipy ``get_window('hann', n, fftbins=True)``)."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    mel = hz / f_sp
+    high = hz >= min_log_hz
+    mel[high] = min_log_mel + np.log(hz[high] / min_log_hz) / logstep
+    return mel
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz = 1000.0
+    min_log_mel = min_log_hz / f_sp
+    logstep = np.log(6.4) / 27.0
+    hz = f_sp * mel
+    high = mel >= min_log_mel
+    hz[high] = min_log_hz * np.exp(logstep * (mel[high] - min_log_mel))
+    return hz
+
+
+@functools.lru_cache(maxsize=1)
+def mel_basis() -> np.ndarray:
+    """Wav2Lip's mel filterbank (librosa ``filters.mel(sr, n_fft, n_mels, fmin, fmax)``: Slaney scale and
+    area normalisation): (N_MELS, N_FREQS) float32, read-only."""
+    fft_freqs = np.linspace(0.0, SAMPLE_RATE / 2, N_FREQS)  # Hz
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(np.array([FMIN]))[0], _hz_to_mel(np.array([FMAX]))[0],
+                                   N_MELS + 2))  # band edges, Hz
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_freqs)
+    weights = np.zeros((N_MELS, N_FREQS), dtype=np.float32)  # float32 like librosa 0.7
+    for i in range(N_MELS):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    enorm = 2.0 / (mel_f[2:N_MELS + 2] - mel_f[:N_MELS])
+    weights *= enorm[:, None]
+    weights.flags.writeable = False
+    return weights
+
+
+def melspectrogram(wav: np.ndarray) -> np.ndarray:
+    """Wav2Lip's normalised log-mel spectrogram of 16 kHz mono audio: (N_MELS, 1 + len(wav) // HOP_LENGTH)
+    float32 in [-MAX_ABS_VALUE, MAX_ABS_VALUE], one step per HOP_LENGTH samples (MEL_FPS per second)."""
+    mag = stft_magnitude(preemphasis(wav))  # (401, T)
+    mel = mel_basis().astype(np.float64) @ mag  # (80, T)
+    min_level = np.exp(MIN_LEVEL_DB / 20 * np.log(10))  # 1e-5
+    db = 20 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
+    norm = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
+    return np.clip(norm, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# per-frame windows
+# --------------------------------------------------------------------------------------------------------------
+
+def n_mel_steps(n_samples: int) -> int:
+    """Mel steps ``melspectrogram`` gives for ``n_samples`` samples (centred STFT: 1 + n // HOP_LENGTH)."""
+    return 1 + n_samples // HOP_LENGTH
+
+
+def mel_chunk_starts(n_mel_steps: int, fps: float) -> np.ndarray:
+    """Start step of the MEL_WINDOW-step mel window of every output video frame, as Wav2Lip inference does.
+
+    Frame i starts at ``int(i * (MEL_FPS / fps))`` while that window fits; the first frame whose window
+    would run past the end gets the last window (start ``n_mel_steps - MEL_WINDOW``) and is the last frame.
+    The length of the result is the number of video frames the audio yields. int64 array.
+
+    Raises ``AudioTooShort`` when ``n_mel_steps < MEL_WINDOW``.
+    """
+    if not fps > 0:
+        raise BadOption(f"fps must be > 0, got {fps}")
+    last = n_mel_steps - MEL_WINDOW
+    if last < 0:
+        raise AudioTooShort(f"{n_mel_steps} mel steps is shorter than one {MEL_WINDOW}-step window (0.2 s)")
+    mult = MEL_FPS / fps  # mel steps per video frame, the same float as upstream's 80./fps
+    n = int(np.ceil((last + 1) / mult)) + 2  # enough frames to pass the end, whatever the rounding
+    starts = (np.arange(n, dtype=np.float64) * mult).astype(np.int64)  # int() truncation, as upstream
+    fits = starts[starts <= last]  # a prefix: starts never decrease
+    return np.append(fits, np.int64(last))
+
+
+def n_output_frames(n_samples: int, fps: float) -> int:
+    """Video frames a dub of ``n_samples`` audio samples (16 kHz) yields at ``fps`` (= len(mel_chunk_starts))."""
+    return len(mel_chunk_starts(n_mel_steps(n_samples), fps))
+
+
+def mel_window(mel: np.ndarray, frame_index: int, fps: float) -> np.ndarray:
+    """The (N_MELS, MEL_WINDOW) mel window of video frame ``frame_index`` at ``fps`` (inference indexing).
+
+    Equals ``mel[:, s:s + MEL_WINDOW]`` with ``s = mel_chunk_starts(T, fps)[frame_index]``; frames beyond the
+    last one get the last window. A view into ``mel`` (N_MELS, T).
+    """
+    last = mel.shape[1] - MEL_WINDOW
+    if last < 0:
+        raise AudioTooShort(f"{mel.shape[1]} mel steps is shorter than one {MEL_WINDOW}-step window (0.2 s)")
+    if frame_index < 0:
+        raise IndexError(f"frame index must be >= 0, got {frame_index}")
+    start = min(int(frame_index * (MEL_FPS / fps)), last)
+    return mel[:, start:start + MEL_WINDOW]
+
+
+def mel_windows(mel: np.ndarray, frame_indices, fps: float) -> np.ndarray:
+    """Stack the windows of several frames: (len(frame_indices), N_MELS, MEL_WINDOW) float32 (a copy)."""
+    return np.stack([mel_window(mel, int(i), fps) for i in frame_indices]).astype(np.float32, copy=False)
+
+
+def train_mel_start(frame_index: int, fps: float = DEFAULT_FPS) -> int:
+    """First mel step of the audio under video frame ``frame_index``, as Wav2Lip training computes it
+    (``crop_audio_window``: ``int(MEL_FPS * (frame / fps))``; note the different float order from inference)."""
+    return int(MEL_FPS * (frame_index / float(fps)))
+
+
+def train_mel_window(mel: np.ndarray, frame_index: int, fps: float = DEFAULT_FPS,
+                     steps: int = MEL_WINDOW) -> np.ndarray | None:
+    """The (N_MELS, steps) training window starting at ``train_mel_start(frame_index, fps)``, or None when it
+    runs past the end of ``mel`` (N_MELS, T) (the training loop then picks another sample)."""
+    start = train_mel_start(frame_index, fps)
+    if start < 0 or start + steps > mel.shape[1]:
+        return None
+    return mel[:, start:start + steps]

@@ -1,0 +1,537 @@
+"""The dubbing pipeline: decode -> (detect) -> crop -> generate -> blend -> encode, streamed through bounded queues.
+
+Memory does not grow with the video: frames flow through ffmpeg's decode pipe, one generator batch at a time, into
+ffmpeg's encode pipe. Face detection is a separate first pass over frames decoded at detection size that keeps only
+the boxes, so smoothing can look ahead and behind without holding frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from lipsync_cli import blend as blending
+from lipsync_cli.audio import load_audio, mel_chunk_starts, melspectrogram
+from lipsync_cli.constants import DEFAULT_FPS, MEL_WINDOW, SAMPLE_RATE
+from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
+from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOOP_MODES = ("pingpong", "forward")
+DETECTORS = ("s3fd", "insightface")
+OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
+
+# Progress callback: (stage, frames advanced, stage total or None).
+ProgressFn = Callable[[str, int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class DubOptions:
+    """Everything ``dub`` needs besides its three paths; the CLI's defaults come from here."""
+
+    checkpoint: Path | None = None  # generator weights; None -> the registry default (wav2lip_gan)
+    arch: str | None = None  # None -> from the checkpoint
+    detector: str = "s3fd"
+    detector_weights: Path | None = None  # None -> the registry default (s3fd) / insightface pack
+    det_size: int = 640  # longest side of the frames given to the detector, px
+    box: tuple[int, int, int, int] | None = None  # fixed face box X1 Y1 X2 Y2: skips detection
+    track: Path | None = None  # reuse boxes from `lipsync detect`
+    track_options: TrackOptions = field(default_factory=TrackOptions)
+    strict: bool = False  # frames without a face are an error instead of passing through
+    batch_size: int | None = None  # generator batch; None -> 16 on CPU, 128 on GPU
+    device: str = "auto"
+    precision: str = "auto"
+    blend: str = "feather"
+    loop: str = "pingpong"
+    fps: float = DEFAULT_FPS  # frame rate of a video made from a still image
+    crf: int = 18
+    preset: str = "veryfast"
+    offline: bool | None = None  # None -> LIPSYNC_OFFLINE
+
+    def validate(self) -> None:
+        """One place for every cross-option rule."""
+        if self.device not in DEVICES:
+            raise BadOption(f"--device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise BadOption(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.blend not in blending.BLEND_MODES:
+            raise BadOption(f"--blend {self.blend!r} is not one of {', '.join(blending.BLEND_MODES)}")
+        if self.loop not in LOOP_MODES:
+            raise BadOption(f"--loop {self.loop!r} is not one of {', '.join(LOOP_MODES)}")
+        if self.detector not in DETECTORS:
+            raise BadOption(f"--detector {self.detector!r} is not one of {', '.join(DETECTORS)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise BadOption(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not (0 < self.fps <= 240):
+            raise BadOption(f"--fps must be in (0, 240], got {self.fps}")
+        if not (0 <= self.crf <= 51):
+            raise BadOption(f"--crf must be in 0..51, got {self.crf}")
+        if self.det_size < 64:
+            raise BadOption(f"--det-size must be at least 64 px, got {self.det_size}")
+        if self.box is not None and self.track is not None:
+            raise BadOption("--box and --track both give the face position: use one")
+        if self.box is not None:
+            x1, y1, x2, y2 = self.box
+            if x2 <= x1 or y2 <= y1 or min(self.box) < 0:
+                raise BadOption(f"--box {x1} {y1} {x2} {y2} is empty or negative: give X1 Y1 X2 Y2 with X2 > X1, Y2 > Y1")
+
+
+@dataclass
+class DubResult:
+    output: Path
+    frames: int  # frames written
+    fps: float
+    faces: int  # frames whose mouth was redrawn
+    no_face_frames: list[int]  # output frames passed through without a face
+    audio_seconds: float
+    wall_seconds: float
+    stage_seconds: dict[str, float]  # busy time of each stage
+    stage_frames: dict[str, int]
+    device: str = "cpu"
+    precision: str = "fp32"
+    batch_size: int = 0
+
+    @property
+    def realtime_factor(self) -> float:
+        """Seconds of output video produced per second of wall time."""
+        return self.frames / self.fps / self.wall_seconds if self.wall_seconds > 0 else float("inf")
+
+    def stage_fps(self) -> dict[str, float]:
+        return {k: (self.stage_frames.get(k, 0) / s if s > 0 else float("inf")) for k, s in self.stage_seconds.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# device, precision, batch
+
+
+def resolve_device(name: str) -> str:
+    """'auto' picks cuda > mps > cpu; an explicit device that is not there is a user error."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BadOption("--device cuda: no CUDA GPU is visible to torch", "use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BadOption("--device mps: Apple's MPS backend is not available", "use --device cpu or auto")
+    return name
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX), which makes bf16 inference much faster."""
+    try:
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover - very old torch / non-x86
+        return False
+
+
+def resolve_precision(name: str, device: str) -> str:
+    """'auto': fp16 on CUDA (bf16 where supported), bf16 on a CPU with native bf16, else fp32."""
+    import torch
+
+    if name == "auto":
+        if device == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device == "cpu" and cpu_has_bf16():
+            return "bf16"
+        return "fp32"
+    if name == "fp16" and device == "cpu":
+        raise BadOption("--precision fp16 is not supported on the CPU", "use bf16 or fp32")
+    return name
+
+
+def autocast(device: str, precision: str):
+    """The autocast context for a precision (a no-op for fp32)."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda" if device == "cuda" else device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# frames in output order (with looping)
+
+
+def dub_mel_starts(n_samples: int, n_mel: int, fps: float) -> np.ndarray:
+    """Mel window start of every output frame: Wav2Lip's starts, then the last window repeated until the video
+    is as long as the audio (ceil(seconds * fps) frames; Wav2Lip stops early and drops up to ~5 frames)."""
+    starts = mel_chunk_starts(n_mel, fps)
+    n_out = max(len(starts), math.ceil(n_samples * fps / SAMPLE_RATE - 1e-6))
+    return np.concatenate([starts, np.full(n_out - len(starts), n_mel - MEL_WINDOW, dtype=starts.dtype)])
+
+
+
+def loop_index(i: int, n: int, mode: str) -> int:
+    """Source frame of output frame ``i`` for a video of ``n`` frames: forward 0..n-1,0..; pingpong 0..n-1,n-2..1,0.."""
+    if n <= 1:
+        return 0
+    if mode == "forward":
+        return i % n
+    period = 2 * n - 2
+    k = i % period
+    return k if k < n else period - k
+
+
+def _read_range(video: Path, fps: float, start: int, stop: int) -> list[np.ndarray]:
+    """Frames [start, stop) of a video, by decoding from the beginning (used for pingpong's backward runs)."""
+    from lipsync_cli.video import FrameReader
+
+    out = []
+    with FrameReader(video, fps=fps) as reader:
+        for j, frame in enumerate(reader):
+            if j >= stop:
+                break
+            if j >= start:
+                out.append(frame)
+    return out
+
+
+def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str,
+                  max_chunk_bytes: int = 256 << 20) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (source frame index, frame copy) for each of ``n_out`` output frames, streaming.
+
+    The video is decoded forwards; when the audio outlasts it, it starts again (``forward``) or plays backwards
+    (``pingpong``). Backward runs are decoded again in chunks of at most ``max_chunk_bytes`` and reversed, so
+    memory stays bounded whatever the length.
+    """
+    from lipsync_cli.video import FrameReader
+
+    if is_image:
+        with FrameReader(video) as reader:
+            still = next(iter(reader))
+        for _ in range(n_out):
+            yield 0, still.copy()
+        return
+    produced = 0
+    n: int | None = None
+    with FrameReader(video, fps=fps) as reader:
+        for j, frame in enumerate(reader):
+            if produced >= n_out:
+                return
+            yield j, frame
+            produced += 1
+        n = produced
+    if produced >= n_out or n == 0:
+        return
+    while produced < n_out:
+        i = produced
+        src = loop_index(i, n, loop)
+        backward = loop == "pingpong" and n > 1 and (i % (2 * n - 2)) >= n
+        if not backward:
+            # a forward run from src to the end of the video
+            with FrameReader(video, fps=fps) as reader:
+                for j, frame in enumerate(reader):
+                    if j < src:
+                        continue
+                    if produced >= n_out:
+                        return
+                    yield j, frame
+                    produced += 1
+            continue
+        # a backward run: src, src-1, ..., 1, decoded in chunks sized to max_chunk_bytes
+        hi, chunk = src + 1, 8
+        while hi > 1 and produced < n_out:
+            lo = max(1, hi - chunk)
+            frames = _read_range(video, fps, lo, hi)
+            if frames:
+                chunk = max(8, min(1024, max_chunk_bytes // frames[0].nbytes))
+            for k, frame in zip(range(hi - 1, lo - 1, -1), reversed(frames)):
+                if produced >= n_out:
+                    return
+                yield k, frame
+                produced += 1
+            hi = lo
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the encode stage in its own thread
+
+
+class _ThreadedWriter:
+    """Feeds a VideoWriter from a bounded queue in a thread, so encoding overlaps generation.
+
+    Errors in the thread are re-raised in the caller on the next ``put`` or on ``close``.
+    """
+
+    def __init__(self, writer, maxsize: int = 8):
+        self.writer = writer
+        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.error: BaseException | None = None
+        self.busy = 0.0
+        self.count = 0
+        self.thread = threading.Thread(target=self._run, name="lipsync-encode", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            frame = self.q.get()
+            if frame is None:
+                return
+            if self.error is not None:
+                continue  # drain
+            try:
+                t = time.perf_counter()
+                self.writer.write(frame)
+                self.busy += time.perf_counter() - t
+                self.count += 1
+            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+                self.error = err
+
+    def put(self, frame: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(frame)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def _check_paths(video: Path, audio: Path, out: Path) -> None:
+    for p, what in ((video, "video"), (audio, "audio")):
+        if not p.exists():
+            raise InputNotFound(f"{what} file not found: {p}")
+        if not p.is_file():
+            raise InputNotFound(f"{what} path is not a file: {p}")
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise BadOption(f"output {out} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    if out.resolve() in (video.resolve(), audio.resolve()):
+        raise BadOption(f"output {out} is also an input", "write the result to a new file")
+    if not out.parent.exists():
+        raise BadOption(f"output folder {out.parent} does not exist", "create it first or choose another -o")
+
+
+def _frame_ranges(idx: list[int]) -> str:
+    """'3-7, 12, 40-41' for a sorted list of frame indices (at most 10 ranges shown)."""
+    parts: list[str] = []
+    start = prev = None
+    for i in idx + [None]:
+        if start is None:
+            start = prev = i
+        elif i is not None and i == prev + 1:
+            prev = i
+        else:
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = i
+    shown = ", ".join(parts[:10])
+    return shown + (f" and {len(parts) - 10} more ranges" if len(parts) > 10 else "")
+
+
+def load_dub_generator(options: DubOptions, device: str, notify: Callable[[str], None] | None = None):
+    """The generator named by ``options`` (the registry default when no checkpoint is given), eval mode."""
+    from lipsync_cli.checkpoint import load_generator
+
+    ckpt = options.checkpoint
+    if ckpt is None:
+        from lipsync_cli import weights
+
+        ckpt = weights.resolve("wav2lip_gan", None, offline=options.offline, notify=notify)
+    return load_generator(ckpt, arch=options.arch, device=device)
+
+
+def load_dub_detector(options: DubOptions, device: str, notify: Callable[[str], None] | None = None):
+    from lipsync_cli.faces import load_detector
+
+    wts = options.detector_weights
+    if wts is None and options.detector == "s3fd":
+        from lipsync_cli import weights
+
+        wts = weights.resolve("s3fd", None, offline=options.offline, notify=notify)
+    return load_detector(options.detector, weights=wts, device=device, det_size=options.det_size)
+
+
+def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
+                 notify: Callable[[str], None] | None = None, fps: float | None = None) -> Track:
+    """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame."""
+    detector = load_dub_detector(options, device, notify)
+    from lipsync_cli.video import probe
+
+    total = probe(video).n_frames
+    cb = (lambda k: progress("detect", k, total)) if progress else None
+    return track_video(video, detector, fps=fps, det_size=options.det_size, progress=cb)
+
+
+def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptions = DubOptions(), *,
+        progress: ProgressFn | None = None, notify: Callable[[str], None] | None = None,
+        model=None, frame_sink: Callable[[int, np.ndarray], None] | None = None) -> DubResult:
+    """Dub ``video`` (a video or still image) with the speech in ``audio``; write ``out`` atomically.
+
+    ``model`` bypasses checkpoint loading (tests, the benchmark protocol); ``frame_sink(i, frame)`` sees every
+    output frame before encoding; ``notify`` receives one-line messages for the user (downloads, warnings).
+    """
+    from lipsync_cli.video import VideoWriter, probe
+
+    t_start = time.perf_counter()
+    video, audio, out = Path(video), Path(audio), Path(out)
+    options.validate()
+    _check_paths(video, audio, out)
+    say = notify or (lambda msg: log.info(msg))
+
+    info = probe(video)
+    fps = float(options.fps) if info.is_image else float(info.fps)
+    wav = load_audio(audio)
+    mel = melspectrogram(wav)  # (80, T)
+    starts = dub_mel_starts(len(wav), mel.shape[1], fps)
+    n_out = len(starts)
+
+    import torch  # after the cheap checks, so user mistakes are reported at once
+
+    device = resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
+    batch_size = options.batch_size or (16 if device == "cpu" else 128)
+    stage_s = {"decode": 0.0, "detect": 0.0, "generate": 0.0, "blend": 0.0, "encode": 0.0}
+    stage_n = {k: 0 for k in stage_s}
+
+    if model is None:
+        model = load_dub_generator(options, device, notify=say)
+    model = model.to(device).eval()
+
+    # --- where the face is, per source frame ---
+    box_of: Callable[[int], Box | None]
+    if options.box is not None:
+        fixed = check_box(options.box, info.width, info.height)
+        box_of = lambda j: fixed  # noqa: E731
+    else:
+        if options.track is not None:
+            track = Track.load(options.track)
+            track.check_matches(info.width, info.height, None if info.is_image else info.n_frames)
+        else:
+            t = time.perf_counter()
+            track = detect_track(video, options, device=device, progress=progress, notify=say, fps=fps)
+            stage_s["detect"] = time.perf_counter() - t
+            stage_n["detect"] = len(track)
+        boxes = face_boxes(track, options.track_options)
+        if not any(b is not None for b in boxes):
+            if options.strict:
+                raise NoFaceError(f"no face found in any frame of {video}", "give the face position with --box")
+            say(f"warning: no face found in {video}; the video passes through with the new audio")
+        box_of = lambda j: boxes[j] if j < len(boxes) else boxes[-1] if boxes else None  # noqa: E731
+
+    if options.strict:
+        # decided before any work is done: the boxes are known for every source frame
+        if options.box is None:
+            n_src = len(boxes)
+            used = sorted({loop_index(i, n_src, options.loop) if not info.is_image else 0 for i in range(n_out)})
+            missing = [j for j in used if box_of(j) is None]
+            if missing:
+                raise NoFaceError(f"no face in {len(missing)} frame(s) of {video}: {_frame_ranges(missing)}",
+                                  "drop --strict to pass those frames through unchanged, or give --box")
+
+    # --- the streaming loop ---
+    mel_t = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
+    no_face: list[int] = []
+    n_faces = 0
+    pending: list[tuple[int, np.ndarray, Box | None]] = []
+
+    def run_batch(batch: list[tuple[int, np.ndarray, Box | None]]) -> None:
+        nonlocal n_faces, batch_size
+        idx = [k for k, (_, _, b) in enumerate(batch) if b is not None]
+        if idx:
+            t = time.perf_counter()
+            crops = np.stack([blending.crop_face(batch[k][1], batch[k][2]) for k in idx])  # (b, 96, 96, 3)
+            faces = torch.from_numpy(blending.prepare_batch(crops))  # (b, 6, 96, 96)
+            mels = torch.stack([mel_t[:, starts[batch[k][0]]:starts[batch[k][0]] + MEL_WINDOW] for k in idx])
+            mels = mels.unsqueeze(1)  # (b, 1, 80, 16)
+            stage_s["blend"] += time.perf_counter() - t
+            t = time.perf_counter()
+            pred = _generate(model, mels, faces, device, precision)  # (b, 3, 96, 96)
+            stage_s["generate"] += time.perf_counter() - t
+            stage_n["generate"] += len(idx)
+            t = time.perf_counter()
+            gen = blending.to_uint8(pred)
+            for g, k in zip(gen, idx):
+                blending.blend(batch[k][1], g, batch[k][2], options.blend)
+            stage_s["blend"] += time.perf_counter() - t
+            n_faces += len(idx)
+        stage_n["blend"] += len(batch)
+        for i, frame, b in batch:
+            if b is None:
+                no_face.append(i)
+            if frame_sink is not None:
+                frame_sink(i, frame)
+            sink.put(frame)
+
+    height, width = (info.height, info.width)
+    with VideoWriter(out, width, height, fps, audio_path=audio, crf=options.crf, preset=options.preset) as writer:
+        sink = _ThreadedWriter(writer)
+        try:
+            frames = output_frames(video, info.is_image, fps, n_out, options.loop)
+            i = 0
+            while True:
+                t = time.perf_counter()
+                try:
+                    src, frame = next(frames)
+                except StopIteration:
+                    break
+                stage_s["decode"] += time.perf_counter() - t
+                stage_n["decode"] += 1
+                pending.append((i, frame, box_of(src)))
+                i += 1
+                if len(pending) >= batch_size:
+                    run_batch(pending)
+                    pending = []
+                    if progress:
+                        progress("dub", batch_size, n_out)
+            if pending:
+                run_batch(pending)
+                if progress:
+                    progress("dub", len(pending), n_out)
+        finally:
+            sink.close()
+        stage_s["encode"] = sink.busy
+        stage_n["encode"] = sink.count
+    if i == 0:
+        raise BadOption(f"{video} produced no frames")
+    return DubResult(
+        output=out, frames=i, fps=fps, faces=n_faces, no_face_frames=no_face, audio_seconds=len(wav) / SAMPLE_RATE,
+        wall_seconds=time.perf_counter() - t_start, stage_seconds=stage_s, stage_frames=stage_n, device=device,
+        precision=precision, batch_size=batch_size,
+    )
+
+
+def _generate(model, mels, faces, device: str, precision: str) -> np.ndarray:
+    """One generator batch (B, 1, 80, 16) + (B, 6, 96, 96) -> (B, 3, 96, 96) float32 numpy; halves on GPU OOM."""
+    import torch
+
+    try:
+        with torch.inference_mode(), autocast(device, precision):
+            out = model(mels.to(device, non_blocking=True), faces.to(device, non_blocking=True))
+        return out.float().cpu().numpy()
+    except torch.cuda.OutOfMemoryError:
+        if len(faces) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(faces) // 2
+        log.warning("out of GPU memory at batch %d; retrying in halves", len(faces))
+        return np.concatenate([_generate(model, mels[:half], faces[:half], device, precision),
+                               _generate(model, mels[half:], faces[half:], device, precision)])
+
+
+def with_overrides(options: DubOptions, **kw) -> DubOptions:
+    return replace(options, **kw)

@@ -1,0 +1,126 @@
+"""The Wav2Lip generator (Prajwal et al., ACM MM 2020), layer for layer as the official release.
+
+The submodule names and shapes reproduce the official state dict exactly (``face_encoder_blocks.N.M``,
+``audio_encoder.N``, ``face_decoder_blocks.N.M``, ``output_block``), so ``wav2lip.pth`` and
+``wav2lip_gan.pth`` load with ``strict=True`` once DataParallel's ``module.`` prefix is stripped.
+
+Shapes (per frame): face (6, 96, 96) -> encoder features at 96, 48, 24, 12, 6, 3, 1 pixels;
+mel window (1, 80, 16) -> audio embedding (512, 1, 1); the decoder upsamples the embedding back to 96 pixels,
+concatenating the matching encoder feature (U-Net skip) after every block.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lipsync_cli.models.blocks import Conv2d, Conv2dTranspose
+
+
+def _res(c: int) -> Conv2d:
+    """A 3x3 same-size residual block on ``c`` channels."""
+    return Conv2d(c, c, 3, 1, 1, residual=True)
+
+
+def build_face_encoder() -> nn.ModuleList:
+    """The 7 face-encoder stages: (B, 6, 96, 96) -> 16@96, 32@48, 64@24, 128@12, 256@6, 512@3, 512@1."""
+    return nn.ModuleList([
+        nn.Sequential(Conv2d(6, 16, 7, 1, 3)),  # (B, 16, 96, 96)
+        nn.Sequential(Conv2d(16, 32, 3, 2, 1), _res(32), _res(32)),  # (B, 32, 48, 48)
+        nn.Sequential(Conv2d(32, 64, 3, 2, 1), _res(64), _res(64), _res(64)),  # (B, 64, 24, 24)
+        nn.Sequential(Conv2d(64, 128, 3, 2, 1), _res(128), _res(128)),  # (B, 128, 12, 12)
+        nn.Sequential(Conv2d(128, 256, 3, 2, 1), _res(256), _res(256)),  # (B, 256, 6, 6)
+        nn.Sequential(Conv2d(256, 512, 3, 2, 1), _res(512)),  # (B, 512, 3, 3)
+        nn.Sequential(Conv2d(512, 512, 3, 1, 0), Conv2d(512, 512, 1, 1, 0)),  # (B, 512, 1, 1)
+    ])
+
+
+def build_audio_encoder() -> nn.Sequential:
+    """Mel window (B, 1, 80, 16) -> audio embedding (B, 512, 1, 1)."""
+    return nn.Sequential(
+        Conv2d(1, 32, 3, 1, 1), _res(32), _res(32),  # (B, 32, 80, 16)
+        Conv2d(32, 64, 3, (3, 1), 1), _res(64), _res(64),  # (B, 64, 27, 16)
+        Conv2d(64, 128, 3, 3, 1), _res(128), _res(128),  # (B, 128, 9, 6)
+        Conv2d(128, 256, 3, (3, 2), 1), _res(256),  # (B, 256, 3, 3)
+        Conv2d(256, 512, 3, 1, 0),  # (B, 512, 1, 1)
+        Conv2d(512, 512, 1, 1, 0),  # (B, 512, 1, 1)
+    )
+
+
+def build_face_decoder() -> nn.ModuleList:
+    """The 7 decoder stages; each stage's input is the previous output concatenated with an encoder skip."""
+    return nn.ModuleList([
+        nn.Sequential(Conv2d(512, 512, 1, 1, 0)),  # (B, 512, 1, 1)
+        nn.Sequential(Conv2dTranspose(1024, 512, 3, 1, 0), _res(512)),  # (B, 512, 3, 3)
+        nn.Sequential(Conv2dTranspose(1024, 512, 3, 2, 1, output_padding=1), _res(512), _res(512)),  # 6x6
+        nn.Sequential(Conv2dTranspose(768, 384, 3, 2, 1, output_padding=1), _res(384), _res(384)),  # 12x12
+        nn.Sequential(Conv2dTranspose(512, 256, 3, 2, 1, output_padding=1), _res(256), _res(256)),  # 24x24
+        nn.Sequential(Conv2dTranspose(320, 128, 3, 2, 1, output_padding=1), _res(128), _res(128)),  # 48x48
+        nn.Sequential(Conv2dTranspose(160, 64, 3, 2, 1, output_padding=1), _res(64), _res(64)),  # 96x96
+    ])
+
+
+def build_output_block() -> nn.Sequential:
+    """(B, 80, 96, 96) -> (B, 3, 96, 96) BGR in [0, 1]."""
+    return nn.Sequential(Conv2d(80, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid())
+
+
+def fold_time(mel: torch.Tensor, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """Fold the sequence form into a batch, time-major as upstream does.
+
+    mel (B, T, 1, 80, 16) and face (B, 6, T, 96, 96) become (T*B, 1, 80, 16) and (T*B, 6, 96, 96) where row
+    ``t*B + b`` is frame t of clip b. Returns (mel, face, B) or (mel, face, None) for the per-frame form.
+    """
+    if face.dim() == 4:
+        if mel.dim() != 4:
+            raise ValueError(f"mel {tuple(mel.shape)} does not match the per-frame face {tuple(face.shape)}")
+        return mel, face, None
+    if face.dim() != 5 or mel.dim() != 5:
+        raise ValueError(f"expected face (B,6,T,96,96) and mel (B,T,1,80,16), got {tuple(face.shape)}, "
+                         f"{tuple(mel.shape)}")
+    b, t = face.shape[0], face.shape[2]
+    mel = mel.transpose(0, 1).reshape(t * b, *mel.shape[2:])  # (T*B, 1, 80, 16)
+    face = face.permute(2, 0, 1, 3, 4).reshape(t * b, *face.shape[1:2], *face.shape[3:])  # (T*B, 6, 96, 96)
+    return mel, face, b
+
+
+def unfold_time(out: torch.Tensor, batch: int | None) -> torch.Tensor:
+    """Inverse of :func:`fold_time` on the output: (T*B, C, H, W) -> (B, C, T, H, W)."""
+    if batch is None:
+        return out
+    t = out.shape[0] // batch
+    return out.reshape(t, batch, *out.shape[1:]).permute(1, 2, 0, 3, 4)  # (B, C, T, H, W)
+
+
+class Wav2Lip(nn.Module):
+    """The official Wav2Lip generator. See ``lipsync_cli.models`` for the forward contract.
+
+    Takes no configuration: the architecture is fixed by the released checkpoints.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.face_encoder_blocks = build_face_encoder()
+        self.audio_encoder = build_audio_encoder()
+        self.face_decoder_blocks = build_face_decoder()
+        self.output_block = build_output_block()
+        self.arch = "wav2lip"
+        self.config: dict = {}
+
+    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 80, 16) mel windows -> (N, 512, 1, 1) embeddings."""
+        return self.audio_encoder(mel)
+
+    def forward(self, mel: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+        mel, face, batch = fold_time(mel, face)
+        x = self.encode_audio(mel)  # (N, 512, 1, 1)
+        feats = []
+        h = face  # (N, 6, 96, 96)
+        for block in self.face_encoder_blocks:
+            h = block(h)
+            feats.append(h)
+        for block in self.face_decoder_blocks:
+            x = block(x)
+            x = torch.cat((x, feats.pop()), dim=1)  # skip from the encoder stage of the same size
+        out = self.output_block(x)  # (N, 3, 96, 96)
+        return unfold_time(out, batch)

@@ -1,0 +1,256 @@
+"""Safe loading, kind detection and our checkpoint format (lipsync_cli/checkpoint.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lipsync_cli import checkpoint as ckpt
+from lipsync_cli.errors import CheckpointError, CheckpointMismatch, InputNotFound
+
+UPSTREAM = ["wav2lip", "syncnet_color", "disc_qual", "s3fd", "syncnet_v2"]
+
+
+def _zeros_state_dict(compat_dir, name: str) -> dict:
+    """A state dict with every key/shape of an upstream key list (meta tensors: keys are what matters)."""
+    entries = json.loads((compat_dir / f"{name}_keys.json").read_text())
+    return {k: torch.zeros(shape, device="meta") for k, shape in entries}
+
+
+# --- kind detection ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", UPSTREAM)
+def test_detect_kind_from_every_compat_key_list(compat_dir, name):
+    sd = _zeros_state_dict(compat_dir, name)
+    assert ckpt.detect_kind(sd) == name
+    # the containers upstream uses: {'state_dict': ...}, DataParallel's 'module.' prefix
+    assert ckpt.detect_kind({"state_dict": sd, "optimizer": None, "global_step": 3}) == name
+    assert ckpt.detect_kind({f"module.{k}": v for k, v in sd.items()}) == name
+
+
+def test_detect_kind_other_things(compat_dir):
+    assert ckpt.detect_kind({"a.weight": torch.zeros(1)}) == "unknown"
+    assert ckpt.detect_kind([1, 2, 3]) == "unknown"
+    # ours: by the field, or by the keys when the field is missing
+    sd = _zeros_state_dict(compat_dir, "s3fd")
+    ours = {"format": ckpt.FORMAT_NAME, "format_version": 1, "kind": None, "arch": None, "state_dict": sd}
+    assert ckpt.detect_kind(ours) == "s3fd"
+    assert ckpt.detect_kind({**ours, "arch": "lpips_attn_wav2lip"}) == "lpips_attn_wav2lip"
+
+
+@pytest.mark.parametrize("arch", ["attn_wav2lip", "lpips_attn_wav2lip"])
+def test_detect_kind_raw_state_dicts_of_our_other_generators(arch):
+    from lipsync_cli.models import build_generator
+
+    try:
+        model = build_generator(arch)
+    except ImportError:
+        pytest.skip(f"{arch} is not implemented in this tree yet")
+    sd = model.state_dict()
+    assert ckpt.detect_kind(sd) == arch
+    assert ckpt.detect_kind({"state_dict": {f"module.{k}": v for k, v in sd.items()}}) == arch
+
+
+@pytest.mark.parametrize("name", UPSTREAM)
+def test_fake_upstream_checkpoints_load_and_are_recognised(fake_ckpt, name):
+    obj = ckpt.load_file(fake_ckpt(name))
+    assert ckpt.detect_kind(obj) == name
+    assert ckpt.expect_kind("x", obj, (name,)) == name
+
+
+def test_wrong_kind_names_both(fake_ckpt):
+    path = fake_ckpt("s3fd")
+    with pytest.raises(CheckpointMismatch) as info:
+        ckpt.load_generator(path)
+    msg = str(info.value)
+    assert "S3FD face detector" in msg and "Wav2Lip generator" in msg and str(path) in msg
+    with pytest.raises(CheckpointMismatch, match="SyncNet lip-sync expert"):
+        ckpt.expect_kind(path, ckpt.load_file(fake_ckpt("syncnet_color")), ("disc_qual",))
+
+
+# --- safe loading ------------------------------------------------------------------------------------------
+
+class _Evil:
+    """Unpickling this calls open(marker, 'w'): it creates the marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    # the payload is real: a plain unpickle does create the marker
+    proof = tmp_path / "proof"
+    pickle.loads(pickle.dumps(_Evil(str(proof)))).close()
+    assert proof.exists()
+
+    marker = tmp_path / "pwned"
+    zip_file = tmp_path / "evil_zip.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "extra": _Evil(str(marker))}, zip_file)
+    raw = tmp_path / "evil_raw.pkl"
+    with open(raw, "wb") as f:
+        pickle.dump(_Evil(str(marker)), f)
+    legacy = tmp_path / "evil_legacy.pth"
+    torch.save(_Evil(str(marker)), legacy, _use_new_zipfile_serialization=False)
+    for path in (zip_file, raw, legacy):
+        with pytest.raises(CheckpointError, match="refusing to load"):
+            ckpt.load_file(path)
+        with pytest.raises(CheckpointError):
+            ckpt.load_generator(path)
+        assert not marker.exists(), f"{path.name} ran its payload"
+
+
+def test_missing_corrupt_and_truncated_files(tmp_path, fake_ckpt):
+    with pytest.raises(InputNotFound):
+        ckpt.load_file(tmp_path / "nope.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"this is not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError):
+        ckpt.load_file(junk)
+    data = fake_ckpt("disc_qual").read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated|cannot read"):
+        ckpt.load_file(cut)
+    st = tmp_path / "cut.safetensors"
+    st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1")
+    with pytest.raises(CheckpointError):
+        ckpt.load_file(st)
+
+
+def test_atomic_save_leaves_target_and_no_temp_on_failure(tmp_path):
+    target = tmp_path / "ck.pt"
+    ckpt.atomic_save({"a": torch.ones(2)}, target)
+    with pytest.raises(Exception):  # noqa: B017 (a lambda cannot be pickled: any error will do)
+        ckpt.atomic_save({"a": lambda: 0}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+    assert torch.equal(ckpt.load_file(target)["a"], torch.ones(2))
+
+
+# --- our format: training checkpoints, export, import ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ref_inputs(compat_dir):
+    ref = np.load(compat_dir / "wav2lip_ref.npz")
+    return torch.from_numpy(ref["mel"]), torch.from_numpy(ref["face"]), ref["out"]
+
+
+def _run(model, mel, face) -> torch.Tensor:
+    with torch.no_grad():
+        return model(mel, face)  # (B, 3, 96, 96)
+
+
+def test_import_export_round_trips_give_identical_outputs(tmp_path, fake_ckpt, ref_inputs):
+    mel, face, ref_out = ref_inputs
+    upstream = fake_ckpt("wav2lip")
+    base = _run(ckpt.load_generator(upstream), mel, face)
+    tol = 1e-4 * max(1.0, float(np.abs(ref_out).max()))  # manifest tolerance for network outputs
+    assert np.abs(base.numpy() - ref_out).max() <= tol
+
+    imported = tmp_path / "ours.pt"
+    saved = ckpt.import_checkpoint(upstream, imported)
+    assert saved["arch"] == "wav2lip" and saved["format_version"] == ckpt.FORMAT_VERSION
+    exported_st = tmp_path / "infer.safetensors"
+    exported_pt = tmp_path / "infer.pt"
+    ckpt.export_checkpoint(imported, exported_st)
+    ckpt.export_checkpoint(upstream, exported_pt)
+    for path in (imported, exported_st, exported_pt):
+        model = ckpt.load_generator(path)  # no arch: ours say what they are
+        assert model.arch == "wav2lip"
+        assert torch.equal(_run(model, mel, face), base), path.name
+
+    from safetensors import safe_open
+
+    with safe_open(str(exported_st), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == ckpt.FORMAT_NAME and meta["arch"] == "wav2lip"
+    assert json.loads(meta["config"]) == {}
+
+
+def test_training_checkpoint_keeps_state_and_export_strips_it(tmp_path, fake_ckpt, ref_inputs):
+    mel, face, _ = ref_inputs
+    model = ckpt.load_generator(fake_ckpt("wav2lip"))
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    out = model(mel, face)
+    out.mean().backward()
+    opt.step()
+    model.eval()
+    expected = _run(model, mel, face)
+    train_ck = ckpt.make_checkpoint(model, optimizer=opt.state_dict(), scaler={"scale": 65536.0}, step=7,
+                                    epoch=1, train_config={"lr": 1e-4, "batch_size": 2},
+                                    metrics={"l1": [0.5, 0.4]})
+    path = tmp_path / "run" / "step_7.pt"
+    ckpt.atomic_save(train_ck, path)
+
+    back = ckpt.load_file(path)
+    assert back["step"] == 7 and back["epoch"] == 1 and back["metrics"] == {"l1": [0.5, 0.4]}
+    assert back["train_config"]["batch_size"] == 2
+    opt2 = torch.optim.Adam(ckpt.load_generator(path).parameters(), lr=1e-4)
+    opt2.load_state_dict(back["optimizer"])  # the optimizer state survives the safe load
+    assert opt2.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+    assert torch.equal(_run(ckpt.load_generator(path), mel, face), expected)
+
+    small = tmp_path / "small.pt"
+    ckpt.export_checkpoint(path, small)
+    assert set(ckpt.load_file(small)) == {"format", "format_version", "kind", "arch", "config", "state_dict"}
+    assert small.stat().st_size < path.stat().st_size / 2  # Adam's two moments are gone
+    assert torch.equal(_run(ckpt.load_generator(small), mel, face), expected)
+
+
+def test_import_non_generators_and_arch_checks(tmp_path, fake_ckpt):
+    src = fake_ckpt("s3fd")
+    out = tmp_path / "s3fd_ours.pt"
+    ckpt.import_checkpoint(src, out)
+    ours = ckpt.load_file(out)
+    assert ours["kind"] == "s3fd" and ckpt.detect_kind(ours) == "s3fd"
+    original = ckpt.unwrap_state_dict(ckpt.load_file(src))
+    assert ours["state_dict"].keys() == original.keys()
+    assert all(torch.equal(ours["state_dict"][k], original[k]) for k in original)
+    with pytest.raises(CheckpointMismatch, match="--arch wav2lip"):
+        ckpt.import_checkpoint(src, tmp_path / "x.pt", arch="wav2lip")
+    assert not (tmp_path / "x.pt").exists()
+    weird = tmp_path / "weird.pt"
+    torch.save({"foo.weight": torch.zeros(3)}, weird)
+    with pytest.raises(CheckpointError, match="cannot tell"):
+        ckpt.import_checkpoint(weird, tmp_path / "y.pt")
+    with pytest.raises(CheckpointMismatch, match="--arch lpips_attn_wav2lip"):
+        ckpt.load_generator(fake_ckpt("wav2lip"), arch="lpips_attn_wav2lip")
+
+
+def test_plain_safetensors_state_dict_loads(tmp_path, fake_ckpt):
+    from safetensors.torch import save_file
+
+    sd = ckpt.unwrap_state_dict(ckpt.load_file(fake_ckpt("disc_qual")))
+    path = tmp_path / "disc.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    obj = ckpt.load_file(path)
+    assert ckpt.detect_kind(obj) == "disc_qual"
+    renamed = tmp_path / "disc.bin"  # recognised by its header, not only by its suffix
+    os.replace(path, renamed)
+    assert ckpt.detect_kind(ckpt.load_file(renamed)) == "disc_qual"
+
+
+def test_cli_import_export(tmp_path, fake_ckpt, ref_inputs):
+    from typer.testing import CliRunner
+
+    from lipsync_cli.cli import app
+
+    mel, face, _ = ref_inputs
+    runner = CliRunner()
+    ours = tmp_path / "ours.pt"
+    res = runner.invoke(app, ["weights", "import", str(fake_ckpt("wav2lip")), str(ours)])
+    assert res.exit_code == 0, res.output
+    assert "Wav2Lip generator" in res.output
+    st = tmp_path / "ours.safetensors"
+    res = runner.invoke(app, ["weights", "export", str(ours), str(st)])
+    assert res.exit_code == 0, res.output
+    a = _run(ckpt.load_generator(fake_ckpt("wav2lip")), mel, face)
+    assert torch.equal(_run(ckpt.load_generator(st), mel, face), a)

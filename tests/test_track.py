@@ -1,0 +1,94 @@
+"""Face selection, smoothing, padding and track files (pure functions, no media)."""
+
+import numpy as np
+import pytest
+
+from lipsync_cli.errors import BadOption, InputNotFound
+from lipsync_cli.faces.track import (
+    Track,
+    TrackOptions,
+    check_box,
+    face_boxes,
+    pad_box,
+    select_faces,
+    smooth_boxes,
+)
+
+
+def upstream_smooth(boxes: np.ndarray, T: int = 5) -> np.ndarray:
+    """Wav2Lip's inference.get_smoothened_boxes, transcribed to check our reading of the reference data."""
+    boxes = boxes.astype(np.float64).copy()
+    for i in range(len(boxes)):
+        window = boxes[len(boxes) - T:] if i + T > len(boxes) else boxes[i:i + T]
+        boxes[i] = np.mean(window, axis=0)
+    return boxes.astype(int)
+
+
+def test_upstream_smoothing_reference_and_ours_has_no_lag(compat_dir):
+    ref = np.load(compat_dir / "s3fd_ref.npz")
+    np.testing.assert_array_equal(upstream_smooth(ref["smooth_boxes_in"]), ref["smooth_boxes_out"])
+    # a face moving 4 px per frame: the centred window is exact inside the run, upstream's lags 2 frames ahead
+    moving = [np.array([10.0 + 4 * i, 20, 60 + 4 * i, 80]) for i in range(12)]
+    ours = smooth_boxes(moving, 5)
+    for i in range(2, 10):
+        np.testing.assert_allclose(ours[i], moving[i])
+    theirs = upstream_smooth(np.stack(moving))
+    assert theirs[3][0] == moving[5][0]  # upstream's box at frame 3 is where the face is at frame 5
+
+
+def test_smooth_boxes_keeps_gaps_and_input():
+    boxes = [np.array([0.0, 0, 10, 10]), np.array([10.0, 0, 20, 10]), None, np.array([100.0, 0, 110, 10])]
+    before = [None if b is None else b.copy() for b in boxes]
+    out = smooth_boxes(boxes, 3)
+    assert out[2] is None
+    np.testing.assert_allclose(out[3], boxes[3])  # not averaged across the gap
+    np.testing.assert_allclose(out[0], boxes[0])  # window shrinks to 1 at a run's end
+    for b, c in zip(boxes, before):
+        assert (b is None and c is None) or np.array_equal(b, c)
+
+
+def test_select_follows_face_and_ref_box():
+    small = [100, 100, 140, 140, 0.9]
+    big = [300, 100, 400, 200, 0.9]
+    frames = [np.array([small, big])] * 3
+    chosen = select_faces(frames)
+    assert all(np.array_equal(c, big[:4]) for c in chosen)  # largest by default
+    chosen = select_faces(frames, TrackOptions(ref_box=(90, 90, 150, 150)))
+    assert all(np.array_equal(c, small[:4]) for c in chosen)
+    # the followed face keeps the track even when another face becomes larger
+    grow = [np.array([[100, 100, 200, 200, 0.9]]), np.array([[102, 100, 202, 200, 0.9], [300, 0, 600, 300, 0.9]])]
+    chosen = select_faces(grow)
+    assert chosen[1][0] == 102
+    # no detection -> None; low scores are ignored
+    chosen = select_faces([np.zeros((0, 5)), np.array([[0, 0, 10, 10, 0.1]])])
+    assert chosen == [None, None]
+
+
+def test_pad_and_face_boxes_clip_to_frame():
+    np.testing.assert_allclose(pad_box([5, 5, 95, 90], (0, 10, 0, 0), 100, 96), [5, 5, 95, 96])
+    track = Track(100, 96, 25.0, [np.array([[5, 5, 95, 90, 0.99]], np.float32), np.zeros((0, 5), np.float32)])
+    boxes = face_boxes(track, TrackOptions(smooth=False))
+    assert boxes == [(5, 5, 95, 96), None]
+
+
+def test_track_roundtrip_and_mismatch(tmp_path):
+    track = Track(640, 360, 29.97, [np.array([[1.04, 2, 30, 40, 0.9]], np.float32), np.zeros((0, 5), np.float32)])
+    p = tmp_path / "t.json"
+    track.save(p)
+    back = Track.load(p)
+    assert (back.width, back.height, back.fps, len(back)) == (640, 360, 29.97, 2)
+    np.testing.assert_allclose(back.faces[0], [[1.0, 2, 30, 40, 0.9]], atol=1e-6)
+    assert back.faces[1].shape == (0, 5)
+    with pytest.raises(BadOption, match="640x360"):
+        back.check_matches(1280, 720, 2)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(BadOption, match="not a track file"):
+        Track.load(tmp_path / "bad.json")
+    with pytest.raises(InputNotFound):
+        Track.load(tmp_path / "missing.json")
+
+
+def test_check_box():
+    assert check_box((1, 2, 30, 40), 64, 48) == (1, 2, 30, 40)
+    with pytest.raises(BadOption, match="outside the 64x48 frame"):
+        check_box((1, 2, 300, 40), 64, 48)
