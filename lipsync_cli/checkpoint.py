@@ -42,7 +42,11 @@ GENERATOR_KINDS = ("wav2lip", "attn_wav2lip", "lpips_attn_wav2lip")
 
 
 def load_file(path: str | os.PathLike) -> Any:
-    """``torch.load`` a file safely onto the CPU; raise a domain error for missing, corrupt or unsafe files."""
+    """``torch.load`` (or safetensors) a file safely onto the CPU.
+
+    Raises InputNotFound for a missing file, CheckpointError for a corrupt one or one whose pickle would
+    run code (nothing of it runs: the restricted unpickler stops at the first non-allowlisted global).
+    """
     import pickle
 
     import torch
@@ -58,10 +62,12 @@ def load_file(path: str | os.PathLike) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"refusing to load {path}: it needs arbitrary code to unpickle ({str(err).splitlines()[0][:160]})",
-            "only load weight files you trust; re-save it as a plain state dict or use `lipsync weights import`",
+            f"refusing to load {path}: it needs arbitrary code to unpickle "
+            f"({str(err).splitlines()[0][:160]})",
+            "only load weight files you trust; re-save it as a plain state dict "
+            "(then `lipsync weights import`)",
         ) from None
-    except Exception as err:  # noqa: BLE001 (junk makes the unpickler fail in many ways: all mean "corrupt")
+    except Exception as err:  # junk makes the unpickler fail in many ways: all mean "corrupt"
         raise CheckpointError(
             f"cannot read checkpoint {path}: {str(err).splitlines()[0][:200]}",
             "the file is corrupt or truncated; download it again (`lipsync weights verify` checks it)",
@@ -88,7 +94,7 @@ def _load_safetensors(path: Path) -> dict:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            sd = {k: f.get_tensor(k) for k in f.keys()}  # safe_open has no __iter__
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"cannot read safetensors file {path}: {str(err).splitlines()[0][:200]}",
                               "the file is corrupt or truncated") from None
@@ -148,7 +154,7 @@ def detect_kind(obj: Any) -> str:
 
 
 def expect_kind(path: str | os.PathLike, obj: Any, expected: tuple[str, ...]) -> str:
-    """Return the kind of ``obj``; raise CheckpointMismatch naming expected vs found if it is not one of ``expected``."""
+    """The kind of ``obj``; CheckpointMismatch naming expected vs found when it is not in ``expected``."""
     kind = detect_kind(obj)
     if kind not in expected:
         want = " or ".join(KIND_NAMES.get(k, k) for k in expected)
@@ -158,6 +164,42 @@ def expect_kind(path: str | os.PathLike, obj: Any, expected: tuple[str, ...]) ->
             "pass the right file (see `lipsync weights list`)",
         )
     return kind
+
+
+def _mismatch(path, arch: str, err: RuntimeError) -> CheckpointMismatch:
+    lines = str(err).splitlines()
+    return CheckpointMismatch(f"{path} does not fit the {arch} architecture: "
+                              f"{(lines[1] if len(lines) > 1 else lines[0])[:200]}")
+
+
+def build_loaded(arch: str, config: dict, sd: dict, path: str | os.PathLike = "<checkpoint>"):
+    """A generator of ``arch`` holding exactly the tensors of ``sd`` (strict), in float32, on the CPU.
+
+    The model is first built on the ``meta`` device and the weights assigned, which skips the random
+    initialisation of ~36 M parameters; models that cannot be built that way are built normally.
+    """
+    import torch
+
+    from lipsync_cli.models import build_generator
+
+    try:
+        with torch.device("meta"):
+            model = build_generator(arch, config)
+    except Exception:  # an init that needs real tensors: fall back to a normal build
+        model = None
+    if model is not None:
+        try:
+            model.load_state_dict(sd, strict=True, assign=True)
+        except RuntimeError as err:
+            raise _mismatch(path, arch, err) from None
+        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            return model.float()
+    model = build_generator(arch, config)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as err:
+        raise _mismatch(path, arch, err) from None
+    return model
 
 
 def load_generator(path: str | os.PathLike, arch: str | None = None, device: str = "cpu"):
@@ -175,14 +217,15 @@ def load_generator(path: str | os.PathLike, arch: str | None = None, device: str
     if arch is not None and arch != kind and not (arch == "attn_wav2lip" and kind == "wav2lip"):
         raise CheckpointMismatch(f"{path} holds a {KIND_NAMES[kind]}, but --arch {arch} was given",
                                  f"drop --arch or pass a {arch} checkpoint")
-    model = build_generator(arch or kind, config)
     sd = unwrap_state_dict(obj)
-    try:
-        model.load_state_dict(sd, strict=(arch or kind) == kind)
-    except RuntimeError as err:
-        lines = str(err).splitlines()
-        raise CheckpointMismatch(f"{path} does not fit the {arch or kind} architecture: "
-                                 f"{(lines[1] if len(lines) > 1 else lines[0])[:200]}") from None
+    if (arch or kind) == kind:
+        model = build_loaded(kind, config, sd, path)
+    else:  # a different architecture initialised from the layers it shares with this file
+        model = build_generator(arch, config)
+        try:
+            model.load_state_dict(sd, strict=False)
+        except RuntimeError as err:
+            raise _mismatch(path, arch, err) from None
     return model.to(device).eval()
 
 
@@ -239,8 +282,9 @@ def to_ours(obj: Any, path: str | os.PathLike = "<checkpoint>", arch: str | None
     if is_ours(obj):
         kind = detect_kind(obj)
         if arch is not None and arch != (obj.get("arch") or kind):
-            raise CheckpointMismatch(f"{path} holds a {KIND_NAMES.get(kind, kind)}, but --arch {arch} was given",
-                                     "drop --arch: our checkpoints name their architecture")
+            raise CheckpointMismatch(
+                f"{path} holds a {KIND_NAMES.get(kind, kind)}, but --arch {arch} was given",
+                "drop --arch: our checkpoints name their architecture")
         return obj
     kind = detect_kind(obj)
     if kind == "unknown":
@@ -255,16 +299,7 @@ def to_ours(obj: Any, path: str | os.PathLike = "<checkpoint>", arch: str | None
         extra = {"step": _plain_int(obj.get("global_step")), "epoch": _plain_int(obj.get("global_epoch"))}
         extra = {k: v for k, v in extra.items() if v is not None}
     if kind in GENERATOR_KINDS:
-        from lipsync_cli.models import build_generator
-
-        model = build_generator(kind, {})
-        try:
-            model.load_state_dict(sd, strict=True)
-        except RuntimeError as err:
-            lines = str(err).splitlines()
-            raise CheckpointMismatch(f"{path} does not fit the {kind} architecture: "
-                                     f"{(lines[1] if len(lines) > 1 else lines[0])[:200]}") from None
-        return make_checkpoint(model, **extra)
+        return make_checkpoint(build_loaded(kind, {}, sd, path), **extra)
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": kind, "arch": kind, "config": {},
             "state_dict": {k: (v.detach().cpu() if hasattr(v, "detach") else v) for k, v in sd.items()},
             **extra}
@@ -282,7 +317,10 @@ def inference_only(ckpt: dict) -> dict:
 
 
 def save_safetensors(ckpt: dict, path: str | os.PathLike) -> None:
-    """Write ``ckpt`` (ours) as safetensors: tensors as the body, kind/arch/config (JSON) as metadata; atomic."""
+    """Write ``ckpt`` (ours) as safetensors: tensors as the body, kind/arch/config (JSON) as metadata.
+
+    Atomic (temporary file + rename).
+    """
     from safetensors.torch import save_file
 
     path = Path(path)

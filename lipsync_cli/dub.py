@@ -45,7 +45,8 @@ class DubOptions:
     arch: str | None = None  # None -> from the checkpoint
     detector: str = "s3fd"
     detector_weights: Path | None = None  # None -> the registry default (s3fd) / insightface pack
-    det_size: int = 640  # longest side of the frames given to the detector, px
+    det_size: int = 480  # longest side of the frames given to the detector, px
+    detect_every: int = 4  # detect every Nth frame, interpolate between when the same faces are at both ends
     box: tuple[int, int, int, int] | None = None  # fixed face box X1 Y1 X2 Y2: skips detection
     track: Path | None = None  # reuse boxes from `lipsync detect`
     track_options: TrackOptions = field(default_factory=TrackOptions)
@@ -78,6 +79,8 @@ class DubOptions:
             raise BadOption(f"--fps must be in (0, 240], got {self.fps}")
         if not (0 <= self.crf <= 51):
             raise BadOption(f"--crf must be in 0..51, got {self.crf}")
+        if self.detect_every < 1:
+            raise BadOption(f"--detect-every must be at least 1, got {self.detect_every}")
         if self.det_size < 64:
             raise BadOption(f"--det-size must be at least 64 px, got {self.det_size}")
         if self.box is not None and self.track is not None:
@@ -368,13 +371,18 @@ def load_dub_detector(options: DubOptions, device: str, notify: Callable[[str], 
 
 def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
                  notify: Callable[[str], None] | None = None, fps: float | None = None) -> Track:
-    """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame."""
+    """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame.
+
+    Runs under the same autocast precision as the generator (bf16 halves S3FD's time on a CPU that has it)."""
     detector = load_dub_detector(options, device, notify)
     from lipsync_cli.video import probe
 
-    total = probe(video).n_frames
+    info = probe(video)
+    total = info.frames_at(fps) if fps and not info.is_image else info.n_frames
     cb = (lambda k: progress("detect", k, total)) if progress else None
-    return track_video(video, detector, fps=fps, det_size=options.det_size, progress=cb)
+    with autocast(device, resolve_precision(options.precision, device)):
+        return track_video(video, detector, fps=fps, det_size=options.det_size, every=options.detect_every,
+                           progress=cb)
 
 
 def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptions = DubOptions(), *,
@@ -410,7 +418,7 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
 
     if model is None:
         model = load_dub_generator(options, device, notify=say)
-    model = model.to(device).eval()
+    model = prepare_for_inference(model, device)
 
     # --- where the face is, per source frame ---
     box_of: Callable[[int], Box | None]
@@ -515,13 +523,25 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     )
 
 
+def prepare_for_inference(model, device: str):
+    """Eval mode on ``device``, BatchNorm folded into the convolutions, channels-last memory (faster on CPU and
+    tensor cores). Outputs equal the unfused model's to float rounding."""
+    import torch
+
+    from lipsync_cli.models.fuse import fuse_conv_bn
+
+    model = fuse_conv_bn(model.eval())
+    return model.to(device=device, memory_format=torch.channels_last)
+
+
 def _generate(model, mels, faces, device: str, precision: str) -> np.ndarray:
     """One generator batch (B, 1, 80, 16) + (B, 6, 96, 96) -> (B, 3, 96, 96) float32 numpy; halves on GPU OOM."""
     import torch
 
     try:
         with torch.inference_mode(), autocast(device, precision):
-            out = model(mels.to(device, non_blocking=True), faces.to(device, non_blocking=True))
+            faces = faces.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            out = model(mels.to(device, non_blocking=True), faces)
         return out.float().cpu().numpy()
     except torch.cuda.OutOfMemoryError:
         if len(faces) == 1:

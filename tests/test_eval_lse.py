@@ -1,4 +1,5 @@
-"""SyncNet v2 numerics, MFCC, and LSE-D / LSE-C against a literal transcription of the reference evaluation."""
+"""SyncNet v2 numerics, MFCC, and LSE-D / LSE-C against a literal transcription of the reference
+evaluation."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def syncnet(fake_ckpt):
     return load_syncnet_v2(fake_ckpt("syncnet_v2"))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # the network
 
 
@@ -54,7 +55,7 @@ def test_syncnet_v2_refuses_other_weights(fake_ckpt):
         load_syncnet_v2(fake_ckpt("syncnet_color"))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # MFCC
 
 
@@ -77,7 +78,7 @@ def test_mel_filterbank_matches_python_speech_features():
     np.testing.assert_array_equal(mel_filterbank(26, 512, 16000), get_filterbanks(26, 512, 16000, 0, None))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # LSE: the reference, transcribed literally (per-window loops, python_speech_features, list of distance rows)
 
 
@@ -89,7 +90,8 @@ def reference_lse(model, frames224: np.ndarray, pcm16: np.ndarray, vshift: int =
     im = np.expand_dims(im, axis=0)  # (1, 224, 224, 3, T)
     im = np.transpose(im, (0, 3, 4, 1, 2))  # (1, 3, T, 224, 224)
     imtv = torch.from_numpy(im.astype(float)).float()
-    mf = np.stack([np.array(c) for c in zip(*python_speech_features.mfcc(pcm16, 16000))])  # (13, N)
+    mf = python_speech_features.mfcc(pcm16, 16000)  # (N, 13)
+    mf = np.stack([np.array(c) for c in zip(*mf, strict=True)])  # (13, N)
     cct = torch.from_numpy(np.expand_dims(np.expand_dims(mf, 0), 0).astype(float)).float()  # (1, 1, 13, N)
     min_length = min(len(frames224), math.floor(len(pcm16) / 640))
     lastframe = min_length - 5
@@ -124,7 +126,7 @@ def _clip(T: int, extra_samples: int, seed: int):
     return frames, pcm
 
 
-@pytest.mark.parametrize(("T", "extra", "batch"), [(40, 123, 7), (16, -700, 20)])
+@pytest.mark.parametrize(("T", "extra", "batch"), [(26, 123, 7), (14, -700, 20)])
 def test_lse_identical_to_reference(syncnet, T, extra, batch):
     pytest.importorskip("python_speech_features")
     frames, pcm = _clip(T, extra, seed=T)
@@ -151,17 +153,18 @@ def test_too_short_clip_is_refused(syncnet):
         L.score_clip(syncnet, frames, pcm)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # offsets: delaying the audio by k frames moves the reported offset by k
 
 
 def test_delay_shifts_distance_columns_exactly(syncnet):
-    """Audio delayed by k frames (640k samples = 4k MFCC steps): row i, column c of the shifted clip's distance
+    """Audio delayed by k frames (640k samples = 4k MFCC steps): row i, column c of the shifted clip's
+    distance
     matrix equals column c - k of the original, wherever both compare real (non-padding) audio windows."""
     k = 3
-    frames, pcm = _clip(30, 0, seed=7)
+    frames, pcm = _clip(24, 0, seed=7)
     delayed = np.concatenate([np.zeros(640 * k, np.int16), pcm])
-    d0 = L.offset_distances(*L.sync_embeddings(syncnet, frames, pcm)).numpy()  # (25, 31)
+    d0 = L.offset_distances(*L.sync_embeddings(syncnet, frames, pcm)).numpy()  # (19, 31)
     d1 = L.offset_distances(*L.sync_embeddings(syncnet, frames, delayed)).numpy()
     W = d0.shape[0]
     checked = 0
@@ -171,13 +174,14 @@ def test_delay_shifts_distance_columns_exactly(syncnet):
             if k + 1 <= j < W and 0 <= j - k < W - 1:  # windows whose MFCC frames are not edge-affected
                 np.testing.assert_allclose(d1[i, c], d0[i, c - k], rtol=1e-4)
                 checked += 1
-    assert checked > 200
+    assert checked > 150
     assert not np.allclose(d1, d0, rtol=1e-3)  # and the shift is not an identity
 
 
 class OracleSync(torch.nn.Module):
     """A stand-in SyncNet that can see sync: the lip embedding is the mean brightness of each of the 5 frames,
-    the audio embedding the frame-wise mean of the MFCC log energy (mapped to brightness by the same affine map
+    the audio embedding the frame-wise mean of the MFCC log energy (mapped to brightness by the same affine
+    map
     the test clip was drawn with). In sync, the two agree exactly."""
 
     def forward_lip(self, video):  # (B, 3, 5, 224, 224) -> (B, 5)

@@ -1,4 +1,4 @@
-"""SyncNet_color lip-sync expert: upstream key layout, numerics against ../shared/compat, kind checks, sync loss."""
+"""SyncNet_color lip-sync expert: upstream keys, numerics against ../shared/compat, kind checks, sync loss."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def test_embeddings_cosine_and_bce_match_reference(expert, ref):
 
 def test_generator_sync_loss_matches_reference(expert, ref):
     with torch.no_grad():
-        _close(sync_loss_from_generated(expert, ref["mel"], ref["gen_clip"]), ref["gen_clip_sync_loss"].numpy())
+        loss = sync_loss_from_generated(expert, ref["mel"], ref["gen_clip"])
+    _close(loss, ref["gen_clip_sync_loss"].numpy())
 
 
 def test_clip_to_expert_input_is_lower_half_frame_major():
@@ -92,10 +93,10 @@ def test_load_expert_refuses_a_generator(fake_ckpt):
     assert "Wav2Lip generator" in msg and "SyncNet" in msg
 
 
-def test_load_expert_accepts_dataparallel_prefix(fake_ckpt, tmp_path, ref):
+def test_load_expert_accepts_dataparallel_prefix(fake_ckpt, tmp_path, expert):
     obj = load_file(fake_ckpt("syncnet_color"))
     prefixed = tmp_path / "dp_expert.pth"
     atomic_save({"state_dict": {f"module.{k}": v for k, v in obj["state_dict"].items()}}, prefixed)
-    with torch.no_grad():
-        a, _ = load_expert(prefixed)(ref["mel"], ref["face"])
-    _close(a, ref["audio_embedding"].numpy())
+    loaded = load_expert(prefixed).state_dict()
+    assert loaded.keys() == expert.state_dict().keys()
+    assert all(torch.equal(loaded[k], obj["state_dict"][k]) for k in loaded)

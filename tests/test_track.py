@@ -92,3 +92,55 @@ def test_check_box():
     assert check_box((1, 2, 30, 40), 64, 48) == (1, 2, 30, 40)
     with pytest.raises(BadOption, match="outside the 64x48 frame"):
         check_box((1, 2, 300, 40), 64, 48)
+
+
+class StubDetector:
+    """Faces given per frame index (frames are arrays filled with their index); counts the frames it sees."""
+
+    def __init__(self, table):
+        self.table = table
+        self.seen: list[int] = []
+
+    def detect(self, frames):
+        idx = [int(f[0, 0, 0]) for f in frames]
+        self.seen.extend(idx)
+        return [np.array(self.table(i), np.float32).reshape(-1, 5) for i in idx]
+
+
+def _frames(n):
+    return (np.full((4, 4, 3), i, np.uint8) for i in range(n))
+
+
+def test_detect_every_interpolates_moving_face():
+    from lipsync_cli.faces.track import detect_faces
+
+    def table(i):  # one face moving right 2 px per frame
+        return [[10 + 2 * i, 10, 60 + 2 * i, 70, 0.9]]
+
+    every_frame = detect_faces(_frames(40), StubDetector(table), batch_size=4)
+    det = StubDetector(table)
+    sparse = detect_faces(_frames(40), det, batch_size=4, every=4)
+    assert len(sparse) == 40
+    assert len(det.seen) <= 40 // 4 + 3  # about one frame in four was detected
+    for a, b in zip(every_frame, sparse):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_detect_every_detects_frames_where_faces_change():
+    from lipsync_cli.faces.track import detect_faces
+
+    def table(i):  # a cut at frame 10: the face jumps; frames 20-26 have no face
+        if 20 <= i <= 26:
+            return []
+        return [[10, 10, 50, 50, 0.9]] if i < 10 else [[200, 10, 240, 50, 0.9]]
+
+    det = StubDetector(table)
+    sparse = detect_faces(_frames(30), det, batch_size=2, every=4)
+    truth = [np.array(table(i), np.float32).reshape(-1, 5) for i in range(30)]
+    for i, (a, b) in enumerate(zip(truth, sparse)):
+        np.testing.assert_allclose(a, b, atol=1e-4, err_msg=f"frame {i}")
+    assert set(range(8, 12)) <= set(det.seen) and set(range(19, 28)) <= set(det.seen)
+    # documented limit: a face hidden for fewer frames than `every`, between two matching detections, is
+    # interpolated through
+    short_gap = detect_faces(_frames(30), StubDetector(lambda i: [] if i == 21 else table(0)), batch_size=2, every=4)
+    assert len(short_gap[21]) == 1

@@ -58,7 +58,9 @@ def dub(
     detector: str = typer.Option("s3fd", help="Face detector: s3fd | insightface."),
     detector_weights: Optional[Path] = typer.Option(None, help="Detector weights: s3fd .pth, or an insightface "
                                                                  "pack name / .onnx file."),
-    det_size: int = typer.Option(640, help="Longest side (px) of the frames the detector sees."),
+    det_size: int = typer.Option(480, help="Longest side (px) of the frames the detector sees."),
+    detect_every: int = typer.Option(4, help="Detect faces every N frames and interpolate between (frames "
+                                             "whose ends disagree are detected too); 1 detects every frame."),
     box: Optional[tuple[int, int, int, int]] = typer.Option(None, help="Fixed face box X1 Y1 X2 Y2 (pixels, x "
                                                                          "right, y down): skips detection."),
     track: Optional[Path] = typer.Option(None, help="Reuse face boxes from `lipsync detect -o track.json`."),
@@ -88,7 +90,7 @@ def dub(
 
     opts = DubOptions(
         checkpoint=checkpoint, arch=arch, detector=detector, detector_weights=detector_weights, det_size=det_size,
-        box=tuple(box) if box else None, track=track, track_options=_track_options(pads, no_smooth, ref_box),
+        detect_every=detect_every, box=tuple(box) if box else None, track=track, track_options=_track_options(pads, no_smooth, ref_box),
         strict=strict, batch_size=batch_size, device=device, precision=precision, blend=blend, loop=loop, fps=fps,
         crf=crf, preset=preset, offline=True if offline else None,
     )
@@ -119,7 +121,8 @@ def detect(
     detector: str = typer.Option("s3fd", help="Face detector: s3fd | insightface."),
     detector_weights: Optional[Path] = typer.Option(None, help="Detector weights (s3fd .pth, insightface pack "
                                                                  "name or .onnx)."),
-    det_size: int = typer.Option(640, help="Longest side (px) of the frames the detector sees."),
+    det_size: int = typer.Option(480, help="Longest side (px) of the frames the detector sees."),
+    detect_every: int = typer.Option(4, help="Detect every N frames, interpolating between (1: every frame)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
     offline: bool = typer.Option(False, "--offline", help="Never download weights."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -133,7 +136,7 @@ def detect(
     if output.suffix.lower() != ".json":
         raise BadOption(f"track output {output} should end in .json")
     opts = DubOptions(detector=detector, detector_weights=detector_weights, det_size=det_size,
-                      offline=True if offline else None)
+                      detect_every=detect_every, offline=True if offline else None)
     opts.validate()
     console = _console()
     with progress_bars(quiet) as progress:

@@ -51,8 +51,9 @@ def list_cmd() -> None:
 @weights_app.command("download")
 def download_cmd(
     names: Annotated[list[str], typer.Argument(help="Registry names (see `lipsync weights list`).")],
-    dir: Annotated[Path | None, typer.Option("--dir", help="Folder to write into (default: the user cache; "
-                                                            "insightface packs: ~/.insightface/models).")] = None,
+    dir: Annotated[Path | None, typer.Option(
+        "--dir", help="Folder to write into (default: the user cache; insightface: ~/.insightface/models)."
+    )] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Download weights: resumes partial files (HTTP Range), tries mirrors, verifies the sha256."""
@@ -75,8 +76,8 @@ def download_cmd(
     for spec in specs:
         target = Path(dir) if dir is not None else weights.default_dir(spec)
         urls = weights.urls_for(spec)
-        err.print(f"{spec.name}: {spec.file}, {weights.human_size(spec.size)} from {urls[0] if urls else '?'} "
-                  f"into {target}")
+        source = urls[0] if urls else "?"
+        err.print(f"{spec.name}: {spec.file}, {weights.human_size(spec.size)} from {source} into {target}")
         err.print(f"  licence: {spec.licence}")
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                       TimeRemainingColumn(), console=err, disable=quiet, transient=False) as bar:
@@ -121,11 +122,12 @@ def verify_cmd(
 
 @weights_app.command("import")
 def import_cmd(
-    upstream: Annotated[Path, typer.Argument(help="An upstream checkpoint (wav2lip.pth, lipsync_expert.pth...).")],
+    upstream: Annotated[Path, typer.Argument(help="Upstream checkpoint (wav2lip.pth, ...).")],
     out: Annotated[Path, typer.Argument(help="Output file of ours (.pt, or .safetensors for weights only).")],
-    arch: Annotated[str | None, typer.Option("--arch", help="Expected architecture (default: detected).")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="Expected architecture (default: detected).")
+                    ] = None,
 ) -> None:
-    """Convert an upstream checkpoint into our self-describing format (loads in `lipsync dub` without --arch)."""
+    """Convert an upstream checkpoint into our self-describing format (dub loads it without --arch)."""
     from lipsync_cli.checkpoint import KIND_NAMES, import_checkpoint
 
     ckpt = import_checkpoint(upstream, out, arch=arch)

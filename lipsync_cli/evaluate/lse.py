@@ -445,6 +445,11 @@ def score_video(
     if not path.is_file():
         raise InputNotFound(f"video not found: {path}")
     pcm = read_pcm16(path)
+    # frame 0 is the first video frame; the audio is on the file's timeline: skip what precedes the video (0 s
+    # in generated videos, where this is the reference's computation exactly)
+    from lipsync_cli.video import probe
+
+    pcm = pcm[round(probe(path).start_time * SAMPLE_RATE) :]
     first = 0
     if options.mode == "crop":
         frames = _resized_frames(path)

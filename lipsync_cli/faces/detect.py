@@ -1,9 +1,9 @@
 """The face-detector interface, the factory, and the wrapper that makes any backend cheap on large frames.
 
-Every backend answers ``detect(frames) -> boxes``; :func:`load_detector` wraps it in :class:`ScaledDetector`, which
-shrinks frames so their longest side is ``det_size`` (never enlarging them), feeds the backend ``batch_size`` frames
-at a time and maps the boxes back to the input frames' pixels. Faces do not need 1080p to be found, and S3FD on a
-full-HD frame costs ~10x what it costs at 640 px.
+Every backend answers ``detect(frames) -> boxes``; :func:`load_detector` wraps it in :class:`ScaledDetector`,
+which shrinks frames so their longest side is ``det_size`` (never enlarging them), feeds the backend
+``batch_size`` frames at a time and maps the boxes back to the input frames' pixels. Faces do not need 1080p
+to be found, and S3FD on a full-HD frame costs ~10x what it costs at 640 px.
 
 This module imports only numpy; the backends (torch, onnxruntime, cv2) load when a detector is built.
 """
@@ -34,20 +34,22 @@ DEFAULT_MAX_CANDIDATES = 750  # S3FD: candidates per frame that enter NMS (best 
 class FaceDetector(Protocol):
     """Anything that finds faces.
 
-    ``detect(frames)``: ``frames`` are BGR uint8 arrays (H, W, 3), all the same size; returns, per frame, an (N, 5)
-    float32 array ``[x1, y1, x2, y2, score]`` in the input frames' pixel coordinates (x right, y down; boxes may
-    reach past the frame edges), sorted by score descending; a (0, 5) array when the frame has no face.
+    ``detect(frames)``: ``frames`` are BGR uint8 arrays (H, W, 3), all the same size; returns, per frame, an
+    (N, 5) float32 array ``[x1, y1, x2, y2, score]`` in the input frames' pixel coordinates (x right, y down;
+    boxes may reach past the frame edges), sorted by score descending; (0, 5) when the frame has no face.
     """
 
     def detect(self, frames: list[np.ndarray]) -> list[np.ndarray]: ...
 
 
 def nms(dets: np.ndarray, threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression of (N, 5) rows ``[x1, y1, x2, y2, score]``; returns the kept row indices in
-    descending score order (ties keep input order). Uses the "+1 pixel" area convention of Wav2Lip and insightface
-    (a box from x1 to x2 covers x2 - x1 + 1 pixels); a box is dropped when its IoU with a kept box is > threshold."""
+    """Greedy non-maximum suppression of (N, 5) rows ``[x1, y1, x2, y2, score]``; returns the kept row indices
+    in descending score order (ties keep input order). Uses the "+1 pixel" area convention of Wav2Lip and
+    insightface (a box from x1 to x2 covers x2 - x1 + 1 pixels); a box is dropped when its IoU with a kept box
+    is > threshold."""
     if len(dets) == 0:
         return np.zeros(0, dtype=np.int64)
+    dets = np.asarray(dets, dtype=np.float64)  # float64: wild boxes of untrained nets must not overflow
     x1, y1, x2, y2, scores = (dets[:, i] for i in range(5))
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
     order = np.argsort(-scores, kind="stable")
@@ -122,9 +124,9 @@ def load_detector(name: str, weights: str | os.PathLike | None = None, device: s
     """Build a face detector by name.
 
     name: ``"s3fd"`` (alias ``"sfd"``) or ``"insightface"`` (alias ``"scrfd"``).
-    weights: s3fd: path of a file in the released ``s3fd.pth`` layout (required). insightface: an SCRFD ``.onnx``
-        file, a pack directory, or a pack name (default ``buffalo_l``: ``~/.insightface/models/buffalo_l/det_*.onnx``
-        or under ``$INSIGHTFACE_HOME``).
+    weights: s3fd: path of a file in the released ``s3fd.pth`` layout (required). insightface: an SCRFD
+        ``.onnx`` file, a pack directory, or a pack name (default ``buffalo_l``:
+        ``~/.insightface/models/buffalo_l/det_*.onnx`` or under ``$INSIGHTFACE_HOME``).
     device: torch device for S3FD (``cpu``, ``cuda``, ``cuda:1``, ``mps``); for insightface ``cuda*`` selects
         onnxruntime's CUDA provider when it is installed, else CPU.
     det_size: frames are shrunk so their longest side is at most this many pixels before detection.
@@ -145,12 +147,13 @@ def load_detector(name: str, weights: str | os.PathLike | None = None, device: s
 
         if weights is None:
             raise WeightsNotFound("the s3fd face detector needs its weights file (s3fd.pth)",
-                                  "pass --detector-weights PATH or fetch it with `lipsync weights download s3fd`")
+                                  "pass --detector-weights PATH or fetch it: `lipsync weights download s3fd`")
         if not Path(weights).expanduser().is_file():
             raise WeightsNotFound(f"s3fd weights not found: {weights}",
                                   "fetch them with `lipsync weights download s3fd` or pass the right path")
         _check_torch_device(device)
-        backend = S3FDDetector.from_file(Path(weights).expanduser(), device, S3FDOptions(max_candidates=max_candidates))
+        options = S3FDOptions(max_candidates=max_candidates)
+        backend = S3FDDetector.from_file(Path(weights).expanduser(), device, options)
     else:
         from lipsync_cli.faces.scrfd import SCRFDDetector, resolve_weights
 

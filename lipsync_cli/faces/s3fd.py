@@ -1,10 +1,10 @@
-"""S3FD (Zhang et al. 2017), the face detector Wav2Lip ships with, loading the released ``s3fd.pth`` unchanged.
+"""S3FD (Zhang et al. 2017), the face detector Wav2Lip ships with; loads the released ``s3fd.pth`` as is.
 
 The network keeps the upstream layer names (``conv1_1`` ... ``conv7_2``, ``conv3_3_norm`` ...) so the released
-state dict loads with ``strict=True``. Post-processing follows Wav2Lip's ``face_detection/detection/sfd`` numerically
-(softmax, one square anchor of side 4*stride per cell, SSD decoding with variances (0.1, 0.2), NMS 0.3 with the
-"+1 pixel" area convention, final score > 0.5) but is vectorised over anchors and frames, and caps the number of
-candidates that reach NMS so a frame full of weak responses cannot stall it.
+state dict loads with ``strict=True``. Post-processing follows Wav2Lip's ``face_detection/detection/sfd``
+numerically (softmax, one square anchor of side 4*stride per cell, SSD decoding with variances (0.1, 0.2), NMS
+0.3 with the "+1 pixel" area convention, final score > 0.5) but is vectorised over anchors and frames, and
+caps the number of candidates that reach NMS so a frame full of weak responses cannot stall it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class L2Norm(nn.Module):
 
 class S3FD(nn.Module):
     """VGG16-based single-shot detector. ``forward`` returns the 12 raw head outputs
-    ``[cls1, reg1, ..., cls6, reg6]``: cls (B, 2, H/s, W/s) logits [background, face], reg (B, 4, H/s, W/s)."""
+    ``[cls1, reg1, ..., cls6, reg6]``: cls (B, 2, H/s, W/s) logits [background, face],
+    reg (B, 4, H/s, W/s) box offsets."""
 
     def __init__(self):
         super().__init__()
@@ -126,7 +127,8 @@ def load_s3fd(path: str | os.PathLike, device: str = "cpu") -> S3FD:
         net.load_state_dict(unwrap_state_dict(obj), strict=True)
     except RuntimeError as err:
         lines = str(err).splitlines()
-        raise CheckpointMismatch(f"{path} does not fit the S3FD network: {(lines[1] if len(lines) > 1 else err)}"[:300],
+        detail = lines[1] if len(lines) > 1 else str(err)
+        raise CheckpointMismatch(f"{path} does not fit the S3FD network: {detail[:200]}",
                                  "pass the released s3fd.pth") from None
     return net.to(device).eval()
 
@@ -182,8 +184,8 @@ class S3FDOptions:
 
 
 def postprocess(outputs: list[torch.Tensor], options: S3FDOptions = S3FDOptions()) -> list[np.ndarray]:
-    """The 12 raw head outputs of a batch -> per frame an (N, 5) float32 array [x1, y1, x2, y2, score] sorted by
-    score descending, in network-input pixels ((0, 5) when no face)."""
+    """The 12 raw head outputs of a batch -> per frame an (N, 5) float32 array [x1, y1, x2, y2, score] sorted
+    by score descending, in network-input pixels ((0, 5) when no face)."""
     dets = decode(outputs)  # (B, A, 5)
     results = []
     for frame_dets in dets:
@@ -198,7 +200,7 @@ def postprocess(outputs: list[torch.Tensor], options: S3FDOptions = S3FDOptions(
 
 
 class S3FDDetector:
-    """FaceDetector backend: batched S3FD inference + vectorised post-processing (frames at their given size)."""
+    """FaceDetector backend: batched S3FD inference + vectorised post-processing, at the frames' own size."""
 
     name = "s3fd"
 

@@ -1,15 +1,15 @@
 """insightface's SCRFD face detector, run with onnxruntime directly.
 
-SCRFD ONNX files (``det_10g.onnx`` of the ``buffalo_l`` pack, ``scrfd_2.5g_bnkps.onnx``, ...) output, per stride
-(8, 16, 32), a face score, four distances from the anchor centre to the box sides and optionally five keypoints.
-We decode them exactly as ``insightface.model_zoo.SCRFD`` does (distance2bbox, score >= 0.5, NMS 0.4 with the
-"+1 pixel" convention) but run the session ourselves: the import is light (no ``onnx`` / protobuf parse), the
-thread count is ours to choose, and the input need not be a padded square.
+SCRFD ONNX files (``det_10g.onnx`` of the ``buffalo_l`` pack, ``scrfd_2.5g_bnkps.onnx``, ...) output, per
+stride (8, 16, 32), a face score, four distances from the anchor centre to the box sides and optionally five
+keypoints. We decode them exactly as ``insightface.model_zoo.SCRFD`` does (distance2bbox, score >= 0.5, NMS
+0.4 with the "+1 pixel" convention) but run the session ourselves: the import is light (no ``onnx`` / protobuf
+parse), the thread count is ours to choose, and the input need not be a padded square.
 
 Input sizes: ``square=True`` letterboxes every frame into ``det_size x det_size`` like insightface's
 ``prepare(input_size=(det_size, det_size))`` (bit-identical to ``SCRFD.detect``); the default fits the network
-input to the frame (longest side ``det_size``, padded up to a multiple of 32), which skips the padding rows of a
-16:9 frame and is ~40% faster for the same boxes within a pixel or two.
+input to the frame (longest side ``det_size``, padded up to a multiple of 32), which skips the padding rows of
+a 16:9 frame and is ~40% faster for the same boxes within a pixel or two.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ SCRFD_STD = 128.0
 SCRFD_ALIGN = 32  # the largest stride: network inputs are padded to a multiple of it
 SCRFD_SCORE_THRESHOLD = 0.5
 SCRFD_NMS_THRESHOLD = 0.4
-PACK_HINT = ("download an insightface model pack (e.g. buffalo_l.zip from the insightface GitHub releases) and "
-             "unzip it into ~/.insightface/models/, set $INSIGHTFACE_HOME, or pass an SCRFD .onnx file")
+PACK_HINT = ("download an insightface model pack (e.g. buffalo_l.zip from the insightface GitHub "
+             "releases) and unzip it into ~/.insightface/models/, set $INSIGHTFACE_HOME, "
+             "or pass an SCRFD .onnx file")
 
 
 def insightface_root() -> Path:
@@ -41,9 +42,9 @@ def insightface_root() -> Path:
 
 
 def resolve_weights(weights: str | os.PathLike | None) -> Path:
-    """An SCRFD ``.onnx`` path from a file path, a pack directory, or a pack name (default ``buffalo_l``, looked
-    up as ``<root>/models/<pack>/det_*.onnx``, root from :func:`insightface_root`). Raises WeightsNotFound naming
-    the places looked at."""
+    """An SCRFD ``.onnx`` path from a file path, a pack directory, or a pack name (default ``buffalo_l``,
+    looked up as ``<root>/models/<pack>/det_*.onnx``, root from :func:`insightface_root`). Raises
+    WeightsNotFound naming the places looked at."""
     spec = DEFAULT_PACK if weights is None or str(weights) == "" else str(weights)
     path = Path(spec).expanduser()
     if path.is_file():
@@ -60,7 +61,8 @@ def resolve_weights(weights: str | os.PathLike | None) -> Path:
         if found:
             return found[0]
         looked.append(str(d / "det_*.onnx"))
-    raise WeightsNotFound(f"no insightface detector for {spec!r}: looked at {', '.join(looked) or spec}", PACK_HINT)
+    raise WeightsNotFound(f"no insightface detector for {spec!r}: looked at {', '.join(looked) or spec}",
+                          PACK_HINT)
 
 
 def _align_up(v: int) -> int:
@@ -74,15 +76,15 @@ def _default_threads() -> int:
 class SCRFDDetector:
     """FaceDetector backend for an SCRFD ONNX file (CPU or CUDA through onnxruntime's providers).
 
-    det_size: side of the square input (``square=True``) or cap on the input's longest side (default mode), px.
+    det_size: px, side of the square input (``square=True``) or cap on the input's longest side (default).
     threads: onnxruntime intra-op threads (default: CPU count, at most 8).
     """
 
     name = "insightface"
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", det_size: int = 640, *, square: bool = False,
-                 threads: int | None = None, score_threshold: float = SCRFD_SCORE_THRESHOLD,
-                 nms_threshold: float = SCRFD_NMS_THRESHOLD):
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", det_size: int = 640, *,
+                 square: bool = False, threads: int | None = None,
+                 score_threshold: float = SCRFD_SCORE_THRESHOLD, nms_threshold: float = SCRFD_NMS_THRESHOLD):
         import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
@@ -104,14 +106,16 @@ class SCRFDDetector:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NoSuchFile,
                 ort_errors.InvalidArgument, ort_errors.NotImplemented, RuntimeError, OSError) as err:
-            raise CheckpointError(f"cannot load ONNX face detector {self.path}: {str(err).splitlines()[0][:200]}",
+            first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise CheckpointError(f"cannot load ONNX face detector {self.path}: {first}",
                                   "the file is corrupt or not an ONNX model; " + PACK_HINT) from None
         self.input_name = self.session.get_inputs()[0].name
         n_out = len(self.session.get_outputs())
         layouts = {6: (3, False), 9: (3, True), 10: (5, False), 15: (5, True)}
         if n_out not in layouts:
-            raise CheckpointMismatch(f"{self.path} is not an SCRFD face detector ({n_out} outputs, expected 6, 9, "
-                                     "10 or 15)", "pass the pack's det_*.onnx file, not a recognition model")
+            raise CheckpointMismatch(f"{self.path} is not an SCRFD face detector ({n_out} outputs, "
+                                     "expected 6, 9, 10 or 15)",
+                                     "pass the pack's det_*.onnx file, not a recognition model")
         self.fmc, self.use_kps = layouts[n_out]
         self.strides = (8, 16, 32) if self.fmc == 3 else (8, 16, 32, 64, 128)
         self.num_anchors = 2 if self.fmc == 3 else 1
@@ -133,8 +137,8 @@ class SCRFDDetector:
         return self._centres[key]
 
     def detect_one(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """One BGR uint8 frame -> ((N, 5) [x1, y1, x2, y2, score] sorted by score, (N, 5, 2) keypoints or None),
-        in the frame's pixels."""
+        """One BGR uint8 frame -> ((N, 5) [x1, y1, x2, y2, score] sorted by score, (N, 5, 2) keypoints or
+        None), in the frame's pixels."""
         import cv2
 
         ih, iw = self._input_size(*frame.shape[:2])

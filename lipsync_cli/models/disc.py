@@ -17,7 +17,7 @@ from lipsync_cli.models.blocks import NoNormConv2d
 
 
 class Wav2LipDiscQual(nn.Module):
-    """Conv encoder on (N, 3, 48, 96) lower-half crops -> (N, 1) probability of "real"; no normalisation layers."""
+    """Conv encoder on (N, 3, 48, 96) lower-half crops -> (N, 1) probability of "real"; no normalisation."""
 
     def __init__(self):
         super().__init__()
@@ -55,19 +55,22 @@ class Wav2LipDiscQual(nn.Module):
         return self.binary_pred(x).view(len(x), -1)  # (T*B, 1)
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        """clip (B, 3, T, 96, 96) BGR in [0, 1] -> (B*T, 1) probability each frame is real (time-major rows)."""
+        """clip (B, 3, T, 96, 96) BGR in [0, 1] -> (B*T, 1) probability each frame is real.
+
+        Rows are time-major: row t*B + b is frame t of clip b."""
         return self._score(clip)
 
     def perceptual_forward(self, fake_clip: torch.Tensor) -> torch.Tensor:
-        """The generator's adversarial loss: mean BCE of the scores of generated frames (B, 3, T, 96, 96) against
-        "real" (ones). Gradients flow into ``fake_clip``."""
+        """The generator's adversarial loss: mean BCE of the scores of generated frames (B, 3, T, 96, 96)
+        against "real" (ones). Gradients flow into ``fake_clip``."""
         pred = self._score(fake_clip)  # (T*B, 1)
         return F.binary_cross_entropy(pred, torch.ones_like(pred))
 
 
 def load_discriminator(path: str | os.PathLike, device: str = "cpu") -> Wav2LipDiscQual:
-    """Load ``visual_quality_disc.pth`` (``{'state_dict': ...}``, optionally ``module.``-prefixed) or our re-save;
-    eval mode, on ``device`` (call ``.train()`` to fine-tune). Other kinds raise CheckpointMismatch."""
+    """Load ``visual_quality_disc.pth`` (``{'state_dict': ...}``, optionally ``module.``-prefixed) or our
+    re-save; eval mode, on ``device`` (call ``.train()`` to fine-tune). Other kinds raise
+    CheckpointMismatch."""
     from lipsync_cli.checkpoint import expect_kind, load_file, unwrap_state_dict
 
     obj = load_file(path)
@@ -77,6 +80,7 @@ def load_discriminator(path: str | os.PathLike, device: str = "cpu") -> Wav2LipD
         net.load_state_dict(unwrap_state_dict(obj), strict=True)
     except RuntimeError as err:
         lines = str(err).splitlines()
-        raise CheckpointMismatch(f"{path} does not fit Wav2Lip_disc_qual: {lines[1] if len(lines) > 1 else err}"[:300],
+        detail = lines[1] if len(lines) > 1 else str(err)
+        raise CheckpointMismatch(f"{path} does not fit Wav2Lip_disc_qual: {detail[:200]}",
                                  "pass the released visual_quality_disc.pth") from None
     return net.to(device).eval()

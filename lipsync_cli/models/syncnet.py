@@ -1,4 +1,4 @@
-"""Wav2Lip's lip-sync expert (``SyncNet_color``, Prajwal et al. 2020, sec. 3.1), loading ``lipsync_expert.pth``.
+"""Wav2Lip's lip-sync expert (``SyncNet_color``, Prajwal et al. 2020 sec. 3.1); loads lipsync_expert.pth.
 
 The expert embeds a 0.2 s mel window and the lower half of 5 consecutive RGB face crops into a shared 512-d
 space; in-sync pairs have a high cosine similarity. It is trained with BCE on that cosine and then frozen to
@@ -23,7 +23,7 @@ EMBED_DIM = 512  # size of both embeddings
 class SyncNetColor(nn.Module):
     """Face encoder on (B, 3*SYNC_T, 48, 96) lower-half crops and audio encoder on (B, 1, 80, 16) mel windows.
 
-    The key names (``face_encoder.<i>.conv_block.{0,1}``, ``audio_encoder.<i>...``) are the released checkpoint's.
+    Key names (``face_encoder.<i>.conv_block.{0,1}``, ``audio_encoder.<i>...``) are the released file's.
     """
 
     def __init__(self):
@@ -69,8 +69,8 @@ class SyncNetColor(nn.Module):
 
 
 def cosine_bce(audio_emb: torch.Tensor, face_emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean BCE between the cosine similarity of (B, 512) embedding pairs and labels y (B, 1) or (B,) in {0, 1}
-    (1 = in sync). The expert's ReLU features make the cosine >= 0, so it is a probability."""
+    """Mean BCE between the cosine similarity of (B, 512) embedding pairs and labels y, (B, 1) or (B,),
+    in {0, 1} (1 = in sync). The expert's ReLU features make the cosine >= 0, so it is a probability."""
     d = F.cosine_similarity(audio_emb, face_emb)  # (B,)
     return F.binary_cross_entropy(d.unsqueeze(1), y.reshape(-1, 1).to(d.dtype))
 
@@ -110,7 +110,8 @@ def load_expert(path: str | os.PathLike, device: str = "cpu") -> SyncNetColor:
         net.load_state_dict(unwrap_state_dict(obj), strict=True)
     except RuntimeError as err:
         lines = str(err).splitlines()
-        raise CheckpointMismatch(f"{path} does not fit SyncNet_color: {lines[1] if len(lines) > 1 else err}"[:300],
-                                 "pass the released lipsync_expert.pth or one trained by `lipsync train expert`"
+        detail = lines[1] if len(lines) > 1 else str(err)
+        raise CheckpointMismatch(f"{path} does not fit SyncNet_color: {detail[:200]}",
+                                 "pass the released lipsync_expert.pth or an expert trained by lipsync"
                                  ) from None
     return net.to(device).eval()

@@ -1,0 +1,220 @@
+"""Benchmark `lipsync dub`: end-to-end and per-stage frames/s and peak RSS, against a baseline in the same run.
+
+The baseline is Wav2Lip's inference.py algorithm transcribed (every frame read into a list with OpenCV, fp32,
+batch 128, an intermediate AVI written with cv2.VideoWriter, then ffmpeg to mux the audio), so ratios compare
+the two pipelines on the same machine, clip and weights. Every measurement runs in its own subprocess so peak
+RSS (VmHWM) is per run. Weights are the deterministic fakes from ../shared/compat (same architecture and cost as
+the released files).
+
+    uv run python benchmarks/dub_bench.py                      # 720p clip: baseline, fixed box, S3FD
+    uv run python benchmarks/dub_bench.py --rss-seconds 20 80  # 1080p RSS growth
+    uv run python benchmarks/dub_bench.py --rss-seconds 60 300 1200   # 1, 5 and 20 minutes (long)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LIPSYNC_SHARED", REPO.parent / "shared"))
+MEDIA = SHARED / "testmedia"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fake_checkpoint(name: str, out_dir: Path) -> Path:
+    out = out_dir / f"{name}_fake.pth"
+    if not out.exists():
+        spec = importlib.util.spec_from_file_location("make_fake_ckpt", SHARED / "compat" / "make_fake_ckpt.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        with open(os.devnull, "w") as devnull:
+            stdout, sys.stdout = sys.stdout, devnull
+            try:
+                mod.main([str(SHARED / "compat" / f"{name}_keys.json"), str(out)])
+            finally:
+                sys.stdout = stdout
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the runs (each in a child process)
+
+
+def run_lipsync(args) -> dict:
+    from lipsync_cli.dub import DubOptions, dub
+
+    opts = DubOptions(checkpoint=Path(args.checkpoint), box=tuple(args.box) if args.mode == "box" else None,
+                      detector="s3fd", detector_weights=Path(args.s3fd) if args.s3fd else None,
+                      precision=args.precision, device="cpu", batch_size=args.batch_size, offline=True)
+    out = Path(args.workdir) / f"out_{args.mode}_{args.precision}.mp4"
+    res = dub(args.video, args.audio, out, opts)
+    return {"frames": res.frames, "wall_s": res.wall_seconds, "fps": res.frames / res.wall_seconds,
+            "stage_fps": res.stage_fps(), "stage_s": res.stage_seconds, "faces": res.faces,
+            "precision": res.precision, "batch": res.batch_size, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_baseline(args) -> dict:
+    """Wav2Lip inference.py's flow with a fixed box (--box), transcribed; our mel (upstream's librosa code fails on
+    current librosa)."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from lipsync_cli.audio import load_audio, melspectrogram
+    from lipsync_cli.checkpoint import load_generator
+    from lipsync_cli.video import find_ffmpeg
+
+    t0 = time.perf_counter()
+    cap = cv2.VideoCapture(str(args.video))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    mel = melspectrogram(load_audio(args.audio))
+    chunks, i, step = [], 0, 80.0 / fps
+    while True:
+        s = int(i * step)
+        if s + 16 > mel.shape[1]:
+            chunks.append(mel[:, -16:])
+            break
+        chunks.append(mel[:, s:s + 16])
+        i += 1
+    frames = frames[:len(chunks)]
+    model = load_generator(args.checkpoint)
+    x1, y1, x2, y2 = args.box
+    tmp_avi = Path(args.workdir) / "result.avi"
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(tmp_avi), cv2.VideoWriter_fourcc(*"DIVX"), fps, (w, h))
+    bs = 128
+    for b in range(0, len(chunks), bs):
+        idx = range(b, min(b + bs, len(chunks)))
+        faces = np.stack([cv2.resize(frames[k % len(frames)][y1:y2, x1:x2], (96, 96)) for k in idx])
+        masked = faces.copy()
+        masked[:, 48:] = 0
+        img = np.concatenate((masked, faces), axis=3) / 255.0
+        mels = np.stack([chunks[k] for k in idx])[:, None]
+        with torch.no_grad():
+            pred = model(torch.FloatTensor(mels), torch.FloatTensor(np.transpose(img, (0, 3, 1, 2))))
+        pred = pred.cpu().numpy().transpose(0, 2, 3, 1) * 255.0
+        for k, p in zip(idx, pred):
+            f = frames[k % len(frames)].copy()
+            f[y1:y2, x1:x2] = cv2.resize(p.astype(np.uint8), (x2 - x1, y2 - y1))
+            writer.write(f)
+    writer.release()
+    out = Path(args.workdir) / "baseline.mp4"
+    subprocess.run([find_ffmpeg(), "-y", "-loglevel", "error", "-i", str(args.audio), "-i", str(tmp_avi),
+                    "-strict", "-2", "-q:v", "1", str(out)], check=True)
+    wall = time.perf_counter() - t0
+    return {"frames": len(chunks), "wall_s": wall, "fps": len(chunks) / wall, "peak_rss_mb": peak_rss_mb()}
+
+
+def child(argv: list[str]) -> dict:
+    """Run one measurement in a fresh interpreter; returns its JSON line."""
+    proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def loop_media(src_video: Path, src_audio: Path, seconds: float, out_dir: Path) -> tuple[Path, Path]:
+    """The same content repeated to ``seconds``: video stream-copied, audio looped."""
+    from lipsync_cli.video import find_ffmpeg
+
+    v, a = out_dir / f"video_{seconds:g}s.mp4", out_dir / f"audio_{seconds:g}s.wav"
+    ff = find_ffmpeg()
+    subprocess.run([ff, "-y", "-loglevel", "error", "-stream_loop", "-1", "-i", str(src_video), "-t", str(seconds),
+                    "-c", "copy", "-an", str(v)], check=True)
+    subprocess.run([ff, "-y", "-loglevel", "error", "-stream_loop", "-1", "-i", str(src_audio), "-t", str(seconds),
+                    "-ac", "1", "-ar", "16000", str(a)], check=True)
+    return v, a
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--video", type=Path, default=MEDIA / "liveportrait_s18.mp4")
+    p.add_argument("--audio", type=Path, default=MEDIA / "retalking_2.wav")
+    p.add_argument("--box", type=int, nargs=4, default=[600, 60, 900, 460], help="face box in --video")
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--s3fd", type=Path)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
+    p.add_argument("--skip", nargs="*", default=[], help="skip: baseline box s3fd")
+    p.add_argument("--rss-seconds", type=float, nargs="*", default=[],
+                   help="also measure peak RSS dubbing the 1080p clip repeated to these lengths (fixed box)")
+    p.add_argument("--rss-video", type=Path, default=MEDIA / "wan22_video.mp4")
+    p.add_argument("--rss-audio", type=Path, default=MEDIA / "musetalk_eng.wav")
+    p.add_argument("--rss-box", type=int, nargs=4, default=[760, 120, 1160, 600])
+    p.add_argument("--json", type=Path, help="write all results here")
+    # internal
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.child:
+        res = run_baseline(args) if args.mode == "baseline" else run_lipsync(args)
+        print(json.dumps(res))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="dub_bench_"))
+    ckpt = args.checkpoint or fake_checkpoint("wav2lip", work)
+    s3fd = args.s3fd or fake_checkpoint("s3fd", work)
+    common = ["--video", str(args.video), "--audio", str(args.audio), "--box", *map(str, args.box),
+              "--checkpoint", str(ckpt), "--s3fd", str(s3fd), "--workdir", str(work)]
+    if args.batch_size:
+        common += ["--batch-size", str(args.batch_size)]
+    results: dict[str, dict] = {}
+    print(f"clip {args.video.name} + {args.audio.name}, box {args.box}, torch threads: default, cpu {os.cpu_count()}")
+    if "baseline" not in args.skip:
+        results["baseline"] = child([*common, "--mode", "baseline"])
+        print(f"  wav2lip-baseline (fp32, fixed box): {results['baseline']['fps']:.2f} frames/s, "
+              f"peak RSS {results['baseline']['peak_rss_mb']:.0f} MB", flush=True)
+    base = results.get("baseline", {}).get("fps")
+    for mode in ("box", "s3fd"):
+        if mode in args.skip:
+            continue
+        for prec in args.precisions:
+            r = child([*common, "--mode", mode, "--precision", prec])
+            results[f"{mode}-{prec}"] = r
+            ratio = f" = {r['fps'] / base:.2f}x baseline" if base else ""
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_fps"].items() if r["stage_s"].get(k))
+            print(f"  lipsync {mode:4s} {r['precision']:4s}: {r['fps']:.2f} frames/s{ratio}; peak RSS "
+                  f"{r['peak_rss_mb']:.0f} MB; stage frames/s: {stages}", flush=True)
+    for secs in args.rss_seconds:
+        v, a = loop_media(args.rss_video, args.rss_audio, secs, work)
+        r = child(["--video", str(v), "--audio", str(a), "--box", *map(str, args.rss_box), "--checkpoint",
+                   str(ckpt), "--workdir", str(work), "--mode", "box", "--precision", "auto"])
+        results[f"rss-{secs:g}s"] = r
+        print(f"  1080p {secs:g} s: {r['frames']} frames, {r['fps']:.2f} frames/s, peak RSS {r['peak_rss_mb']:.0f} MB",
+              flush=True)
+    if len(args.rss_seconds) >= 2:
+        lo, hi = results[f"rss-{args.rss_seconds[0]:g}s"], results[f"rss-{args.rss_seconds[-1]:g}s"]
+        print(f"  RSS growth {args.rss_seconds[0]:g} s -> {args.rss_seconds[-1]:g} s: "
+              f"{(hi['peak_rss_mb'] / lo['peak_rss_mb'] - 1) * 100:+.1f}%")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
