@@ -498,7 +498,7 @@ def resolve(name: str, explicit: str | os.PathLike | None = None, *, offline: bo
     """Path of the weights to use for registry entry ``name``.
 
     ``explicit`` (a user-given path) wins and must exist. Otherwise the first copy :func:`find` sees.
-    Otherwise, unless offline (``offline`` arg, or ``LIPSYNC_OFFLINE=1``) or ``download`` is False, download
+    Otherwise, unless offline (``offline`` true, or ``LIPSYNC_OFFLINE=1``) or ``download`` is False, download
     it into the user cache, announcing it through ``notify`` (name, size, URL, licence) first. When offline,
     or when no download host can be reached, raise WeightsNotFound naming the exact
     ``lipsync weights download NAME`` command, the URLs and the target folder.
@@ -515,8 +515,7 @@ def resolve(name: str, explicit: str | os.PathLike | None = None, *, offline: bo
     if found is not None:
         return found
     target = default_dir(spec)
-    if offline is None:
-        offline = is_offline()
+    offline = bool(offline) or is_offline()  # the environment variable applies even when the arg is False
     if offline or not download:
         why = "offline mode is on (--offline or LIPSYNC_OFFLINE=1)" if offline else "downloads are disabled"
         raise _not_found(spec, why, target)

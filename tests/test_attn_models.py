@@ -352,3 +352,106 @@ def test_lpips_options_change_the_network():
             h = st(h)
         assert h.shape == (1, 256, 6, 6) and base.encode_audio(mel).shape == (1, 256, 6, 6)
     assert np.prod(h.shape[1:]) == 6 * 6 * 256
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_conv_bn_folding_keeps_outputs(models, runs, arch):
+    # dub folds BatchNorm into the convolutions before inference; every arch must survive it
+    from lipsync_cli.models.fuse import fuse_conv_bn
+
+    fused = fuse_conv_bn(models[arch])
+    r = runs[arch]
+    with torch.no_grad():
+        out = fused(r["mel"][:, 1], r["face"][:, :, 1])
+    torch.testing.assert_close(out, r["frame1"], atol=1e-4, rtol=1e-3)
+
+
+# ---- `lipsync models` and `lipsync inspect attention` ----
+
+class _StubAttention(nn.Module):
+    """Records one known map: weight rising left to right (0 .. 1) over a 4x4 grid."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.record_attention = False
+        self.attention_maps: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def attention_names() -> list[str]:
+        return ["enc0", "dec0"]
+
+    def forward(self, mel, face):
+        ramp = torch.linspace(0, 1, 4).expand(face.shape[0], 1, 4, 4)
+        if self.record_attention:
+            self.attention_maps = {"enc0": ramp.clone(), "dec0": torch.full_like(ramp, 0.5)}
+        return face[:, :3]
+
+
+def test_render_attention_grid_layout_and_colours():
+    from lipsync_cli.errors import BadOption
+    from lipsync_cli.inspect_attention import CELL, HEADER, render_attention_grid
+
+    faces = np.zeros((2, 6, 96, 96), np.float32)
+    faces[1, 3:] = 1.0  # second face white
+    mels = np.zeros((2, 1, 80, 16), np.float32)
+    stub = _StubAttention()
+    img = render_attention_grid(stub, faces, mels, ["enc0", "dec0"])
+    assert img.shape == (HEADER + 2 * CELL, 3 * CELL, 3) and img.dtype == np.uint8
+    assert stub.record_attention is False  # restored
+    row1 = HEADER + CELL // 2
+    assert img[row1, CELL // 2].tolist() == [0, 0, 0]  # input column: the black reference face
+    left, right = img[row1, CELL + 2].astype(int), img[row1, 2 * CELL - 3].astype(int)
+    assert left[0] > left[2] and right[2] > right[0]  # BGR: low weight blue (left), high red (right)
+    assert img[HEADER + CELL + CELL // 2, CELL // 2].tolist() == [255, 255, 255]
+    with pytest.raises(BadOption, match="enc0, dec0"):
+        render_attention_grid(stub, faces, mels, ["enc9"])
+    with pytest.raises(BadOption, match="no attention"):
+        render_attention_grid(nn.Conv2d(1, 1, 1), faces, mels)
+
+
+def test_pick_frames_spreads_evenly():
+    from lipsync_cli.inspect_attention import pick_frames
+
+    assert pick_frames(25, 4) == [0, 8, 16, 24]
+    assert pick_frames(3, 10) == [0, 1, 2]
+    assert pick_frames(1, 4) == [0]
+
+
+def test_models_command_lists_every_arch():
+    from typer.testing import CliRunner
+
+    from lipsync_cli.cli import app
+
+    res = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    for arch in ALL_ARCHS:
+        assert arch in res.output
+    assert "36.30 M" in res.output  # Wav2Lip's 36,298,035 parameters
+
+
+def test_inspect_attention_cli_writes_grid(fake_ckpt, tmp_path):
+    import cv2
+    from synth import make_video
+    from typer.testing import CliRunner
+
+    from lipsync_cli.cli import app
+    from lipsync_cli.errors import BadOption
+    from lipsync_cli.inspect_attention import CELL, HEADER
+
+    ckpt = tmp_path / "attn.pth"
+    atomic_save(make_checkpoint(load_generator(fake_ckpt("wav2lip"), arch="attn_wav2lip")), ckpt)
+    video = make_video(tmp_path / "clip.mp4", seconds=1.0, size=(160, 120))
+    out = tmp_path / "maps.png"
+    args = ["inspect", "attention", str(video), str(video), "-o", str(out), "-c", str(ckpt),
+            "--box", "40", "10", "130", "110", "--frames", "2", "--blocks", "enc0,dec6", "--blocks", "enc3"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    img = cv2.imread(str(out))
+    assert img.shape == (HEADER + 2 * CELL, 4 * CELL, 3)
+    face = img[HEADER:HEADER + CELL, :CELL].astype(int)
+    overlay = img[HEADER:HEADER + CELL, CELL:2 * CELL].astype(int)
+    assert np.abs(face - overlay).mean() > 5  # a heat map really is drawn over the face
+
+    res = CliRunner().invoke(app, args[:-4] + ["--blocks", "nope"])
+    assert isinstance(res.exception, BadOption) and "enc0" in str(res.exception)

@@ -87,6 +87,19 @@ def test_syncnet_crop_follows_run_pipeline_geometry():
     np.testing.assert_array_equal(L.syncnet_crop(frame, (mx, my, bs), cs), want)
 
 
+def test_face_tracks_split_at_a_shot_change_and_bridge_gaps():
+    a = np.array([[10, 10, 50, 50, 0.9]])
+    b = np.array([[200, 10, 260, 70, 0.9]])
+    none = np.zeros((0, 5))
+    faces = [a, a + 1, none, a + 2, b, b + 1, b + 2, b + 3, b + 4, np.concatenate([b + 5, a])]
+    tracks = L.face_tracks(faces, max_gap=25)
+    assert [t[0].tolist() for t in tracks] == [[0, 1, 3, 9], [4, 5, 6, 7, 8, 9]]  # longest span first
+    # a gap longer than max_gap ends the track
+    tracks = L.face_tracks(faces, max_gap=2)
+    assert [t[0].tolist() for t in tracks] == [[4, 5, 6, 7, 8, 9], [0, 1, 3], [9]]
+    assert L.face_tracks([none, none]) == []
+
+
 def test_face_segment_interpolates_gaps():
     raw = [None, np.array([0, 0, 10, 10.0]), None, None, np.array([30, 0, 40, 10.0]), None]
     first, stop, boxes = L.face_segment(raw)
@@ -120,8 +133,9 @@ def test_track_mode_on_a_real_face_and_no_face(testmedia, scrfd_onnx, syncnet, t
     opts = L.LSEOptions(mode="track", detector="insightface", detector_weights=scrfd_onnx, det_size=320)
     res = L.score_videos([clip, nofaces], opts, model=syncnet, detector=det)
     assert res[0].ok, res[0].error
-    # 1.4 s at 25 fps, a face throughout
-    assert res[0].n_frames >= 30 and res[0].n_windows == res[0].n_frames - 5
+    # 1.4 s at 25 fps = 35 frames; a shot change at frame 13: the longest face track is the second shot
+    assert res[0].first_frame >= 10 and res[0].n_frames >= 20
+    assert res[0].first_frame + res[0].n_frames <= 35 and res[0].n_windows == res[0].n_frames - 5
     assert res[1].status == "no_face" and "no face" in res[1].error
 
 
@@ -216,10 +230,10 @@ def test_benchmark_end_to_end(tmp_path, fake_ckpt, reconstruction):
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     doc = json.loads((out / "benchmark.json").read_text())
+    assert all(p["status"] == "ok" for p in doc["pairs"]), doc["pairs"]
     real_row, gen_row = doc["summary"]["rows"]
     assert real_row["method"] == "Real videos" and real_row["count"] == 4
     assert gen_row["method"] == "wav2lip.pth" and gen_row["count"] == 4
-    assert all(p["status"] == "ok" for p in doc["pairs"]), doc["pairs"]
     assert len(list((out / "videos").glob("*.mp4"))) == 4
     for p in doc["pairs"]:
         assert (p["audio"] == p["video"]) == reconstruction

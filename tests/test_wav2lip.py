@@ -53,7 +53,7 @@ def test_output_matches_upstream_reference(net, ref):
 
 
 def test_sequence_form_folds_time_major_like_upstream(net, ref):
-    # upstream README: input (1, T=2, ...) built from the two reference samples gives out_seq[0] == out.permute(1,0,..)
+    # compat README: input (1, T=2, ...) made of the 2 reference samples gives out_seq[0] == out.permute(1, 0)
     mel_seq = torch.from_numpy(ref["mel"]).unsqueeze(0)  # (1, 2, 1, 80, 16)
     face_seq = torch.from_numpy(ref["face"]).permute(1, 0, 2, 3).unsqueeze(0)  # (1, 6, 2, 96, 96)
     with torch.no_grad():

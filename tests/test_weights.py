@@ -308,7 +308,7 @@ def test_resolve_offline_message(isolated, monkeypatch, how):
     if how == "env":
         monkeypatch.setenv("LIPSYNC_OFFLINE", "1")
     with pytest.raises(WeightsNotFound) as info:
-        weights.resolve("wav2lip_gan", offline=True if how == "arg" else None)
+        weights.resolve("wav2lip_gan", offline=(how == "arg"))  # env wins over offline=False
     msg = str(info.value)
     assert "lipsync weights download wav2lip_gan" in msg
     assert "https://huggingface.co/Nekochu/Wav2Lip/resolve/main/wav2lip_gan.pth" in msg

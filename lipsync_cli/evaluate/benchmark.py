@@ -317,6 +317,7 @@ def run_benchmark(
 
     work = out_dir / "work"
     videos = out_dir / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
     dub_opts = DubOptions(
         checkpoint=options.checkpoint,
         arch=options.arch,

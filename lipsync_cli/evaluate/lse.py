@@ -55,6 +55,8 @@ CROP_SCALE = 0.4  # run_pipeline.py --crop_scale: padding around the face box
 CROP_PAD_VALUE = 110  # grey the reference pads frames with before cropping near the border
 MEDFILT_KERNEL = 13  # frames: the median filter run_pipeline.py applies to box centre and size
 MODES = ("crop", "track")
+IOU_THRESHOLD = 0.5  # run_pipeline.py track_shot: minimum IoU between consecutive detections of one face
+MAX_GAP = 25  # run_pipeline.py --num_failed_det: frames a face may be missed before its track ends
 
 ProgressFn = Callable[[str, int, "int | None"], None]  # (stage, advanced, total)
 
@@ -363,20 +365,73 @@ def syncnet_crop(frame: np.ndarray, params: Sequence[float], crop_scale: float =
     return cv2.resize(face, (CROP_SIZE, CROP_SIZE))
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def face_tracks(
+    faces: Sequence[np.ndarray],
+    min_score: float = 0.5,
+    iou_threshold: float = IOU_THRESHOLD,
+    max_gap: int = MAX_GAP,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Group per-frame detections into face tracks as ``run_pipeline.py``'s ``track_shot`` does.
+
+    A track starts at the earliest unused detection and takes, frame after frame, the unused detection
+    overlapping its last box with IoU > ``iou_threshold``, until ``max_gap`` frames pass without one; this
+    repeats until every detection is used. ``faces[i]`` is an (N, 5) array [x1, y1, x2, y2, score] for frame
+    i.
+    Returns (frame indices (K,), boxes (K, 4)) per track, longest first (ties: earliest first).
+    """
+    left = [
+        [np.asarray(d[:4], np.float64) for d in np.asarray(f).reshape(-1, 5) if d[4] >= min_score]
+        for f in faces
+    ]
+    tracks = []
+    while any(left):
+        idx: list[int] = []
+        boxes: list[np.ndarray] = []
+        for i, dets in enumerate(left):
+            if not dets:
+                continue
+            if not idx:
+                k = 0
+            elif i - idx[-1] > max_gap:
+                break
+            else:
+                ious = [_iou(boxes[-1], d) for d in dets]
+                k = int(np.argmax(ious))
+                if ious[k] <= iou_threshold:
+                    continue
+            idx.append(i)
+            boxes.append(dets.pop(k))
+        tracks.append((np.array(idx), np.stack(boxes)))
+    tracks.sort(key=lambda t: (-(t[0][-1] - t[0][0]), t[0][0]))
+    return tracks
+
+
+def interpolate_track(frames: np.ndarray, boxes: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """(first, stop, (stop - first, 4) boxes): the track's frames with gaps linearly interpolated (as the
+    reference's ``interp1d``)."""
+    first, stop = int(frames[0]), int(frames[-1]) + 1
+    span = np.arange(first, stop)
+    return first, stop, np.stack([np.interp(span, frames, boxes[:, c]) for c in range(4)], axis=1)
+
+
 def face_segment(raw: Sequence[np.ndarray | None]) -> tuple[int, int, np.ndarray]:
-    """The stretch of frames from the first to the last frame with a face: (first, stop, (stop-first, 4)
-    boxes)
-    with the frames between detections linearly interpolated, as ``run_pipeline.py``'s ``track_shot`` does."""
+    """From one box (or None) per frame: the stretch from the first to the last frame with a face, gaps
+    interpolated: (first, stop, (stop - first, 4) boxes)."""
     have = [i for i, b in enumerate(raw) if b is not None]
     if not have:
         raise NoFaceError(
             "no face found in any frame", "score it with --mode crop if the frames are face crops"
         )
-    first, stop = have[0], have[-1] + 1
     known = np.stack([np.asarray(raw[i], dtype=np.float64)[:4] for i in have])  # (K, 4)
-    frames = np.arange(first, stop)
-    boxes = np.stack([np.interp(frames, have, known[:, c]) for c in range(4)], axis=1)  # (N, 4)
-    return first, stop, boxes
+    return interpolate_track(np.array(have), known)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -419,14 +474,18 @@ def track_crops(
     options: LSEOptions = LSEOptions(),
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, np.ndarray]:
-    """Follow the face through the video at 25 fps; (first frame, (N, 224, 224, 3) SyncNet crops)."""
-    from lipsync_cli.faces.track import TrackOptions, select_faces, track_video
+    """Follow the face through the video at 25 fps; (first frame, (N, 224, 224, 3) SyncNet crops) of the
+    longest
+    face track (see :func:`face_tracks`)."""
+    from lipsync_cli.faces.track import track_video
 
     track = track_video(path, detector, fps=SYNC_FPS, det_size=options.det_size, progress=progress)
-    raw = select_faces(
-        track.faces, TrackOptions(pads=(0, 0, 0, 0), smooth=False, min_score=options.min_face_score)
-    )
-    first, stop, boxes = face_segment(raw)
+    tracks = face_tracks(track.faces, options.min_face_score)
+    if not tracks:
+        raise NoFaceError(
+            "no face found in any frame", "score it with --mode crop if the frames are face crops"
+        )
+    first, stop, boxes = interpolate_track(*tracks[0])
     params = crop_params(boxes)
     return first, _resized_frames(path, range(first, stop), params, options.crop_scale)
 

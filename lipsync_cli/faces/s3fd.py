@@ -113,7 +113,7 @@ class S3FD(nn.Module):
         ]
 
 
-def load_s3fd(path: str | os.PathLike, device: str = "cpu") -> S3FD:
+def load_s3fd(path: str | os.PathLike, device: str | torch.device = "cpu") -> S3FD:
     """Load a released ``s3fd.pth`` (plain state dict) or our re-save of one; eval mode, on ``device``.
 
     Raises InputNotFound / CheckpointError (unreadable or unsafe file) / CheckpointMismatch (another kind of

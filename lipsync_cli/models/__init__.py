@@ -30,7 +30,7 @@ class ArchSpec:
 ARCHS: dict[str, ArchSpec] = {
     "wav2lip": ArchSpec(
         "wav2lip", "wav2lip", "Wav2Lip",
-        "Wav2Lip (Prajwal et al. 2020): the official generator; loads wav2lip.pth / wav2lip_gan.pth unchanged",
+        "Wav2Lip (Prajwal et al. 2020): the official generator; loads wav2lip.pth / wav2lip_gan.pth as is",
     ),
     "attn_wav2lip": ArchSpec(
         "attn_wav2lip", "attn_wav2lip", "AttnWav2Lip",

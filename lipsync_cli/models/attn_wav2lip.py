@@ -5,8 +5,9 @@ blocks and each of the 7 face-decoder blocks; the decoder's attention acts on th
 encoder skip is concatenated (Algorithm 1, lines 12-14), and no attention touches the raw input image.
 
 Every layer Wav2Lip has keeps Wav2Lip's name, so an official ``wav2lip.pth`` initialises all of them
-(:meth:`AttnWav2Lip.from_wav2lip_state_dict`, or ``checkpoint.load_generator(path, arch="attn_wav2lip")``); the
-attention layers live under ``face_encoder_attn.N.cbam.*`` / ``face_decoder_attn.N.cbam.*`` and start fresh.
+(:meth:`AttnWav2Lip.from_wav2lip_state_dict`, or ``checkpoint.load_generator(path, arch="attn_wav2lip")``);
+the attention layers live under ``face_encoder_attn.N.cbam.*`` / ``face_decoder_attn.N.cbam.*`` and start
+fresh.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from lipsync_cli.models.wav2lip import (
 )
 
 ENCODER_CHANNELS = (16, 32, 64, 128, 256, 512, 512)  # output channels of Wav2Lip's face-encoder blocks
-DECODER_CHANNELS = (512, 512, 512, 384, 256, 128, 64)  # output channels of its face-decoder blocks (before skip)
+DECODER_CHANNELS = (512, 512, 512, 384, 256, 128, 64)  # output channels of its face-decoder blocks (pre-skip)
 
 
 def _slot(channels: int, reduction: int, spatial_kernel: int, min_hidden: int) -> nn.ModuleDict:
@@ -69,7 +70,8 @@ class AttnWav2Lip(nn.Module):
     @staticmethod
     def attention_names() -> list[str]:
         """Names of the attention points, in forward order (keys of ``attention_maps``)."""
-        return [f"enc{i}" for i in range(len(ENCODER_CHANNELS))] + [f"dec{i}" for i in range(len(DECODER_CHANNELS))]
+        return ([f"enc{i}" for i in range(len(ENCODER_CHANNELS))]
+                + [f"dec{i}" for i in range(len(DECODER_CHANNELS))])
 
     def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
         """(N, 1, 80, 16) mel windows -> (N, 512, 1, 1) embeddings."""
@@ -88,10 +90,10 @@ class AttnWav2Lip(nn.Module):
         x = self.encode_audio(mel)  # (N, 512, 1, 1)
         feats = []
         h = face  # (N, 6, 96, 96)
-        for i, (block, slot) in enumerate(zip(self.face_encoder_blocks, self.face_encoder_attn)):
+        for i, (block, slot) in enumerate(zip(self.face_encoder_blocks, self.face_encoder_attn, strict=True)):
             h = self._attend(slot, block(h), f"enc{i}")
             feats.append(h)
-        for i, (block, slot) in enumerate(zip(self.face_decoder_blocks, self.face_decoder_attn)):
+        for i, (block, slot) in enumerate(zip(self.face_decoder_blocks, self.face_decoder_attn, strict=True)):
             x = self._attend(slot, block(x), f"dec{i}")
             x = torch.cat((x, feats.pop()), dim=1)
         out = self.output_block(x)  # (N, 3, 96, 96)
@@ -115,8 +117,7 @@ class AttnWav2Lip(nn.Module):
         if missing or extra or bad:
             raise CheckpointMismatch(
                 "not a Wav2Lip generator state dict: "
-                + "; ".join(f"{what} {ks[:3]}{'...' if len(ks) > 3 else ''}"
-                            for what, ks in (("missing", missing), ("unexpected", extra), ("wrong shape", bad))
-                            if ks))
+                + "; ".join(f"{what} {ks[:3]}{'...' if len(ks) > 3 else ''}" for what, ks in
+                            (("missing", missing), ("unexpected", extra), ("wrong shape", bad)) if ks))
         model.load_state_dict(state_dict, strict=False)
         return model

@@ -3,9 +3,10 @@
     F'  = F  + F  * CAM(F)      channel attention, (B, C, 1, 1) broadcast over H, W
     F'' = F' + F' * SAM(F')     spatial attention, (B, 1, H, W) broadcast over C
 
-CAM(F) = sigmoid(MLP(avgpool_HW(F)) + MLP(maxpool_HW(F))), one MLP (1x1 convs C -> C/r -> C) shared by both
-descriptors. SAM(F) = sigmoid(conv_kxk([mean_C(F), max_C(F)])). The residual form keeps a block close to identity
-when the attention saturates low, which is what lets an official Wav2Lip checkpoint initialise the network.
+CAM(F) = sigmoid(MLP(avgpool_HW(F)) + MLP(maxpool_HW(F))), one MLP (1x1 convs C -> C/r -> C) shared by
+both descriptors. SAM(F) = sigmoid(conv_kxk([mean_C(F), max_C(F)])). The residual form keeps a block close to
+identity when the attention saturates low, which is what lets an official Wav2Lip checkpoint initialise the
+network.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ DEFAULT_MIN_HIDDEN = 4  # floor on C/r so the 16-channel stage keeps a 4-unit bo
 DEFAULT_SPATIAL_KERNEL = 7  # CBAM's SAM kernel; the AttnWav2Lip paper allows 7x7 or 3x3
 
 
-def cbam_hidden(channels: int, reduction: int = DEFAULT_REDUCTION, min_hidden: int = DEFAULT_MIN_HIDDEN) -> int:
+def cbam_hidden(channels: int, reduction: int = DEFAULT_REDUCTION,
+                min_hidden: int = DEFAULT_MIN_HIDDEN) -> int:
     """Width of the channel-attention bottleneck: C // r, at least ``min_hidden``, at most C."""
     return min(channels, max(channels // reduction, min_hidden))
 
@@ -26,7 +28,8 @@ def cbam_hidden(channels: int, reduction: int = DEFAULT_REDUCTION, min_hidden: i
 class ChannelAttention(nn.Module):
     """CAM: (B, C, H, W) -> (B, C, 1, 1) weights in (0, 1)."""
 
-    def __init__(self, channels: int, reduction: int = DEFAULT_REDUCTION, min_hidden: int = DEFAULT_MIN_HIDDEN):
+    def __init__(self, channels: int, reduction: int = DEFAULT_REDUCTION,
+                 min_hidden: int = DEFAULT_MIN_HIDDEN):
         super().__init__()
         hidden = cbam_hidden(channels, reduction, min_hidden)
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, channels, 1))
@@ -52,7 +55,7 @@ class SpatialAttention(nn.Module):
 
 
 class ResidualCBAM(nn.Module):
-    """Channel then spatial attention, each residual (eq. 8). Shape-preserving: (B, C, H, W) -> (B, C, H, W)."""
+    """Channel then spatial attention, each residual (eq. 8). Shape-preserving: (B, C, H, W) -> same."""
 
     def __init__(self, channels: int, reduction: int = DEFAULT_REDUCTION,
                  spatial_kernel: int = DEFAULT_SPATIAL_KERNEL, min_hidden: int = DEFAULT_MIN_HIDDEN):

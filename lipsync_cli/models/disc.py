@@ -67,7 +67,7 @@ class Wav2LipDiscQual(nn.Module):
         return F.binary_cross_entropy(pred, torch.ones_like(pred))
 
 
-def load_discriminator(path: str | os.PathLike, device: str = "cpu") -> Wav2LipDiscQual:
+def load_discriminator(path: str | os.PathLike, device: str | torch.device = "cpu") -> Wav2LipDiscQual:
     """Load ``visual_quality_disc.pth`` (``{'state_dict': ...}``, optionally ``module.``-prefixed) or our
     re-save; eval mode, on ``device`` (call ``.train()`` to fine-tune). Other kinds raise
     CheckpointMismatch."""

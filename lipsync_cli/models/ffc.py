@@ -1,9 +1,10 @@
 """Fast Fourier Convolution (Chi et al., NeurIPS 2020) as LaMa uses it (Suvorov et al. 2022), and AdaIN.
 
-An FFC splits its channels into a local part (ordinary kxk convolutions) and a global part whose main path is a
-spectral transform: a 1x1 conv, then a Fourier unit (real 2-D FFT over H, W -> 1x1 conv + BN + ReLU on the real
-and imaginary parts stacked as channels -> inverse FFT) added back to its input, then a 1x1 conv. One spectral
-convolution sees the whole feature map, which is what gives the semantic alignment module a global receptive field.
+An FFC splits its channels into a local part (ordinary kxk convolutions) and a global part whose main path is
+a spectral transform: a 1x1 conv, then a Fourier unit (real 2-D FFT over H, W -> 1x1 conv + BN + ReLU on the
+real and imaginary parts stacked as channels -> inverse FFT) added back to its input, then a 1x1 conv. One
+spectral convolution sees the whole feature map, which gives the semantic alignment module a global receptive
+field.
 
 The FFTs run in float32 even under autocast (bf16 FFTs are unsupported on CPU and inaccurate everywhere).
 """
@@ -44,10 +45,10 @@ class FourierUnit(nn.Module):
 
 
 class SpectralTransform(nn.Module):
-    """The global-to-global path: 1x1 conv (cin -> cout/2) + BN + ReLU, x + FU(x) [+ LFU(x)], 1x1 conv -> cout.
+    """The global-to-global path: 1x1 conv (cin -> cout/2) + BN + ReLU, x + FU(x) [+ LFU(x)], 1x1 conv.
 
-    ``lfu`` adds FFC's local Fourier unit: the first quarter of the channels cut into 2x2 spatial tiles stacked
-    on the channel axis, a Fourier unit on those, tiled back (needs cout/2 divisible by 4 and even H, W).
+    ``lfu`` adds FFC's local Fourier unit: the first quarter of the channels cut into 2x2 spatial tiles
+    stacked on the channel axis, a Fourier unit on those, tiled back (needs cout/2 divisible by 4, even H, W).
     """
 
     def __init__(self, cin: int, cout: int, lfu: bool = False):
@@ -75,8 +76,8 @@ class SpectralTransform(nn.Module):
 
 
 class FFC(nn.Module):
-    """One FFC layer with BN + ReLU per branch, on a single tensor whose last ``round(C * ratio)`` channels are the
-    global part: (B, cin, H, W) -> (B, cout, H, W), spatial size kept.
+    """One FFC layer, BN + ReLU per branch, on a single tensor whose last ``round(C * ratio)`` channels are
+    the global part: (B, cin, H, W) -> (B, cout, H, W), spatial size kept.
 
         y_local  = conv_l2l(x_local) + conv_g2l(x_global)
         y_global = conv_l2g(x_local) + SpectralTransform(x_global)
@@ -106,8 +107,8 @@ class FFC(nn.Module):
 def adain(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Adaptive instance normalisation (Huang & Belongie 2017).
 
-    Each channel of x (B, C, H, W) is normalised to zero mean / unit (biased) std over H, W, then multiplied by
-    ``scale`` (B, C) and offset by ``shift`` (B, C): the output's per-channel mean is ``shift`` and its std
+    Each channel of x (B, C, H, W) is normalised to zero mean / unit (biased) std over H, W, then multiplied
+    by ``scale`` (B, C) and offset by ``shift`` (B, C): the output's per-channel mean is ``shift`` and its std
     ``|scale| * sqrt(var / (var + eps))``.
     """
     mu = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)

@@ -4,7 +4,7 @@
                         -> 16@96, 32@48, 64@24, 128@12, 256@6                    (the 6x6x256 bottleneck)
     mel  (N, 1, 80, 16) -> audio encoder -> audio map (N, 256, 6, 6)             (brought to the same size)
     9 semantic alignment modules, each  x <- x + AdaIN(FFC(x), audio)           (audio injected 9 times)
-    decoder 6 -> 12 -> 24 -> 48 -> 96 with U-Net skips and residual CBAM, output conv + sigmoid -> (N, 3, 96, 96)
+    decoder 6 -> 12 -> 24 -> 48 -> 96 with U-Net skips and residual CBAM, conv + sigmoid -> (N, 3, 96, 96)
 
 Where the paper is silent the choices are constructor arguments (stored in ``model.config``):
 
@@ -16,14 +16,14 @@ Where the paper is silent the choices are constructor arguments (stored in ``mod
 * ``ffc_ratio=0.75``: LaMa's global-channel ratio for its FFC residual blocks, the structure the paper adapts.
 * ``ffc_lfu=False``: LaMa's released configs disable FFC's local Fourier unit; with 6x6 maps its 3x3 tiles add
   little. ``True`` enables it.
-* ``adain_source="stats"``: eq. 2 literally, AdaIN(x, y) = sigma(y) * (x - mu(x)) / sigma(x) + mu(y) with y the
-  6x6x256 audio map and sigma, mu its per-channel std and mean over H, W; this is why the audio encoder's output
-  is made the size of the face features (section 4.3). It adds no parameters: each of the 9 modules receives the
-  same audio statistics, and differs by its FFC. ``"linear"`` instead maps the spatially pooled audio map through
-  a per-module linear layer to (1 + gamma, beta), StyleGAN-style, zero-initialised so it starts as plain
-  instance normalisation.
-* ``n_align=9`` modules (section 4.3), each residual: the paper replaces the second FFC of LaMa's two-layer FFC
-  residual block with AdaIN, so the module is x + AdaIN(FFC(x)).
+* ``adain_source="stats"``: eq. 2 literally, AdaIN(x, y) = sigma(y) * (x - mu(x)) / sigma(x) + mu(y) with y
+  the 6x6x256 audio map and sigma, mu its per-channel std and mean over H, W; this is why the audio encoder's
+  output is made the size of the face features (section 4.3). It adds no parameters: each of the 9 modules
+  receives the same audio statistics and differs by its FFC. ``"linear"`` instead maps the spatially pooled
+  audio map through a per-module linear layer to (1 + gamma, beta), StyleGAN-style, zero-initialised so it
+  starts as plain instance normalisation.
+* ``n_align=9`` modules (section 4.3), each residual: the paper replaces the second FFC of LaMa's two-layer
+  FFC residual block with AdaIN, so the module is x + AdaIN(FFC(x)).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _res(c: int) -> Conv2d:
 
 
 class AttentiveStage(nn.Module):
-    """A sequence of conv layers with a residual CBAM after each (placement "layer") or after the last ("stage").
+    """Conv layers with a residual CBAM after each (placement "layer") or after the last one ("stage").
 
     Keys: ``layers.i.*`` and ``attn.j.cbam.*``.
     """
@@ -66,7 +66,7 @@ class AttentiveStage(nn.Module):
     def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Return the stage output and {layer index: spatial attention map (N, 1, H, W)}."""
         maps: dict[int, torch.Tensor] = {}
-        slots = dict(zip(self.attn_after, self.attn))
+        slots = dict(zip(self.attn_after, self.attn, strict=True))
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i in slots:
@@ -78,7 +78,7 @@ class AttentiveStage(nn.Module):
 
 
 class SemanticAlignment(nn.Module):
-    """x (N, C, 6, 6), audio map a (N, C, 6, 6) -> x + AdaIN(FFC(x), a). See the module docstring for options."""
+    """x (N, C, 6, 6), audio map a (N, C, 6, 6) -> x + AdaIN(FFC(x), a); options: see the module docstring."""
 
     def __init__(self, channels: int, ffc_ratio: float, ffc_lfu: bool, adain_source: str, eps: float = 1e-5):
         super().__init__()
@@ -137,9 +137,10 @@ class LPIPSAttnWav2Lip(nn.Module):
         )
         self.align_modules = nn.ModuleList(
             [SemanticAlignment(c, ffc_ratio, ffc_lfu, adain_source) for _ in range(n_align)])
-        # decoder input = previous output + encoder skip of the same size (U-Net), as in Wav2Lip's last 4 blocks
+        # decoder input = previous output + same-size encoder skip (U-Net), like Wav2Lip's last 4 blocks
         self.face_decoder_stages = nn.ModuleList([
-            stage([Conv2dTranspose(2 * c, 384, 3, 2, 1, output_padding=1), _res(384), _res(384)], [384] * 3),  # 12
+            stage([Conv2dTranspose(2 * c, 384, 3, 2, 1, output_padding=1), _res(384), _res(384)],
+                  [384] * 3),  # (N, 384, 12, 12)
             stage([Conv2dTranspose(384 + 128, 256, 3, 2, 1, output_padding=1), _res(256), _res(256)],
                   [256] * 3),  # (N, 256, 24, 24)
             stage([Conv2dTranspose(256 + 64, 128, 3, 2, 1, output_padding=1), _res(128), _res(128)],
@@ -147,7 +148,8 @@ class LPIPSAttnWav2Lip(nn.Module):
             stage([Conv2dTranspose(128 + 32, 64, 3, 2, 1, output_padding=1), _res(64), _res(64)],
                   [64] * 3),  # (N, 64, 96, 96)
         ])
-        self.output_block = nn.Sequential(Conv2d(64 + 16, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid())
+        self.output_block = nn.Sequential(Conv2d(64 + 16, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0),
+                                          nn.Sigmoid())
         self.arch = "lpips_attn_wav2lip"
         self.config = {**cb, "cbam_placement": cbam_placement, "n_align": n_align, "ffc_ratio": ffc_ratio,
                        "ffc_lfu": ffc_lfu, "adain_source": adain_source}

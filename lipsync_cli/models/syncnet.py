@@ -98,7 +98,7 @@ def sync_loss_from_generated(expert: SyncNetColor, mel: torch.Tensor, g: torch.T
     return cosine_bce(a, v, y)
 
 
-def load_expert(path: str | os.PathLike, device: str = "cpu") -> SyncNetColor:
+def load_expert(path: str | os.PathLike, device: str | torch.device = "cpu") -> SyncNetColor:
     """Load ``lipsync_expert.pth`` (``{'state_dict': ...}``, optionally ``module.``-prefixed) or our re-save;
     eval mode, on ``device``. Other kinds of weights raise CheckpointMismatch naming both kinds."""
     from lipsync_cli.checkpoint import expect_kind, load_file, unwrap_state_dict

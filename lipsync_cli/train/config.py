@@ -1,6 +1,7 @@
 """Training configuration: one frozen dataclass, its defaults, its validator, and TOML/YAML loading.
 
-Precedence (lowest first): the dataclass defaults, a ``--config`` file, explicit command-line flags. The resolved
+Precedence (lowest first): the dataclass defaults, a ``--config`` file, explicit command-line flags. The
+resolved
 config is written into the run directory as ``config.yaml`` so ``--config RUN/config.yaml`` repeats a run.
 """
 
@@ -49,7 +50,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
     workers: int = 4  # DataLoader worker processes (JPEG decoding); 0 decodes in the main process
-    precision: str = "auto"  # "auto" (bf16 on GPU if supported, fp16 otherwise; fp32 on CPU) or fp32/fp16/bf16
+    precision: str = (
+        "auto"  # "auto" (bf16 on GPU if supported, fp16 otherwise; fp32 on CPU) or fp32/fp16/bf16
+    )
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     sync_weight: str | float = "auto"  # "auto" or a number used from step 0
     sync_weight_value: float = DEFAULT_SYNC_WEIGHT  # ``a`` once auto switches on
@@ -70,7 +73,8 @@ class TrainConfig:
 
 
 def sync_weight_mode(cfg: TrainConfig) -> tuple[bool, float]:
-    """(auto, a): auto switches a on when the eval sync loss falls below the threshold; otherwise a from step 0."""
+    """(auto, a): auto switches a on when the eval sync loss falls below the threshold; otherwise a from step
+    0."""
     if isinstance(cfg.sync_weight, str) and cfg.sync_weight.strip().lower() == "auto":
         return True, cfg.sync_weight_value
     return False, float(cfg.sync_weight)
@@ -97,10 +101,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if p and not Path(p).is_file():
             raise InputNotFound(f"--{name.replace('_', '-')} checkpoint not found: {p}")
     if cfg.kind == "generator" and not cfg.syncnet:
-        raise BadOption("generator training needs the lip-sync expert: --syncnet EXPERT",
-                        "train one with `lipsync train syncnet` or pass lipsync_expert.pth")
-    positive = {"steps": cfg.steps, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
-                "eval_batches": cfg.eval_batches, "log_every": cfg.log_every}
+        raise BadOption(
+            "generator training needs the lip-sync expert: --syncnet EXPERT",
+            "train one with `lipsync train syncnet` or pass lipsync_expert.pth",
+        )
+    positive = {
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "eval_every": cfg.eval_every,
+        "eval_batches": cfg.eval_batches,
+        "log_every": cfg.log_every,
+    }
     for name, value in positive.items():
         if int(value) < 1:
             raise BadOption(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -129,7 +140,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML (``.toml``) or YAML (anything else) file of TrainConfig fields; dashes in keys become underscores.
+    """Read a TOML (``.toml``) or YAML (anything else) file of TrainConfig fields; dashes in keys become
+    underscores.
 
     A ``[train]`` table / ``train:`` mapping, when present, is used instead of the top level.
     """

@@ -2,11 +2,14 @@
 
 Read it top to bottom: config -> distributed setup -> data -> model init (scratch / --init / --resume) ->
 optimizers -> eval -> loop -> checkpoints. What differs between the expert and a generator (the models, one
-training step, one eval batch) lives in two small task classes; the loop, precision, clipping, DDP, checkpoints,
+training step, one eval batch) lives in two small task classes; the loop, precision, clipping, DDP,
+checkpoints,
 metrics and resume are shared.
 
-Exactness of resume: the sample order is a function of (seed, step) (see ``data.py``), and a checkpoint holds the
-model(s), optimizer(s), grad scaler(s), step, the sync-weight switch and every RNG state, so a run killed at step k
+Exactness of resume: the sample order is a function of (seed, step) (see ``data.py``), and a checkpoint holds
+the
+model(s), optimizer(s), grad scaler(s), step, the sync-weight switch and every RNG state, so a run killed at
+step k
 and resumed continues the curve of the uninterrupted run.
 """
 
@@ -43,13 +46,16 @@ from lipsync_cli.train.data import (
 
 log = logging.getLogger(__name__)
 
-EVAL_SEED_OFFSET = 1_000_003  # the eval set is drawn with seed + this, so it never depends on the training order
+EVAL_SEED_OFFSET = (
+    1_000_003  # the eval set is drawn with seed + this, so it never depends on the training order
+)
 SYNCNET_KIND = "syncnet_color"
 
 
 @dataclass
 class TrainResult:
-    """What a run left behind. ``metrics`` are the eval records written to ``metrics.jsonl`` by this process."""
+    """What a run left behind. ``metrics`` are the eval records written to ``metrics.jsonl`` by this
+    process."""
 
     run_dir: Path
     step: int
@@ -60,7 +66,7 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # distributed helpers (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
 
 
@@ -101,14 +107,14 @@ def _all_reduce_sum(values: dict[str, float], d: Dist, device: torch.device) -> 
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
+    return dict(zip(keys, t.tolist(), strict=True))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # precision
 
 
@@ -122,12 +128,13 @@ def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[p]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # the two tasks: what is trained, one step, one eval batch
 
 
 class SyncNetTask:
-    """The SyncNet_color expert: cosine similarity of audio and lower-face embeddings, BCE against in/off sync."""
+    """The SyncNet_color expert: cosine similarity of audio and lower-face embeddings, BCE against in/off
+    sync."""
 
     kind = SYNCNET_KIND
     loss_names = ("loss",)
@@ -184,7 +191,8 @@ class SyncNetTask:
 
 
 class GeneratorTask:
-    """A generator: (1 - a - b) L1 + a sync (frozen expert) + b (GAN with the visual-quality discriminator, or LPIPS)."""
+    """A generator: (1 - a - b) L1 + a sync (frozen expert) + b (GAN with the visual-quality discriminator,
+    or LPIPS)."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         from lipsync_cli.models import build_generator
@@ -207,11 +215,15 @@ class GeneratorTask:
             if cfg.disc_init:
                 from lipsync_cli.models.disc import load_discriminator
 
-                self.disc.load_state_dict(_unwrap(load_discriminator(cfg.disc_init, device=device)).state_dict())
+                self.disc.load_state_dict(
+                    _unwrap(load_discriminator(cfg.disc_init, device=device)).state_dict()
+                )
         if self.use_lpips:
             self.lpips = L.make_lpips(cfg.lpips_net, cfg.lpips_pretrained, device)
         extra = "gan" if self.use_gan else "lpips" if self.use_lpips else None
-        self.loss_names = ("loss", "l1", "sync") + ((extra,) if extra else ()) + (("disc",) if self.use_gan else ())
+        self.loss_names = (
+            ("loss", "l1", "sync") + ((extra,) if extra else ()) + (("disc",) if self.use_gan else ())
+        )
 
     @staticmethod
     def _load_expert(path: str, device: torch.device) -> torch.nn.Module:
@@ -229,14 +241,23 @@ class GeneratorTask:
     def init_from(self, sd: dict) -> None:
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
         if unexpected:
-            raise CheckpointMismatch(f"--init does not fit {self.cfg.arch}: unexpected keys such as {unexpected[0]}")
+            raise CheckpointMismatch(
+                f"--init does not fit {self.cfg.arch}: unexpected keys such as {unexpected[0]}"
+            )
         if missing:
-            log.info("--init: %d parameters of %s start from scratch (e.g. %s)", len(missing), self.cfg.arch,
-                     missing[0])
+            log.info(
+                "--init: %d parameters of %s start from scratch (e.g. %s)",
+                len(missing),
+                self.cfg.arch,
+                missing[0],
+            )
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        opts = {"model": torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.cfg.lr,
-                                          betas=(0.5, 0.999))}
+        opts = {
+            "model": torch.optim.Adam(
+                [p for p in self.model.parameters() if p.requires_grad], lr=self.cfg.lr, betas=(0.5, 0.999)
+            )
+        }
         if self.disc is not None:
             opts["disc"] = torch.optim.Adam(self.disc.parameters(), lr=self.cfg.disc_lr, betas=(0.5, 0.999))
         return opts
@@ -310,13 +331,19 @@ class GeneratorTask:
     def after_eval(self, metrics: dict) -> None:
         if self.sync_auto and not self.sync_active and metrics["sync"] < self.cfg.sync_threshold:
             self.sync_active = True
-            log.info("eval sync loss %.4f < %.2f: sync loss switched on (weight %.3g)", metrics["sync"],
-                     self.cfg.sync_threshold, self.a)
+            log.info(
+                "eval sync loss %.4f < %.2f: sync loss switched on (weight %.3g)",
+                metrics["sync"],
+                self.cfg.sync_threshold,
+                self.a,
+            )
 
     def checkpoint_extras(self) -> dict:
         extras: dict[str, Any] = {"sync_weight_active": self.sync_active}
         if self.disc is not None:
-            extras["disc_state_dict"] = {k: v.detach().cpu() for k, v in _unwrap(self.disc).state_dict().items()}
+            extras["disc_state_dict"] = {
+                k: v.detach().cpu() for k, v in _unwrap(self.disc).state_dict().items()
+            }
         return extras
 
     def load_extras(self, ckpt: dict) -> None:
@@ -326,7 +353,8 @@ class GeneratorTask:
 
     @torch.no_grad()
     def sample_grid(self, batch) -> torch.Tensor | None:
-        """(3, H, W) RGB image: rows of input (masked), reference, generated, ground truth for 4 samples' frame 0."""
+        """(3, H, W) RGB image: rows of input (masked), reference, generated, ground truth for 4 samples'
+        frame 0."""
         from torchvision.utils import make_grid
 
         was_training = self.model.training
@@ -339,16 +367,18 @@ class GeneratorTask:
         return grid
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # checkpoints
 
 
 def _rng_state() -> dict:
     """Every RNG state, as tensors and plain Python values (loadable with ``weights_only=True``)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos),
-                                                    int(has_gauss), float(cached)],
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -377,8 +407,10 @@ def _load_train_checkpoint(path: Path) -> dict:
 
     obj = load_file(path)
     if not isinstance(obj, dict) or "state_dict" not in obj or "optimizers" not in obj:
-        raise CheckpointMismatch(f"{path} is not a lipsync training checkpoint (no optimizer state to resume)",
-                                 "use --init to start from plain weights")
+        raise CheckpointMismatch(
+            f"{path} is not a lipsync training checkpoint (no optimizer state to resume)",
+            "use --init to start from plain weights",
+        )
     return obj
 
 
@@ -394,7 +426,8 @@ def _resolve_resume(path: str) -> Path:
 
 
 class _Checkpointer:
-    """Atomic saves on rank 0: step_XXXXXXX.pt (the last ``keep`` of them), last.pt, best.pt (lowest eval loss)."""
+    """Atomic saves on rank 0: step_XXXXXXX.pt (the last ``keep`` of them), last.pt, best.pt (lowest eval
+    loss)."""
 
     def __init__(self, run_dir: Path, keep: int):
         self.run_dir, self.keep = run_dir, keep
@@ -406,7 +439,7 @@ class _Checkpointer:
         atomic_save(ckpt, last)
         if self.keep > 0:
             atomic_save(ckpt, self.run_dir / f"step_{step:07d}.pt")
-            for old in sorted(self.run_dir.glob("step_*.pt"))[:-self.keep]:
+            for old in sorted(self.run_dir.glob("step_*.pt"))[: -self.keep]:
                 old.unlink(missing_ok=True)
         if is_best or not (self.run_dir / "best.pt").exists():
             tmp = self.run_dir / ".best.pt.tmp"
@@ -414,12 +447,13 @@ class _Checkpointer:
             os.replace(tmp, self.run_dir / "best.pt")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # metrics
 
 
 def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
-    """The records of ``metrics.jsonl`` up to ``up_to_step`` (later ones were written after the checkpoint)."""
+    """The records of ``metrics.jsonl`` up to ``up_to_step`` (later ones were written after the
+    checkpoint)."""
     if not path.is_file():
         return []
     out = []
@@ -439,7 +473,7 @@ def _write_metrics(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # the core
 
 
@@ -450,7 +484,8 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     """Train the expert (``cfg.kind == "syncnet"``) or a generator; return where the checkpoints are.
 
     ``progress`` receives dicts: ``{"event": "start"|"step"|"eval"|"end", "step", "steps", "losses",
-    "samples_per_s", ...}`` (rank 0 only). KeyboardInterrupt saves ``last.pt`` and returns with ``interrupted``.
+    "samples_per_s", ...}`` (rank 0 only). KeyboardInterrupt saves ``last.pt`` and returns with
+    ``interrupted``.
     """
     # --- config --------------------------------------------------------------------------------------------
     cfg = validate(cfg)
@@ -539,8 +574,12 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
             writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
         except ImportError:
             log.warning("tensorboard is not installed: no TensorBoard logs")
-    val_loader = make_loader(val_ds, EvalBatchSampler(cfg.eval_batches, cfg.batch_size, dist.rank, dist.world),
-                             workers=min(cfg.workers, 2), pin_memory=device.type == "cuda")
+    val_loader = make_loader(
+        val_ds,
+        EvalBatchSampler(cfg.eval_batches, cfg.batch_size, dist.rank, dist.world),
+        workers=min(cfg.workers, 2),
+        pin_memory=device.type == "cuda",
+    )
     pin = device.type == "cuda"
 
     def evaluate(train_avg: dict[str, float]) -> dict:
@@ -594,21 +633,39 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
 
         model = _unwrap(task.model)
         ckpt = make_checkpoint(
-            model, kind=task.kind, arch=task.kind,
+            model,
+            kind=task.kind,
+            arch=task.kind,
             optimizers={k: o.state_dict() for k, o in optimizers.items()},
             scalers={k: s.state_dict() for k, s in scalers.items() if s.is_enabled()},
-            step=step, epoch=step * cfg.batch_size * dist.world // max(len(train_store), 1),
-            train_config=cfg.to_dict(), metrics=records[-2:], best_loss=best_loss,
-            rng={"0": _rng_state()}, **task.checkpoint_extras(),
+            step=step,
+            epoch=step * cfg.batch_size * dist.world // max(len(train_store), 1),
+            train_config=cfg.to_dict(),
+            metrics=records[-2:],
+            best_loss=best_loss,
+            rng={"0": _rng_state()},
+            **task.checkpoint_extras(),
         )
         ckpt["optimizer"] = ckpt["optimizers"]["model"]
         _Checkpointer(run_dir, cfg.keep_last).save(ckpt, step, is_best)
 
     # --- loop -----------------------------------------------------------------------------------------------
-    loader = make_loader(train_ds, StepBatchSampler(step, cfg.steps, cfg.batch_size, dist.rank, dist.world),
-                         workers=cfg.workers, pin_memory=pin)
-    emit({"event": "start", "step": step, "steps": cfg.steps, "kind": task.kind, "device": str(device),
-          "world": dist.world})
+    loader = make_loader(
+        train_ds,
+        StepBatchSampler(step, cfg.steps, cfg.batch_size, dist.rank, dist.world),
+        workers=cfg.workers,
+        pin_memory=pin,
+    )
+    emit(
+        {
+            "event": "start",
+            "step": step,
+            "steps": cfg.steps,
+            "kind": task.kind,
+            "device": str(device),
+            "world": dist.world,
+        }
+    )
     interrupted = False
     if step == 0 and resume_ckpt is None:
         evaluate({})  # the untrained baseline, so every curve starts at step 0
@@ -649,11 +706,14 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
 
         tdist.barrier()
     emit({"event": "end", "step": step, "steps": cfg.steps, "interrupted": interrupted})
-    return TrainResult(run_dir, step, run_dir / "last.pt", run_dir / "best.pt", best_loss, interrupted, new_records)
+    return TrainResult(
+        run_dir, step, run_dir / "last.pt", run_dir / "best.pt", best_loss, interrupted, new_records
+    )
 
 
 def resume_config(run_or_ckpt: str, **overrides: Any) -> TrainConfig:
-    """The TrainConfig saved in a checkpoint (or RUN/last.pt), with ``overrides`` applied and ``resume`` set."""
+    """The TrainConfig saved in a checkpoint (or RUN/last.pt), with ``overrides`` applied and ``resume``
+    set."""
     path = _resolve_resume(run_or_ckpt)
     ckpt = _load_train_checkpoint(path)
     saved = ckpt.get("train_config")
@@ -662,4 +722,3 @@ def resume_config(run_or_ckpt: str, **overrides: Any) -> TrainConfig:
     known = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
     return replace(cfg, resume=str(path), **{k: v for k, v in overrides.items() if v is not None})
-

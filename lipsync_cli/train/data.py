@@ -1,15 +1,20 @@
-"""Datasets over Wav2Lip's preprocessed layout, with a per-clip mel cache and a (seed, step)-determined sample order.
+"""Datasets over Wav2Lip's preprocessed layout, with a per-clip mel cache and a (seed, step)-determined
+sample order.
 
-Layout: ``<data>/<speaker>/<clip>/<i>.jpg`` (face crop of frame ``i``, 0-based; frames without a face are absent) and
+Layout: ``<data>/<speaker>/<clip>/<i>.jpg`` (face crop of frame ``i``, 0-based; frames without a face are
+absent) and
 ``<data>/<speaker>/<clip>/audio.wav``; filelists hold ``speaker/clip`` lines relative to ``<data>``.
 
-Sampling. Sample ``k`` of the run is a pure function of ``(seed, k)``: its clip comes from a seeded permutation of the
+Sampling. Sample ``k`` of the run is a pure function of ``(seed, k)``: its clip comes from a seeded
+permutation of the
 clips for the epoch ``k // n_clips`` (every clip once per epoch, like a shuffling sampler), its frames from
 ``numpy.random.default_rng([seed, k])``. Step ``s`` of rank ``r`` out of ``w`` processes reads samples
-``(s * w + r) * B ... + B - 1``, so the ranks never share samples (what a DistributedSampler gives) and a resumed run
+``(s * w + r) * B ... + B - 1``, so the ranks never share samples (what a DistributedSampler gives) and a
+resumed run
 reads exactly the samples the uninterrupted run would have read, whatever the number of DataLoader workers.
 
-Bad samples (unreadable JPEG, missing frames, audio too short) are logged with their path and replaced by another
+Bad samples (unreadable JPEG, missing frames, audio too short) are logged with their path and replaced by
+another
 deterministic draw, at most ``MAX_ATTEMPTS`` times; then the loader raises instead of retrying forever.
 """
 
@@ -40,7 +45,8 @@ class BadSample(Exception):
 
 
 def read_filelist(path: str | os.PathLike) -> list[str]:
-    """``speaker/clip`` lines of a filelist; blank lines and ``#`` comments skipped, LRS2's trailing fields dropped."""
+    """``speaker/clip`` lines of a filelist; blank lines and ``#`` comments skipped, LRS2's trailing fields
+    dropped."""
     path = Path(path)
     if not path.is_file():
         raise InputNotFound(f"filelist not found: {path}")
@@ -67,10 +73,17 @@ def compute_mel(wav_path: Path) -> np.ndarray:
 
 
 class ClipStore:
-    """The clips of one filelist: lazily listed frames, cached mels, face reading. Safe to copy into workers."""
+    """The clips of one filelist: lazily listed frames, cached mels, face reading. Safe to copy into
+    workers."""
 
-    def __init__(self, data_root: str | os.PathLike, names: list[str], fps: float = 25.0,
-                 mel_cache: bool = True, face_size: int = FACE_SIZE):
+    def __init__(
+        self,
+        data_root: str | os.PathLike,
+        names: list[str],
+        fps: float = 25.0,
+        mel_cache: bool = True,
+        face_size: int = FACE_SIZE,
+    ):
         self.root = Path(data_root)
         self.names = list(names)
         self.fps = float(fps)
@@ -96,14 +109,20 @@ class ClipStore:
         return self._frames[i]
 
     def mel(self, i: int) -> np.ndarray:
-        """(80, T) mel of clip ``i``, computed once: memory LRU, then ``mel.npy`` beside audio.wav when allowed."""
+        """(80, T) mel of clip ``i``, computed once: memory LRU, then ``mel.npy`` beside audio.wav when
+        allowed."""
         if i in self._mels:
             self._mels.move_to_end(i)
             return self._mels[i]
         d = self.clip_dir(i)
         wav, cached = d / "audio.wav", d / MEL_CACHE_NAME
         mel = None
-        if self.mel_cache and cached.is_file() and wav.is_file() and cached.stat().st_mtime >= wav.stat().st_mtime:
+        if (
+            self.mel_cache
+            and cached.is_file()
+            and wav.is_file()
+            and cached.stat().st_mtime >= wav.stat().st_mtime
+        ):
             try:
                 mel = np.load(cached)
             except (OSError, ValueError):
@@ -113,7 +132,8 @@ class ClipStore:
                 raise BadSample(f"audio missing: {wav}")
             try:
                 mel = compute_mel(wav)
-            except Exception as err:  # noqa: BLE001  any decoding failure makes this one clip unusable, not the run
+            # noqa: BLE001  any decoding failure makes this one clip unusable, not the run
+            except Exception as err:
                 raise BadSample(f"cannot read audio {wav}: {err}") from None
             if self.mel_cache:
                 self._write_cache(cached, mel)
@@ -149,7 +169,8 @@ class ClipStore:
         return np.stack([self.read_face(i, f) for f in range(start, start + SYNC_T)])
 
     def valid_starts(self, i: int, mel_steps: int, lead: int = 0) -> np.ndarray:
-        """Window starts ``s`` whose T frames all exist and whose mel windows (from frame s - lead to s + T - 1 -
+        """Window starts ``s`` whose T frames all exist and whose mel windows (from frame s - lead to s + T -
+        1 -
         lead for the generator, s for the expert) fit inside the audio."""
         frames = set(self.frames(i))
         out = []
@@ -196,22 +217,26 @@ class _SampleDataset(Dataset):
             except BadSample as err:
                 last_err = err
                 log.warning("skipping bad sample (%s): %s", self.store.names[clip], err)
-        raise LipsyncError(f"{MAX_ATTEMPTS} bad samples in a row, last: {last_err}",
-                           "check the dataset (re-run `lipsync prepare`) and the filelist")
+        raise LipsyncError(
+            f"{MAX_ATTEMPTS} bad samples in a row, last: {last_err}",
+            "check the dataset (re-run `lipsync prepare`) and the filelist",
+        )
 
     def build(self, clip: int, rng: np.random.Generator):
         raise NotImplementedError
 
 
 class SyncDataset(_SampleDataset):
-    """SyncNet expert examples: (faces (15, 48, 96), mel (1, 80, 16), y (1,)); y=1 in sync, y=0 off by at least
+    """SyncNet expert examples: (faces (15, 48, 96), mel (1, 80, 16), y (1,)); y=1 in sync, y=0 off by at
+    least
     ``neg_min_offset`` frames (the window moves, the audio stays)."""
 
     def __init__(self, store: ClipStore, seed: int, neg_min_offset: int = 5):
         super().__init__(store, seed)
         self.neg_min_offset = int(neg_min_offset)
 
-    def build(self, clip: int, rng: np.random.Generator):
+    def pick(self, clip: int, rng: np.random.Generator) -> tuple[int, int, bool]:
+        """(audio start frame s, face window start w, in sync): w == s, or |w - s| >= neg_min_offset."""
         starts = self.starts(clip)
         if len(starts) < 2:
             raise BadSample(f"too few usable frames in {self.store.clip_dir(clip)}")
@@ -222,21 +247,32 @@ class SyncDataset(_SampleDataset):
         else:
             far = starts[np.abs(starts - s) >= self.neg_min_offset]
             if len(far) == 0:
-                raise BadSample(f"no window >= {self.neg_min_offset} frames away in {self.store.clip_dir(clip)}")
+                raise BadSample(
+                    f"no window >= {self.neg_min_offset} frames away in {self.store.clip_dir(clip)}"
+                )
             w = int(rng.choice(far))
+        return s, w, positive
+
+    def build(self, clip: int, rng: np.random.Generator):
+        s, w, positive = self.pick(clip, rng)
         mel = self.store.mel(clip)
-        m = mel[:, mel_start(s, self.store.fps):mel_start(s, self.store.fps) + MEL_WINDOW]  # (80, 16)
+        m = mel[:, mel_start(s, self.store.fps) : mel_start(s, self.store.fps) + MEL_WINDOW]  # (80, 16)
         faces = self.store.window(clip, w)[:, FACE_HALF:]  # (T, 48, 96, 3) lower halves
         x = faces.transpose(0, 3, 1, 2).reshape(SYNC_T * 3, FACE_SIZE - FACE_HALF, FACE_SIZE)  # (15, 48, 96)
-        return (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(m))[None],
-                torch.tensor([1.0 if positive else 0.0]))
+        return (
+            torch.from_numpy(np.ascontiguousarray(x)),
+            torch.from_numpy(np.ascontiguousarray(m))[None],
+            torch.tensor([1.0 if positive else 0.0]),
+        )
 
 
 class GeneratorDataset(_SampleDataset):
     """Generator examples (Wav2Lip):
-    x (6, T, 96, 96): the true window with rows 48: zeroed, then a different window of the same clip (reference);
+    x (6, T, 96, 96): the true window with rows 48: zeroed, then a different window of the same clip
+    (reference);
     indiv_mels (T, 1, 80, 16): frame t's mel window centred on it (starting 2 frames earlier);
-    mel (1, 80, 16): the expert's window at the start frame; y (3, T, 96, 96): the true window. BGR in [0, 1]."""
+    mel (1, 80, 16): the expert's window at the start frame; y (3, T, 96, 96): the true window. BGR in [0,
+    1]."""
 
     lead = 2
 
@@ -254,15 +290,24 @@ class GeneratorDataset(_SampleDataset):
         masked = window.copy()
         masked[:, :, FACE_HALF:] = 0.0
         x = np.concatenate([masked, ref], axis=0)  # (6, T, 96, 96)
-        indiv = np.stack([mel[:, mel_start(f - self.lead, fps):mel_start(f - self.lead, fps) + MEL_WINDOW]
-                          for f in range(s, s + SYNC_T)])[:, None]  # (T, 1, 80, 16)
-        m = mel[:, mel_start(s, fps):mel_start(s, fps) + MEL_WINDOW][None]  # (1, 80, 16)
-        return (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(indiv)),
-                torch.from_numpy(np.ascontiguousarray(m)), torch.from_numpy(np.ascontiguousarray(window)))
+        indiv = np.stack(
+            [
+                mel[:, mel_start(f - self.lead, fps) : mel_start(f - self.lead, fps) + MEL_WINDOW]
+                for f in range(s, s + SYNC_T)
+            ]
+        )[:, None]  # (T, 1, 80, 16)
+        m = mel[:, mel_start(s, fps) : mel_start(s, fps) + MEL_WINDOW][None]  # (1, 80, 16)
+        return (
+            torch.from_numpy(np.ascontiguousarray(x)),
+            torch.from_numpy(np.ascontiguousarray(indiv)),
+            torch.from_numpy(np.ascontiguousarray(m)),
+            torch.from_numpy(np.ascontiguousarray(window)),
+        )
 
 
 class StepBatchSampler(Sampler):
-    """Batches of sample ids for steps ``start_step .. end_step - 1`` of rank ``rank`` among ``world`` processes."""
+    """Batches of sample ids for steps ``start_step .. end_step - 1`` of rank ``rank`` among ``world``
+    processes."""
 
     def __init__(self, start_step: int, end_step: int, batch_size: int, rank: int = 0, world: int = 1):
         self.start_step, self.end_step = int(start_step), int(end_step)
@@ -302,4 +347,6 @@ def make_loader(dataset: Dataset, batch_sampler: Sampler, workers: int, pin_memo
     kwargs = {}
     if workers > 0:
         kwargs.update(prefetch_factor=4, persistent_workers=False)
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, pin_memory=pin_memory, **kwargs)
+    return DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=workers, pin_memory=pin_memory, **kwargs
+    )

@@ -15,7 +15,9 @@ def _fp32(*xs: torch.Tensor) -> list[torch.Tensor]:
     return [x.float() for x in xs]
 
 
-def cosine_bce(audio_emb: torch.Tensor, face_emb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def cosine_bce(
+    audio_emb: torch.Tensor, face_emb: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d): d = cosine similarity of the (B, 512) embeddings, loss = BCE(d, y) with y (B, 1) in {0, 1}.
 
     SyncNet_color's embeddings are ReLU outputs, so d is in [0, 1] and reads as P(in sync)."""
@@ -26,13 +28,15 @@ def cosine_bce(audio_emb: torch.Tensor, face_emb: torch.Tensor, y: torch.Tensor)
 
 
 def lower_half_stack(g: torch.Tensor) -> torch.Tensor:
-    """(B, 3, T, H, W) faces -> (B, 3T, H/2, W): the lower halves with frames stacked on channels (frame-major)."""
-    g = g[:, :, :, g.size(3) // 2:]
+    """(B, 3, T, H, W) faces -> (B, 3T, H/2, W): the lower halves with frames stacked on channels
+    (frame-major)."""
+    g = g[:, :, :, g.size(3) // 2 :]
     return torch.cat([g[:, :, t] for t in range(g.size(2))], dim=1)
 
 
 def sync_loss(expert: torch.nn.Module, mel: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """The generator's sync loss: the frozen expert's BCE of (mel (B, 1, 80, 16), generated g (B, 3, T, 96, 96))
+    """The generator's sync loss: the frozen expert's BCE of (mel (B, 1, 80, 16), generated g (B, 3, T, 96,
+    96))
     against "in sync". Gradients flow into ``g`` only (the expert's parameters are frozen by the caller)."""
     assert g.size(2) == SYNC_T, g.shape
     a, v = expert(mel, lower_half_stack(g))
@@ -71,9 +75,11 @@ def make_lpips(net: str, pretrained: bool, device: torch.device) -> torch.nn.Mod
     try:
         m = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained, verbose=False)
     except Exception as err:  # noqa: BLE001  torchvision fetches the ImageNet trunk on first use
-        raise WeightsNotFound(f"cannot load the LPIPS {net} trunk: {str(err).splitlines()[0][:160]}",
-                              "torchvision downloads it into ~/.cache/torch/hub/checkpoints on first use; "
-                              "copy it there on an offline machine") from None
+        raise WeightsNotFound(
+            f"cannot load the LPIPS {net} trunk: {str(err).splitlines()[0][:160]}",
+            "torchvision downloads it into ~/.cache/torch/hub/checkpoints on first use; "
+            "copy it there on an offline machine",
+        ) from None
     m = m.to(device).eval()
     for p in m.parameters():
         p.requires_grad_(False)

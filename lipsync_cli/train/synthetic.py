@@ -1,12 +1,16 @@
 """A synthetic talking-face dataset where lip sync is learnable in minutes on a CPU.
 
-The audio is a voiced tone (a few harmonics plus a little noise) cut into syllable-like bursts of random length and
-loudness; the video is a drawn face (ellipse, eyes, nose) whose mouth opening at frame ``i`` follows the audio's RMS
-loudness during that frame. The mouth is in the lower half of the crop, where the generator's input is masked and
+The audio is a voiced tone (a few harmonics plus a little noise) cut into syllable-like bursts of random
+length and
+loudness; the video is a drawn face (ellipse, eyes, nose) whose mouth opening at frame ``i`` follows the
+audio's RMS
+loudness during that frame. The mouth is in the lower half of the crop, where the generator's input is masked
+and
 where the expert looks.
 
 Two writers:
-* ``make_synthetic_dataset`` writes Wav2Lip's *preprocessed* layout directly (``<speaker>/<clip>/<i>.jpg`` face
+* ``make_synthetic_dataset`` writes Wav2Lip's *preprocessed* layout directly (``<speaker>/<clip>/<i>.jpg``
+face
   crops, ``audio.wav``, ``filelists/{train,val,test}.txt``), for training/eval tests;
 * ``make_synthetic_lrs2`` writes an LRS2-shaped folder (``main/<speaker>/<clip>.mp4`` with audio and
   ``{train,val,test}.txt``) of small videos in which the face sits in a larger frame, for ``lipsync prepare``.
@@ -27,14 +31,15 @@ SPLITS = ("train", "val", "test")
 
 
 def syllable_audio(seconds: float, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Mono float32 audio in [-1, 1] of ``seconds``: voiced bursts 60-260 ms long with random loudness, and gaps."""
+    """Mono float32 audio in [-1, 1] of ``seconds``: voiced bursts 60-260 ms long with random loudness, and
+    gaps."""
     n = round(seconds * sample_rate)
     env = np.zeros(n, np.float32)
     pos = 0
     while pos < n:
         length = int(rng.uniform(0.06, 0.26) * sample_rate)
         level = 0.0 if rng.random() < 0.3 else float(rng.uniform(0.25, 1.0))
-        env[pos:pos + length] = level
+        env[pos : pos + length] = level
         pos += length
     # ~10 ms attack/release so bursts are syllable-like rather than clicks
     k = max(1, int(0.01 * sample_rate))
@@ -47,7 +52,8 @@ def syllable_audio(seconds: float, rng: np.random.Generator, sample_rate: int = 
 
 
 def frame_openings(wav: np.ndarray, n_frames: int, fps: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Mouth opening in [0, 1] per video frame: the RMS loudness of the audio during that frame, normalised."""
+    """Mouth opening in [0, 1] per video frame: the RMS loudness of the audio during that frame,
+    normalised."""
     out = np.zeros(n_frames, np.float32)
     for i in range(n_frames):
         a, b = int(i * sample_rate / fps), int((i + 1) * sample_rate / fps)
@@ -67,17 +73,31 @@ def draw_face(size: int, opening: float, style: dict, jitter: tuple[int, int] = 
     cx, cy = size // 2 + jitter[0], size // 2 + jitter[1]
     cv2.ellipse(img, (cx, cy), (int(40 * s), int(46 * s)), 0, 0, 360, style["skin"], -1, cv2.LINE_AA)
     for dx in (-15, 15):  # eyes, upper half
-        cv2.ellipse(img, (cx + int(dx * s), cy - int(14 * s)), (int(7 * s), int(4 * s)), 0, 0, 360,
-                    (255, 255, 255), -1, cv2.LINE_AA)
-        cv2.circle(img, (cx + int(dx * s), cy - int(14 * s)), max(1, int(3 * s)), style["iris"], -1, cv2.LINE_AA)
-    cv2.line(img, (cx, cy - int(6 * s)), (cx, cy + int(8 * s)), style["nose"], max(1, int(2 * s)), cv2.LINE_AA)
+        cv2.ellipse(
+            img,
+            (cx + int(dx * s), cy - int(14 * s)),
+            (int(7 * s), int(4 * s)),
+            0,
+            0,
+            360,
+            (255, 255, 255),
+            -1,
+            cv2.LINE_AA,
+        )
+        cv2.circle(
+            img, (cx + int(dx * s), cy - int(14 * s)), max(1, int(3 * s)), style["iris"], -1, cv2.LINE_AA
+        )
+    cv2.line(
+        img, (cx, cy - int(6 * s)), (cx, cy + int(8 * s)), style["nose"], max(1, int(2 * s)), cv2.LINE_AA
+    )
     # mouth centred at 0.72 of the height: always below the generator's mask line (rows 48:)
     my = cy + int(22 * s)
     h = round((1 + 11 * opening) * s)
     cv2.ellipse(img, (cx, my), (int(14 * s), max(1, h)), 0, 0, 360, style["lips"], -1, cv2.LINE_AA)
     if h > 2:
-        cv2.ellipse(img, (cx, my), (int(10 * s), max(1, h - int(2 * s))), 0, 0, 360, (20, 10, 40), -1,
-                    cv2.LINE_AA)
+        cv2.ellipse(
+            img, (cx, my), (int(10 * s), max(1, h - int(2 * s))), 0, 0, 360, (20, 10, 40), -1, cv2.LINE_AA
+        )
     return img
 
 
@@ -85,10 +105,13 @@ def _style(rng: np.random.Generator) -> dict:
     def col(lo, hi):
         return tuple(int(v) for v in rng.integers(lo, hi, 3))
 
-    return {"bg": col(20, 120), "skin": (int(rng.integers(90, 170)), int(rng.integers(130, 200)),
-                                         int(rng.integers(170, 250))),
-            "iris": col(0, 90), "nose": col(60, 140), "lips": (int(rng.integers(40, 90)), int(rng.integers(30, 80)),
-                                                               int(rng.integers(150, 230)))}
+    return {
+        "bg": col(20, 120),
+        "skin": (int(rng.integers(90, 170)), int(rng.integers(130, 200)), int(rng.integers(170, 250))),
+        "iris": col(0, 90),
+        "nose": col(60, 140),
+        "lips": (int(rng.integers(40, 90)), int(rng.integers(30, 80)), int(rng.integers(150, 230))),
+    }
 
 
 def _clip_ids(n_speakers: int, clips_per_speaker: int) -> list[tuple[str, str]]:
@@ -136,12 +159,20 @@ def _clip_media(rng: np.random.Generator, seconds: float, fps: float, size: int,
     return wav, frames
 
 
-def make_synthetic_dataset(root: str | os.PathLike, n_speakers: int = 2, clips_per_speaker: int = 3,
-                           seconds: float = 2.0, fps: float = 25, seed: int = 0, size: int = 96) -> dict[str, Path]:
+def make_synthetic_dataset(
+    root: str | os.PathLike,
+    n_speakers: int = 2,
+    clips_per_speaker: int = 3,
+    seconds: float = 2.0,
+    fps: float = 25,
+    seed: int = 0,
+    size: int = 96,
+) -> dict[str, Path]:
     """Write a preprocessed-layout dataset under ``root``; return ``{"train"|"val"|"test": filelist path}``.
 
     Layout: ``root/<speaker>/<clip>/<i>.jpg`` (``size`` x ``size`` face crops, frame ``i`` 0-based),
-    ``root/<speaker>/<clip>/audio.wav`` (16 kHz mono), ``root/filelists/<split>.txt`` of ``speaker/clip`` lines.
+    ``root/<speaker>/<clip>/audio.wav`` (16 kHz mono), ``root/filelists/<split>.txt`` of ``speaker/clip``
+    lines.
     ``seconds`` of audio/video per clip at ``fps``. Deterministic for a given ``seed``.
     """
     import cv2
@@ -175,11 +206,27 @@ def _ffmpeg() -> str:
 
 
 def write_mp4(path: Path, frames: list[np.ndarray], fps: float, wav: np.ndarray | None) -> None:
-    """Encode BGR frames (+ optional 16 kHz mono audio) as an h264/aac mp4 with ffmpeg (argument lists, no shell)."""
+    """Encode BGR frames (+ optional 16 kHz mono audio) as an h264/aac mp4 with ffmpeg (argument lists, no
+    shell)."""
     h, w = frames[0].shape[:2]
     with tempfile.TemporaryDirectory(prefix="lipsync_synth_") as tmp:
-        args = [_ffmpeg(), "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
-                "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0"]
+        args = [
+            _ffmpeg(),
+            "-nostdin",
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-s",
+            f"{w}x{h}",
+            "-r",
+            str(fps),
+            "-i",
+            "pipe:0",
+        ]
         if wav is not None:
             wav_path = Path(tmp) / "a.wav"
             _write_wav(wav_path, wav)
@@ -188,18 +235,31 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: float, wav: np.ndarray 
         raw = b"".join(np.ascontiguousarray(f).tobytes() for f in frames)
         proc = subprocess.run(args, input=raw, capture_output=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"ffmpeg failed writing {path}: {proc.stderr.decode(errors='replace')[-1000:]}")
+            raise RuntimeError(
+                f"ffmpeg failed writing {path}: {proc.stderr.decode(errors='replace')[-1000:]}"
+            )
 
 
-def make_synthetic_lrs2(root: str | os.PathLike, n_speakers: int = 2, clips_per_speaker: int = 2,
-                        seconds: float = 1.0, fps: float = 25, seed: int = 0, frame_size: tuple[int, int] = (160, 128),
-                        face_size: int = 96, background: np.ndarray | None = None,
-                        pretrain_clips: int = 0) -> dict[str, Path]:
+def make_synthetic_lrs2(
+    root: str | os.PathLike,
+    n_speakers: int = 2,
+    clips_per_speaker: int = 2,
+    seconds: float = 1.0,
+    fps: float = 25,
+    seed: int = 0,
+    frame_size: tuple[int, int] = (160, 128),
+    face_size: int = 96,
+    background: np.ndarray | None = None,
+    pretrain_clips: int = 0,
+) -> dict[str, Path]:
     """Write an LRS2-shaped folder: ``root/main/<speaker>/<clip>.mp4`` and ``root/{train,val,test}.txt``.
 
-    Each video is ``frame_size`` (w, h) at ``fps`` with an AAC audio track; a drawn ``face_size`` face sits in it.
-    ``background`` (a BGR image, e.g. a real photo when a real detector must find a face) replaces the drawn face:
-    every frame is that image resized to the frame (the audio is still the synthetic one). ``pretrain_clips`` > 0 also writes ``root/pretrain/<speaker>/<clip>.mp4``
+    Each video is ``frame_size`` (w, h) at ``fps`` with an AAC audio track; a drawn ``face_size`` face sits
+    in it.
+    ``background`` (a BGR image, e.g. a real photo when a real detector must find a face) replaces the drawn
+    face:
+    every frame is that image resized to the frame (the audio is still the synthetic one). ``pretrain_clips``
+    > 0 also writes ``root/pretrain/<speaker>/<clip>.mp4``
     with the same names as in ``main`` (to test that they do not collide). Returns ``{split: list path}``.
     """
     import cv2
@@ -221,7 +281,7 @@ def make_synthetic_lrs2(root: str | os.PathLike, n_speakers: int = 2, clips_per_
                 frame = np.full((h, w, 3), styles[spk]["bg"], np.uint8)
             if background is None:
                 y0, x0 = (h - face_size) // 2, (w - face_size) // 2
-                frame[y0:y0 + face_size, x0:x0 + face_size] = face
+                frame[y0 : y0 + face_size, x0 : x0 + face_size] = face
             frames.append(frame)
         return wav, frames
 
