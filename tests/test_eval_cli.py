@@ -195,17 +195,24 @@ def test_cli_rejects_bad_mode(clips, fake_ckpt):
 # benchmark
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("reconstruction", [False, True])
-def test_benchmark_end_to_end(tmp_path, fake_ckpt, reconstruction):
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """The training issue's synthetic preprocessed dataset: 3 test clips of 0.6 s (15 frames) each."""
     from lipsync_cli.train.synthetic import make_synthetic_dataset
 
-    data = tmp_path / "data"
-    lists = make_synthetic_dataset(data, n_speakers=2, clips_per_speaker=2, seconds=0.8, seed=3)
-    # test on every clip: more pairs to choose from
-    test_list = tmp_path / "test.txt"
-    test_list.write_text("".join(f"{s}/{c}\n" for s in ("spk00", "spk01") for c in ("00000", "00001")))
+    root = tmp_path_factory.mktemp("bench")
+    lists = make_synthetic_dataset(root / "data", n_speakers=2, clips_per_speaker=2, seconds=0.6, seed=3)
     assert lists["test"].is_file()
+    test_list = root / "test.txt"  # three clips, so that random pairs have a choice
+    test_list.write_text("spk00/00000\nspk00/00001\nspk01/00000\n")
+    return root / "data", test_list
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reconstruction", [False, True])
+def test_benchmark_end_to_end(dataset, tmp_path, fake_ckpt, reconstruction):
+    data, test_list = dataset
+    n = 2 if reconstruction else 3
     out = tmp_path / "bench"
     args = [
         "eval",
@@ -224,6 +231,8 @@ def test_benchmark_end_to_end(tmp_path, fake_ckpt, reconstruction):
         "1",
         "--plot",
         str(out / "png"),
+        "--limit",
+        str(n),
     ]
     if reconstruction:
         args.append("--reconstruction")
@@ -232,14 +241,15 @@ def test_benchmark_end_to_end(tmp_path, fake_ckpt, reconstruction):
     doc = json.loads((out / "benchmark.json").read_text())
     assert all(p["status"] == "ok" for p in doc["pairs"]), doc["pairs"]
     real_row, gen_row = doc["summary"]["rows"]
-    assert real_row["method"] == "Real videos" and real_row["count"] == 4
-    assert gen_row["method"] == "wav2lip.pth" and gen_row["count"] == 4
-    assert len(list((out / "videos").glob("*.mp4"))) == 4
+    assert real_row["method"] == "Real videos" and real_row["count"] == n
+    assert gen_row["method"] == "wav2lip.pth" and gen_row["count"] == n
+    assert len(list((out / "videos").glob("*.mp4"))) == n
     for p in doc["pairs"]:
         assert (p["audio"] == p["video"]) == reconstruction
-        assert p["lse"]["n_frames"] == 20  # 0.8 s of the pair's audio at 25 fps
+        assert p["lse"]["n_frames"] == 15  # 0.6 s of the pair's audio at 25 fps
+        assert p["lse"]["lse_d"] > 0 and len(p["lse"]["curve"]) == 31
     md = (out / "benchmark.md").read_text()
-    assert "| Real videos |" in md and "LSE-D" in md and "LSE-C" in md
+    assert "| Real videos |" in md and "LSE-D" in md and "LSE-C" in md and "| wav2lip.pth |" in md
     if reconstruction:
         assert "PSNR" in md and math_finite(gen_row["psnr"]) and 0 < gen_row["psnr"] < 60
         assert -1 <= gen_row["ssim"] <= 1

@@ -49,7 +49,8 @@ def test_synthetic_layout(synth):
 
 
 def test_synthetic_mouth_follows_loudness(synth):
-    """Lip sync is learnable: the lower half changes with the audio's loudness, the upper half barely moves."""
+    """Lip sync is learnable: the lower half changes with the audio's loudness, the upper half barely
+    moves."""
     import cv2
     import soundfile as sf
 
@@ -68,7 +69,9 @@ def test_synthetic_mouth_follows_loudness(synth):
 def test_synthetic_is_deterministic(tmp_path):
     a = make_synthetic_dataset(tmp_path / "a", 1, 1, seconds=0.4, seed=5)
     b = make_synthetic_dataset(tmp_path / "b", 1, 1, seconds=0.4, seed=5)
-    assert (tmp_path / "a/spk00/00000/audio.wav").read_bytes() == (tmp_path / "b/spk00/00000/audio.wav").read_bytes()
+    assert (tmp_path / "a/spk00/00000/audio.wav").read_bytes() == (
+        tmp_path / "b/spk00/00000/audio.wav"
+    ).read_bytes()
     assert a["train"].read_text() == b["train"].read_text()
 
 

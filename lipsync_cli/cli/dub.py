@@ -28,13 +28,15 @@ def progress_bars(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     labels = {"detect": "detecting faces", "dub": "dubbing"}
-    with Progress(TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
-                  TimeRemainingColumn(), console=_console(), transient=False) as bar:
+    with Progress(TextColumn("{task.description:>22}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[unit]}"), TimeRemainingColumn(), console=_console(),
+                  transient=False) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, advance: int, total: int | None) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+                unit = "bytes" if stage.startswith("download") else "frames"
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total, unit=unit)
             bar.update(tasks[stage], advance=advance, total=total)
 
         yield progress
@@ -58,7 +60,8 @@ def dub(
     detector: str = typer.Option("s3fd", help="Face detector: s3fd | insightface."),
     detector_weights: Optional[Path] = typer.Option(None, help="Detector weights: s3fd .pth, or an insightface "
                                                                  "pack name / .onnx file."),
-    det_size: int = typer.Option(480, help="Longest side (px) of the frames the detector sees."),
+    det_size: Optional[int] = typer.Option(None, help="Longest side (px) of the frames the detector sees "
+                                                       "(default 320 on CPU, 640 on GPU)."),
     detect_every: int = typer.Option(4, help="Detect faces every N frames and interpolate between (frames "
                                              "whose ends disagree are detected too); 1 detects every frame."),
     box: Optional[tuple[int, int, int, int]] = typer.Option(None, help="Fixed face box X1 Y1 X2 Y2 (pixels, x "
@@ -121,7 +124,8 @@ def detect(
     detector: str = typer.Option("s3fd", help="Face detector: s3fd | insightface."),
     detector_weights: Optional[Path] = typer.Option(None, help="Detector weights (s3fd .pth, insightface pack "
                                                                  "name or .onnx)."),
-    det_size: int = typer.Option(480, help="Longest side (px) of the frames the detector sees."),
+    det_size: Optional[int] = typer.Option(None, help="Longest side (px) of the frames the detector sees "
+                                                       "(default 320 on CPU, 640 on GPU)."),
     detect_every: int = typer.Option(4, help="Detect every N frames, interpolating between (1: every frame)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
     offline: bool = typer.Option(False, "--offline", help="Never download weights."),

@@ -644,6 +644,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
             metrics=records[-2:],
             best_loss=best_loss,
             rng={"0": _rng_state()},
+            running={"sums": dict(running), "n": n_running},  # the train averages of the next eval
             **task.checkpoint_extras(),
         )
         ckpt["optimizer"] = ckpt["optimizers"]["model"]
@@ -671,6 +672,9 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
         evaluate({})  # the untrained baseline, so every curve starts at step 0
     running: dict[str, float] = {}
     n_running = 0
+    if resume_ckpt is not None and isinstance(resume_ckpt.get("running"), dict):
+        running = {k: float(v) for k, v in resume_ckpt["running"]["sums"].items()}
+        n_running = int(resume_ckpt["running"]["n"])
     t_last, step_last = time.perf_counter(), step
     try:
         for batch in loader:
