@@ -592,8 +592,9 @@ class FrameReader:
         self._stop_pass()
         self._stop.clear()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the ffmpeg process)
+        # own session: a terminal Ctrl-C reaches Python only, which then stops ffmpeg and cleans up itself
         self._proc = subprocess.Popen(self._command(limit), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=self._stderr)
+                                      stderr=self._stderr, start_new_session=True)
         self._queue = queue.Queue(maxsize=self._queue_frames)
         self._thread = threading.Thread(target=self._decode_loop, args=(self._proc, self._queue, self._stderr),
                                         name="lipsync-decode", daemon=True)
@@ -784,7 +785,7 @@ class VideoWriter:
         log.debug("encode: %s", cmd)
         try:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                          stderr=self._stderr)
+                                          stderr=self._stderr, start_new_session=True)
         except OSError as err:
             self._stderr.close()
             raise EncodeError(f"could not start ffmpeg to write {self.out_path}: {err}") from err

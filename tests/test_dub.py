@@ -215,3 +215,27 @@ def test_missing_weights_offline_is_one_clear_message(media, tmp_path):
     assert "lipsync weights download" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 3
     assert not out.exists()
+
+
+def test_ctrl_c_leaves_no_output(media, fake_ckpt, tmp_path):
+    """SIGINT while encoding: exit 130, no output file, no temporary file."""
+    import signal
+    import time
+
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    out = out_dir / "out.mp4"
+    env = {**os.environ, "LIPSYNC_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync_cli", "dub", str(media["short_video"]),
+                             str(media["long_speech"]), "-o", str(out), "--checkpoint", str(fake_ckpt("wav2lip")),
+                             "--box", *map(str, BOX), "--batch-size", "1", "--precision", "fp32"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(out_dir.iterdir()) and proc.poll() is None:
+        time.sleep(0.05)  # wait until the encoder's temporary file exists
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert list(out_dir.iterdir()) == []
