@@ -317,3 +317,75 @@ def test_plots_are_written(tmp_path):
     assert [p.name for p in written] == ["a_b_offsets.png", "lse_c_hist.png"]
     assert all(p.stat().st_size > 1000 for p in written)
     assert Path(written[0]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_syncnet_offline_names_the_download(clips, tmp_path, monkeypatch):
+    from lipsync_cli.cli import main
+
+    monkeypatch.setenv("LIPSYNC_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIPSYNC_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "lse", str(clips / "talk.mp4"), "--mode", "crop"])
+    assert exc.value.code == 5  # WeightsNotFound
+
+
+@pytest.mark.parametrize("audio_delay", [0.0, 0.2])
+def test_read_pcm16_equals_the_reference_extraction(clips, tmp_path, audio_delay):
+    """The reference runs `ffmpeg -i V -async 1 -ac 1 -vn -acodec pcm_s16le -ar 16000 audio.wav` and reads it
+    with scipy's wavfile (int16). For a file whose audio starts after its video, ours is padded at the start
+    with silence up to the video's first frame (aresample first_pts=0, what `-async 1` stood for); this
+    ffmpeg's
+    `-async 1` no longer pads, which would shift the audio against the frames."""
+    import soundfile as sf
+
+    src = clips / "talk.mp4"
+    if audio_delay:
+        src = tmp_path / "late.mp4"
+        run_ffmpeg(
+            [
+                "-i",
+                str(clips / "talk.mp4"),
+                "-itsoffset",
+                str(audio_delay),
+                "-i",
+                str(clips / "talk.mp4"),
+                "-map",
+                "0:v",
+                "-map",
+                "1:a",
+                "-c",
+                "copy",
+                str(src),
+            ]
+        )
+    wav = tmp_path / "audio.wav"
+    try:
+        run_ffmpeg(
+            [
+                "-i",
+                str(src),
+                "-async",
+                "1",
+                "-ac",
+                "1",
+                "-vn",
+                "-acodec",
+                "pcm_s16le",
+                "-ar",
+                "16000",
+                str(wav),
+            ]
+        )
+    except RuntimeError:
+        pytest.skip("this ffmpeg no longer accepts -async")
+    want, sr = sf.read(str(wav), dtype="int16")
+    got = L.read_pcm16(src)
+    assert sr == 16000 and got.dtype == np.int16
+    pad = len(got) - len(want)
+    if audio_delay:
+        # the audio stream starts ~0.14 s in (0.2 s offset minus the AAC priming): that much silence first
+        assert 0.1 * 16000 <= pad <= 0.25 * 16000 and not got[:pad].any()
+    else:
+        assert pad == 0
+    np.testing.assert_array_equal(got[pad:], want)

@@ -69,7 +69,7 @@ def lse(
     det_size: Annotated[int, typer.Option(help="Longest side (px) of the frames the detector sees.")] = 640,
     batch_size: Annotated[int, typer.Option(help="5-frame windows per SyncNet pass.")] = 20,
     vshift: Annotated[int, typer.Option(help="Largest AV offset tried, frames (the protocol uses 15).")] = 15,
-    device: Annotated[str, typer.Option(help="cpu | cuda | mps.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps (auto: cuda > mps > cpu).")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table, no progress.")] = False,
 ) -> None:
     """Per-video LSE-D, LSE-C and AV offset, computed exactly as Wav2Lip's evaluation scripts do."""
@@ -193,7 +193,7 @@ def benchmark(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N test clips.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Folder for PNG curves and LSE-C histograms.")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda | mps.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps (auto: cuda > mps > cpu).")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """The papers' protocol: dub every test video with another's audio (or its own), score it, tabulate."""

@@ -54,7 +54,7 @@ class BenchmarkOptions:
     pairs: Path | None = None  # AUDIO_CLIP VIDEO_CLIP lines; None -> seeded random pairs
     seed: int = 0
     reconstruction: bool = False
-    device: str = "cpu"
+    device: str = "auto"  # auto: cuda > mps > cpu
     batch_size: int = 20  # SyncNet windows per pass
     dub_batch_size: int = 16
     inception: Path | None = None  # FID weights; None -> torch hub cache, else FID is skipped
@@ -253,7 +253,9 @@ def run_benchmark(
     clips = read_test_list(test_list, data)
     if options.limit is not None:
         clips = clips[: options.limit]
-    device = options.device
+    from lipsync_cli.dub import resolve_device
+
+    device = resolve_device(options.device)
     if syncnet_model is None:
         syncnet_model = load_syncnet(options.syncnet, device=device)
     syncnet_model = syncnet_model.to(device).eval()

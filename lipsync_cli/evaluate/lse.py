@@ -68,7 +68,7 @@ class LSEOptions:
     mode: str = "track"  # "crop" (whole frames, LRS protocol) or "track" (face track + SyncNet crop)
     vshift: int = VSHIFT
     batch_size: int = 20  # 5-frame windows per SyncNet forward pass
-    device: str = "cpu"
+    device: str = "auto"  # auto: cuda > mps > cpu
     detector: str = "s3fd"  # track mode only
     detector_weights: Path | None = None
     det_size: int = 640
@@ -243,12 +243,13 @@ def _ffmpeg() -> str:
 
 
 def read_pcm16(path: str | os.PathLike) -> np.ndarray:
-    """The audio of ``path`` as 16 kHz mono int16, as the reference extracts it.
+    """The audio of ``path`` as 16 kHz mono int16 on the file's timeline, as the reference extracts it.
 
-    The reference runs ``ffmpeg -async 1 -ac 1 -vn -acodec pcm_s16le -ar 16000``; ``-async 1`` (removed from
-    recent ffmpeg) is the ``aresample=async=1:min_hard_comp=0.1:first_pts=0`` filter: pad/trim the start so
-    the
-    audio begins at time 0.
+    The reference runs ``ffmpeg -async 1 -ac 1 -vn -acodec pcm_s16le -ar 16000`` and reads the wav as int16.
+    ``-async 1`` stood for ``aresample=async=1:min_hard_comp=0.1:first_pts=0``: an audio stream that starts
+    late is padded with silence so that sample 0 is at time 0. Recent ffmpeg accepts ``-async 1`` but no
+    longer pads, so the filter is spelt out here. For audio that starts at 0 (every generated video) the
+    samples are bit-identical to the reference command's.
     """
     path = Path(path)
     if not path.is_file():
@@ -490,6 +491,20 @@ def track_crops(
     return first, _resized_frames(path, range(first, stop), params, options.crop_scale)
 
 
+def _resolved(options: LSEOptions) -> LSEOptions:
+    """``options`` validated, with "auto" replaced by the device it stands for."""
+    from dataclasses import replace
+
+    from lipsync_cli.dub import resolve_device
+
+    options.validate()
+    return (
+        options
+        if options.device in ("cpu", "cuda")
+        else replace(options, device=resolve_device(options.device))
+    )
+
+
 def score_video(
     path: str | os.PathLike,
     model,
@@ -500,6 +515,7 @@ def score_video(
 ) -> LSEResult:
     """Score one video file; raises domain errors (see :func:`score_videos` for the batch that never
     aborts)."""
+    options = _resolved(options)
     path = Path(path)
     if not path.is_file():
         raise InputNotFound(f"video not found: {path}")
@@ -557,7 +573,7 @@ def score_videos(
 ) -> list[LSEResult]:
     """Score every video; a video that cannot be scored gets a row with its status and error, never aborts the
     batch. ``progress(done, total, path)`` is called before each video and once at the end."""
-    options.validate()
+    options = _resolved(options)
     if model is None:
         model = load_syncnet(syncnet, device=options.device)
     model = model.to(options.device).eval()
