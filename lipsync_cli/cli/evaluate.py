@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -66,7 +66,10 @@ def lse(
     detector_weights: Annotated[
         Path | None, typer.Option(help="Detector weights (s3fd .pth, or an insightface .onnx / pack name).")
     ] = None,
-    det_size: Annotated[int, typer.Option(help="Longest side (px) of the frames the detector sees.")] = 640,
+    det_size: Annotated[
+        Optional[int], typer.Option(help="Longest side (px) of the frames the detector sees (default 320 on CPU, "
+                                         "640 on GPU).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="5-frame windows per SyncNet pass.")] = 20,
     vshift: Annotated[int, typer.Option(help="Largest AV offset tried, frames (the protocol uses 15).")] = 15,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps (auto: cuda > mps > cpu).")] = "auto",

@@ -71,7 +71,7 @@ class LSEOptions:
     device: str = "auto"  # auto: cuda > mps > cpu
     detector: str = "s3fd"  # track mode only
     detector_weights: Path | None = None
-    det_size: int = 640
+    det_size: int | None = None  # None: 320 px on a CPU, 640 on a GPU (as `lipsync dub`)
     min_face_score: float = 0.5
     crop_scale: float = CROP_SCALE
 
@@ -457,6 +457,10 @@ def load_syncnet(path: str | os.PathLike | None = None, device: str = "cpu", off
     return load_syncnet_v2(path, device=device)
 
 
+def _det_size(options: LSEOptions) -> int:
+    return options.det_size or (320 if options.device == "cpu" else 640)
+
+
 def load_eval_detector(options: LSEOptions):
     """The face detector for track mode (weights from the registry when not given)."""
     from lipsync_cli.faces import load_detector
@@ -466,7 +470,7 @@ def load_eval_detector(options: LSEOptions):
         from lipsync_cli import weights
 
         wts = weights.resolve("s3fd", None)
-    return load_detector(options.detector, weights=wts, device=options.device, det_size=options.det_size)
+    return load_detector(options.detector, weights=wts, device=options.device, det_size=_det_size(options))
 
 
 def track_crops(
@@ -480,7 +484,7 @@ def track_crops(
     face track (see :func:`face_tracks`)."""
     from lipsync_cli.faces.track import track_video
 
-    track = track_video(path, detector, fps=SYNC_FPS, det_size=options.det_size, progress=progress)
+    track = track_video(path, detector, fps=SYNC_FPS, det_size=_det_size(options), progress=progress)
     tracks = face_tracks(track.faces, options.min_face_score)
     if not tracks:
         raise NoFaceError(
