@@ -47,7 +47,8 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, start: float = 0.
     """Decode the first audio stream of ``path`` to float32 mono at ``sr`` Hz (nominally in [-1, 1]) with ffmpeg.
 
     Works for wav of any rate/sample format/channel count, mp3, m4a/aac, and the audio track of a video.
-    Channels are averaged (as librosa does in Wav2Lip). ``start``/``duration`` (seconds) select a part. ``min_samples`` (default: one
+    Channels are averaged (as librosa does in Wav2Lip). ``start``/``duration`` (seconds) select a part.
+    ``min_samples`` (default: one
     generator window, 0.2 s at ``sr``) is the shortest result accepted.
 
     Raises ``InputNotFound``, ``VideoOpenError`` (not media), ``NoAudioStream`` (no audio track: name it),

@@ -88,7 +88,8 @@ class DubOptions:
         if self.box is not None:
             x1, y1, x2, y2 = self.box
             if x2 <= x1 or y2 <= y1 or min(self.box) < 0:
-                raise BadOption(f"--box {x1} {y1} {x2} {y2} is empty or negative: give X1 Y1 X2 Y2 with X2 > X1, Y2 > Y1")
+                raise BadOption(f"--box {x1} {y1} {x2} {y2} is empty or negative",
+                                "give X1 Y1 X2 Y2 with X2 > X1, Y2 > Y1")
 
 
 @dataclass
@@ -397,7 +398,8 @@ def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progr
     total = info.frames_at(fps) if fps and not info.is_image else info.n_frames
     cb = (lambda k: progress("detect", k, total)) if progress else None
     with autocast(device, resolve_precision(options.precision, device)):
-        return track_video(video, detector, fps=fps, det_size=detection_size(options, device), every=options.detect_every,
+        return track_video(video, detector, fps=fps, det_size=detection_size(options, device),
+                           every=options.detect_every,
                            progress=cb)
 
 

@@ -89,11 +89,13 @@ def dub(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Re-draw the speaker's mouth in VIDEO to match AUDIO and write the result to -o."""
-    from lipsync_cli.dub import DubOptions, dub as run_dub
+    from lipsync_cli.dub import DubOptions
+    from lipsync_cli.dub import dub as run_dub
 
     opts = DubOptions(
         checkpoint=checkpoint, arch=arch, detector=detector, detector_weights=detector_weights, det_size=det_size,
-        detect_every=detect_every, box=tuple(box) if box else None, track=track, track_options=_track_options(pads, no_smooth, ref_box),
+        detect_every=detect_every, box=tuple(box) if box else None, track=track,
+        track_options=_track_options(pads, no_smooth, ref_box),
         strict=strict, batch_size=batch_size, device=device, precision=precision, blend=blend, loop=loop, fps=fps,
         crf=crf, preset=preset, offline=True if offline else None,
     )

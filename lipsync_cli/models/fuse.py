@@ -21,7 +21,8 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
             continue
         children = list(module.named_children())
         for (name_a, a), (name_b, b) in zip(children, children[1:]):
-            if isinstance(b, nn.BatchNorm2d) and isinstance(a, (nn.Conv2d, nn.ConvTranspose2d)) and b.track_running_stats:
+            is_conv = isinstance(a, (nn.Conv2d, nn.ConvTranspose2d))
+            if is_conv and isinstance(b, nn.BatchNorm2d) and b.track_running_stats:
                 setattr(module, name_a, fuse_conv_bn_eval(a, b, transpose=isinstance(a, nn.ConvTranspose2d)))
                 setattr(module, name_b, nn.Identity())
     for attr in ("arch", "config"):
