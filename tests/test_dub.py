@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from synth import make_audio, make_image, make_video
 
 from lipsync_cli.dub import DubOptions, dub, loop_index, output_frames
