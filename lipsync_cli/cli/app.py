@@ -11,6 +11,17 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from lipsync_cli import __version__
+
+        print(f"lipsync_cli {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
     """Lip-sync dubbing: re-draw a speaker's mouth to match new speech (Wav2Lip family)."""
