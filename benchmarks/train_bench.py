@@ -71,6 +71,8 @@ def bench_train(root, lists, out, kind, arch, batch, workers, steps, device, pre
     )
     train(cfg, on_event)
     # the first two steps include warm-up (allocator, cuDNN autotune)
+    if len(times) < 3:
+        return float("nan")
     span = times[-1] - times[1]
     return (len(times) - 2) * batch / span
 
@@ -83,9 +85,7 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--loader-batches", type=int, default=20)
-    p.add_argument(
-        "--models", nargs="*", default=["syncnet", "wav2lip", "attn_wav2lip", "lpips_attn_wav2lip"]
-    )
+    p.add_argument("--models", nargs="*", default=["syncnet", "wav2lip", "attn_wav2lip", "lpips_attn_wav2lip"])
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -97,9 +97,7 @@ def main(argv=None) -> None:
         lists = make_synthetic_dataset(tmp / "data", n_speakers=2, clips_per_speaker=3, seconds=3.0)
         for kind in ("syncnet", "generator"):
             sps = bench_loader(tmp / "data", lists, kind, args.batch_size, args.workers, args.loader_batches)
-            results.append(
-                {"what": f"loader:{kind}", "samples_per_s": round(sps, 1), "workers": args.workers}
-            )
+            results.append({"what": f"loader:{kind}", "samples_per_s": round(sps, 1), "workers": args.workers})
             print(f"loader {kind:>20}: {sps:8.1f} samples/s ({args.workers} workers)", flush=True)
         expert = None
         for model in args.models:

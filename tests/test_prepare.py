@@ -113,9 +113,7 @@ def test_real_detector_on_a_photo(tmp_path, scrfd_onnx, testmedia):
     root = tmp_path / "lrs2"
     make_synthetic_lrs2(root, 1, 1, seconds=0.6, frame_size=(320, 240), background=photo)
     out = tmp_path / "out"
-    opts = PrepareOptions(
-        detector="insightface", detector_weights=str(scrfd_onnx), device="cpu", det_size=320
-    )
+    opts = PrepareOptions(detector="insightface", detector_weights=str(scrfd_onnx), device="cpu", det_size=320)
     report = prepare(root, out, opts)
     assert report.prepared == ["spk00/00000"], report.failed
     crops = sorted((out / "spk00/00000").glob("*.jpg"))

@@ -69,9 +69,7 @@ def test_synthetic_mouth_follows_loudness(synth):
 def test_synthetic_is_deterministic(tmp_path):
     a = make_synthetic_dataset(tmp_path / "a", 1, 1, seconds=0.4, seed=5)
     b = make_synthetic_dataset(tmp_path / "b", 1, 1, seconds=0.4, seed=5)
-    assert (tmp_path / "a/spk00/00000/audio.wav").read_bytes() == (
-        tmp_path / "b/spk00/00000/audio.wav"
-    ).read_bytes()
+    assert (tmp_path / "a/spk00/00000/audio.wav").read_bytes() == (tmp_path / "b/spk00/00000/audio.wav").read_bytes()
     assert a["train"].read_text() == b["train"].read_text()
 
 
@@ -222,3 +220,54 @@ def test_losses_match_upstream_reference(compat_dir, fake_ckpt):
         np.testing.assert_allclose(loss.item(), float(ref["bce_loss"]), rtol=1e-4, atol=1e-4)
         g = sync_loss(expert, torch.from_numpy(ref["mel"]), torch.from_numpy(ref["gen_clip"]))
         np.testing.assert_allclose(g.item(), float(ref["gen_clip_sync_loss"]), rtol=1e-4, atol=1e-4)
+
+
+def test_export_expert_in_upstream_layout(tmp_path):
+    from typer.testing import CliRunner
+
+    from lipsync_cli.checkpoint import atomic_save, load_file, make_checkpoint
+    from lipsync_cli.cli.app import app
+    from lipsync_cli.models.syncnet import SyncNetColor, load_expert
+
+    net = SyncNetColor()
+    net.arch = "syncnet_color"
+    ours = tmp_path / "best.pt"
+    atomic_save(make_checkpoint(net, kind="syncnet_color", step=7, epoch=1, optimizers={}), ours)
+    out = tmp_path / "lipsync_expert.pth"
+    r = CliRunner().invoke(app, ["train", "export", str(ours), str(out)])
+    assert r.exit_code == 0, r.output
+    obj = load_file(out)
+    assert set(obj) == {"state_dict", "optimizer", "global_step", "global_epoch"} and obj["global_step"] == 7
+    assert list(obj["state_dict"]) == list(net.state_dict())
+    again = load_expert(out)
+    for k, v in net.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v)
+    r = CliRunner().invoke(app, ["train", "export", str(ours), str(out), "--disc"])
+    assert r.exit_code != 0
+
+
+def test_init_attn_wav2lip_from_official_wav2lip(synth, tmp_path, fake_ckpt):
+    """--init wav2lip.pth for attn_wav2lip: the shared Wav2Lip layers take the file's weights."""
+    from lipsync_cli.checkpoint import load_file, unwrap_state_dict
+    from lipsync_cli.train.core import GeneratorTask
+
+    root, lists = synth
+    cfg = TrainConfig(
+        kind="generator",
+        arch="attn_wav2lip",
+        data=str(root),
+        train_list=str(lists["train"]),
+        val_list=str(lists["val"]),
+        out=str(tmp_path),
+        syncnet=str(fake_ckpt("syncnet_color")),
+        gan=False,
+    )
+    task = GeneratorTask(cfg, torch.device("cpu"))
+    sd = unwrap_state_dict(load_file(fake_ckpt("wav2lip")))
+    task.init_from(sd)
+    mine = task.model.state_dict()
+    shared = [k for k in sd if k in mine]
+    assert len(shared) == len(sd)
+    for k in shared:
+        assert torch.equal(mine[k], sd[k]), k
+    assert all(not p.requires_grad for p in task.expert.parameters()) and not task.expert.training

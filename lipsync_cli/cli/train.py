@@ -28,9 +28,7 @@ def _console():
 
 @app.command()
 def prepare(
-    lrs2_root: Path = typer.Argument(
-        ..., help="LRS2 folder: main/<speaker>/<clip>.mp4 and train/val/test.txt."
-    ),
+    lrs2_root: Path = typer.Argument(..., help="LRS2 folder: main/<speaker>/<clip>.mp4 and train/val/test.txt."),
     out: Path = typer.Argument(..., help="Output: <speaker>/<clip>/<i>.jpg + audio.wav, and filelists/."),
     workers: int = typer.Option(1, help="Clips processed in parallel (processes; GPUs shared round-robin)."),
     detector: str = typer.Option("insightface", help="Face detector: insightface | s3fd."),
@@ -44,9 +42,7 @@ def prepare(
     device: str = typer.Option("auto", help="auto (GPUs when present) | cpu | cuda | cuda:N."),
     fps: float = typer.Option(25.0, help="Resample every clip to this frame rate (frames/s)."),
     resample: bool = typer.Option(True, help="--no-resample keeps each clip's own frame rate."),
-    pads: tuple[int, int, int, int] = typer.Option(
-        (0, 10, 0, 0), help="Box padding: top bottom left right (px)."
-    ),
+    pads: tuple[int, int, int, int] = typer.Option((0, 10, 0, 0), help="Box padding: top bottom left right (px)."),
     pretrain: bool = typer.Option(False, help="Also prepare LRS2_ROOT/pretrain (into OUT/pretrain/)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N clips (a quick trial)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -201,9 +197,7 @@ def train_syncnet(
     out: Optional[Path] = _OUT,
     config: Optional[Path] = _CONFIG,
     resume: Optional[str] = _RESUME,
-    init: Optional[Path] = typer.Option(
-        None, "--init", help="Start from an expert (e.g. lipsync_expert.pth)."
-    ),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from an expert (e.g. lipsync_expert.pth)."),
     steps: Optional[int] = _STEPS,
     batch_size: Optional[int] = _BS,
     lr: Optional[float] = _LR,
@@ -277,3 +271,16 @@ def train_generator(
         except ValueError:
             raise typer.BadParameter(f"--sync-weight must be 'auto' or a number, got {sw!r}") from None
     _run_training("generator", **flags)
+
+
+@train_app.command("export")
+def train_export(
+    checkpoint: Path = typer.Argument(..., help="RUN/best.pt or RUN/last.pt of `lipsync train`."),
+    output: Path = typer.Argument(..., help="File to write, e.g. lipsync_expert.pth or wav2lip.pth."),
+    disc: bool = typer.Option(False, "--disc", help="Export the GAN discriminator instead of the model."),
+) -> None:
+    """Write a trained model in the upstream release layout (loads where the official .pth files do)."""
+    from lipsync_cli.train.export import export_upstream
+
+    out = export_upstream(checkpoint, output, part="disc" if disc else "model")
+    _console().print(f"wrote {out}")

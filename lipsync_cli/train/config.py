@@ -1,8 +1,8 @@
 """Training configuration: one frozen dataclass, its defaults, its validator, and TOML/YAML loading.
 
 Precedence (lowest first): the dataclass defaults, a ``--config`` file, explicit command-line flags. The
-resolved
-config is written into the run directory as ``config.yaml`` so ``--config RUN/config.yaml`` repeats a run.
+resolved config is written into the run directory as ``config.yaml`` so ``--config RUN/config.yaml`` repeats a
+run.
 """
 
 from __future__ import annotations
@@ -50,9 +50,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
     workers: int = 4  # DataLoader worker processes (JPEG decoding); 0 decodes in the main process
-    precision: str = (
-        "auto"  # "auto" (bf16 on GPU if supported, fp16 otherwise; fp32 on CPU) or fp32/fp16/bf16
-    )
+    precision: str = "auto"  # "auto" (bf16 on GPU if supported, fp16 otherwise; fp32 on CPU) or fp32/fp16/bf16
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     sync_weight: str | float = "auto"  # "auto" or a number used from step 0
     sync_weight_value: float = DEFAULT_SYNC_WEIGHT  # ``a`` once auto switches on

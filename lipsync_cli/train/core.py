@@ -3,14 +3,11 @@
 Read it top to bottom: config -> distributed setup -> data -> model init (scratch / --init / --resume) ->
 optimizers -> eval -> loop -> checkpoints. What differs between the expert and a generator (the models, one
 training step, one eval batch) lives in two small task classes; the loop, precision, clipping, DDP,
-checkpoints,
-metrics and resume are shared.
+checkpoints, metrics and resume are shared.
 
 Exactness of resume: the sample order is a function of (seed, step) (see ``data.py``), and a checkpoint holds
-the
-model(s), optimizer(s), grad scaler(s), step, the sync-weight switch and every RNG state, so a run killed at
-step k
-and resumed continues the curve of the uninterrupted run.
+the model(s), optimizer(s), grad scaler(s), step, the sync-weight switch and every RNG state, so a run killed
+at step k and resumed continues the curve of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -46,9 +43,7 @@ from lipsync_cli.train.data import (
 
 log = logging.getLogger(__name__)
 
-EVAL_SEED_OFFSET = (
-    1_000_003  # the eval set is drawn with seed + this, so it never depends on the training order
-)
+EVAL_SEED_OFFSET = 1_000_003  # the eval set is drawn with seed + this, so it never depends on the training order
 SYNCNET_KIND = "syncnet_color"
 
 
@@ -215,15 +210,11 @@ class GeneratorTask:
             if cfg.disc_init:
                 from lipsync_cli.models.disc import load_discriminator
 
-                self.disc.load_state_dict(
-                    _unwrap(load_discriminator(cfg.disc_init, device=device)).state_dict()
-                )
+                self.disc.load_state_dict(_unwrap(load_discriminator(cfg.disc_init, device=device)).state_dict())
         if self.use_lpips:
             self.lpips = L.make_lpips(cfg.lpips_net, cfg.lpips_pretrained, device)
         extra = "gan" if self.use_gan else "lpips" if self.use_lpips else None
-        self.loss_names = (
-            ("loss", "l1", "sync") + ((extra,) if extra else ()) + (("disc",) if self.use_gan else ())
-        )
+        self.loss_names = ("loss", "l1", "sync") + ((extra,) if extra else ()) + (("disc",) if self.use_gan else ())
 
     @staticmethod
     def _load_expert(path: str, device: torch.device) -> torch.nn.Module:
@@ -241,9 +232,7 @@ class GeneratorTask:
     def init_from(self, sd: dict) -> None:
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
         if unexpected:
-            raise CheckpointMismatch(
-                f"--init does not fit {self.cfg.arch}: unexpected keys such as {unexpected[0]}"
-            )
+            raise CheckpointMismatch(f"--init does not fit {self.cfg.arch}: unexpected keys such as {unexpected[0]}")
         if missing:
             log.info(
                 "--init: %d parameters of %s start from scratch (e.g. %s)",
@@ -341,9 +330,7 @@ class GeneratorTask:
     def checkpoint_extras(self) -> dict:
         extras: dict[str, Any] = {"sync_weight_active": self.sync_active}
         if self.disc is not None:
-            extras["disc_state_dict"] = {
-                k: v.detach().cpu() for k, v in _unwrap(self.disc).state_dict().items()
-            }
+            extras["disc_state_dict"] = {k: v.detach().cpu() for k, v in _unwrap(self.disc).state_dict().items()}
         return extras
 
     def load_extras(self, ckpt: dict) -> None:
@@ -710,9 +697,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
 
         tdist.barrier()
     emit({"event": "end", "step": step, "steps": cfg.steps, "interrupted": interrupted})
-    return TrainResult(
-        run_dir, step, run_dir / "last.pt", run_dir / "best.pt", best_loss, interrupted, new_records
-    )
+    return TrainResult(run_dir, step, run_dir / "last.pt", run_dir / "best.pt", best_loss, interrupted, new_records)
 
 
 def resume_config(run_or_ckpt: str, **overrides: Any) -> TrainConfig:

@@ -1,21 +1,20 @@
-"""Datasets over Wav2Lip's preprocessed layout, with a per-clip mel cache and a (seed, step)-determined
-sample order.
+"""Datasets over Wav2Lip's preprocessed layout, with a per-clip mel cache and a (seed, step)-determined sample
+order.
 
 Layout: ``<data>/<speaker>/<clip>/<i>.jpg`` (face crop of frame ``i``, 0-based; frames without a face are
-absent) and
-``<data>/<speaker>/<clip>/audio.wav``; filelists hold ``speaker/clip`` lines relative to ``<data>``.
+absent) and ``<data>/<speaker>/<clip>/audio.wav``; filelists hold ``speaker/clip`` lines relative to
+``<data>``.
 
 Sampling. Sample ``k`` of the run is a pure function of ``(seed, k)``: its clip comes from a seeded
-permutation of the
-clips for the epoch ``k // n_clips`` (every clip once per epoch, like a shuffling sampler), its frames from
-``numpy.random.default_rng([seed, k])``. Step ``s`` of rank ``r`` out of ``w`` processes reads samples
-``(s * w + r) * B ... + B - 1``, so the ranks never share samples (what a DistributedSampler gives) and a
-resumed run
-reads exactly the samples the uninterrupted run would have read, whatever the number of DataLoader workers.
+permutation of the clips for the epoch ``k // n_clips`` (every clip once per epoch, like a shuffling sampler),
+its frames from ``numpy.random.default_rng([seed, k])``. Step ``s`` of rank ``r`` out of ``w`` processes
+reads samples ``(s * w + r) * B ... + B - 1``, so the ranks never share samples (what a DistributedSampler
+gives) and a resumed run reads exactly the samples the uninterrupted run would have read, whatever the number
+of DataLoader workers.
 
 Bad samples (unreadable JPEG, missing frames, audio too short) are logged with their path and replaced by
-another
-deterministic draw, at most ``MAX_ATTEMPTS`` times; then the loader raises instead of retrying forever.
+another deterministic draw, at most ``MAX_ATTEMPTS`` times; then the loader raises instead of retrying
+forever.
 """
 
 from __future__ import annotations
@@ -117,12 +116,7 @@ class ClipStore:
         d = self.clip_dir(i)
         wav, cached = d / "audio.wav", d / MEL_CACHE_NAME
         mel = None
-        if (
-            self.mel_cache
-            and cached.is_file()
-            and wav.is_file()
-            and cached.stat().st_mtime >= wav.stat().st_mtime
-        ):
+        if self.mel_cache and cached.is_file() and wav.is_file() and cached.stat().st_mtime >= wav.stat().st_mtime:
             try:
                 mel = np.load(cached)
             except (OSError, ValueError):
@@ -170,8 +164,7 @@ class ClipStore:
 
     def valid_starts(self, i: int, mel_steps: int, lead: int = 0) -> np.ndarray:
         """Window starts ``s`` whose T frames all exist and whose mel windows (from frame s - lead to s + T -
-        1 -
-        lead for the generator, s for the expert) fit inside the audio."""
+        1 - lead for the generator, s for the expert) fit inside the audio."""
         frames = set(self.frames(i))
         out = []
         for s in sorted(frames):
@@ -228,8 +221,7 @@ class _SampleDataset(Dataset):
 
 class SyncDataset(_SampleDataset):
     """SyncNet expert examples: (faces (15, 48, 96), mel (1, 80, 16), y (1,)); y=1 in sync, y=0 off by at
-    least
-    ``neg_min_offset`` frames (the window moves, the audio stays)."""
+    least ``neg_min_offset`` frames (the window moves, the audio stays)."""
 
     def __init__(self, store: ClipStore, seed: int, neg_min_offset: int = 5):
         super().__init__(store, seed)
@@ -247,9 +239,7 @@ class SyncDataset(_SampleDataset):
         else:
             far = starts[np.abs(starts - s) >= self.neg_min_offset]
             if len(far) == 0:
-                raise BadSample(
-                    f"no window >= {self.neg_min_offset} frames away in {self.store.clip_dir(clip)}"
-                )
+                raise BadSample(f"no window >= {self.neg_min_offset} frames away in {self.store.clip_dir(clip)}")
             w = int(rng.choice(far))
         return s, w, positive
 
@@ -347,6 +337,4 @@ def make_loader(dataset: Dataset, batch_sampler: Sampler, workers: int, pin_memo
     kwargs = {}
     if workers > 0:
         kwargs.update(prefetch_factor=4, persistent_workers=False)
-    return DataLoader(
-        dataset, batch_sampler=batch_sampler, num_workers=workers, pin_memory=pin_memory, **kwargs
-    )
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, pin_memory=pin_memory, **kwargs)

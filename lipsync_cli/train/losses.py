@@ -15,9 +15,7 @@ def _fp32(*xs: torch.Tensor) -> list[torch.Tensor]:
     return [x.float() for x in xs]
 
 
-def cosine_bce(
-    audio_emb: torch.Tensor, face_emb: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def cosine_bce(audio_emb: torch.Tensor, face_emb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d): d = cosine similarity of the (B, 512) embeddings, loss = BCE(d, y) with y (B, 1) in {0, 1}.
 
     SyncNet_color's embeddings are ReLU outputs, so d is in [0, 1] and reads as P(in sync)."""
@@ -35,9 +33,8 @@ def lower_half_stack(g: torch.Tensor) -> torch.Tensor:
 
 
 def sync_loss(expert: torch.nn.Module, mel: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """The generator's sync loss: the frozen expert's BCE of (mel (B, 1, 80, 16), generated g (B, 3, T, 96,
-    96))
-    against "in sync". Gradients flow into ``g`` only (the expert's parameters are frozen by the caller)."""
+    """The generator's sync loss: the frozen expert's BCE of (mel (B, 1, 80, 16), generated g
+    (B, 3, T, 96, 96)) against "in sync". Gradients flow into ``g`` only (the caller freezes the expert)."""
     assert g.size(2) == SYNC_T, g.shape
     a, v = expert(mel, lower_half_stack(g))
     y = torch.ones(g.size(0), 1, device=g.device)

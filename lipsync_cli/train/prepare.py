@@ -1,21 +1,18 @@
 """LRS2 -> Wav2Lip's preprocessed layout (``lipsync prepare``).
 
 Input: ``LRS2_ROOT/main/<speaker>/<clip>.mp4`` with ``LRS2_ROOT/{train,val,test}.txt`` lists of
-``speaker/clip``
-lines (test.txt's extra fields are ignored), and optionally ``LRS2_ROOT/pretrain/<speaker>/<clip>.mp4``.
+``speaker/clip`` lines (test.txt's extra fields are ignored), and optionally
+``LRS2_ROOT/pretrain/<speaker>/<clip>.mp4``.
 Output, readable by Wav2Lip's own training scripts as it is:
     OUT/<speaker>/<clip>/<i>.jpg      face crop of frame i (0-based; frames without a face are absent)
     OUT/<speaker>/<clip>/audio.wav    16 kHz mono PCM
     OUT/filelists/{train,val,test}.txt  ``speaker/clip`` lines of the clips that were prepared
 Pretrain clips go to ``OUT/pretrain/<speaker>/<clip>`` (listed in ``filelists/pretrain.txt``) so they never
-collide
-with ``main`` clips of the same name.
+collide with ``main`` clips of the same name.
 
 Each clip is written into a temporary folder beside its destination and renamed when complete, so a rerun
-skips
-finished clips and never sees half-written ones. Failed clips (no face, no audio, undecodable) are reported,
-not
-fatal: ``OUT/prepare_failures.tsv`` lists them with the reason.
+skips finished clips and never sees half-written ones. Failed clips (no face, no audio, undecodable) are
+reported, not fatal: ``OUT/prepare_failures.tsv`` lists them with the reason.
 """
 
 from __future__ import annotations
@@ -116,8 +113,7 @@ class FixedBoxDetector:
 
 def find_clips(lrs2_root: str | os.PathLike, pretrain: bool = False) -> list[ClipJob]:
     """The clips to prepare, in list order: the ``main`` clips of the split lists (or every ``main`` clip
-    under
-    split "all" when there are no lists), then ``pretrain`` clips when asked."""
+    under split "all" when there are no lists), then ``pretrain`` clips when asked."""
     root = Path(lrs2_root)
     main = root / "main"
     if not main.is_dir():
@@ -282,8 +278,7 @@ def prepare(
 
     ``detector``: an object with ``detect(frames) -> [(N, 5) boxes]`` used in this process instead of building
     one from ``options`` (then ``workers`` must be 1). ``progress(done, total, clip_name, status)`` is called
-    once
-    per clip with status "prepared", "skipped" or "failed". ``limit``: only the first ``limit`` clips.
+    once per clip with status "prepared", "skipped" or "failed". ``limit``: only the first ``limit`` clips.
     """
     out_root = Path(out)
     jobs = find_clips(lrs2_root, options.pretrain)

@@ -1,17 +1,13 @@
 """A synthetic talking-face dataset where lip sync is learnable in minutes on a CPU.
 
 The audio is a voiced tone (a few harmonics plus a little noise) cut into syllable-like bursts of random
-length and
-loudness; the video is a drawn face (ellipse, eyes, nose) whose mouth opening at frame ``i`` follows the
-audio's RMS
-loudness during that frame. The mouth is in the lower half of the crop, where the generator's input is masked
-and
-where the expert looks.
+length and loudness; the video is a drawn face (ellipse, eyes, nose) whose mouth opening at frame ``i``
+follows the audio's RMS loudness during that frame. The mouth is in the lower half of the crop, where the
+generator's input is masked and where the expert looks.
 
 Two writers:
-* ``make_synthetic_dataset`` writes Wav2Lip's *preprocessed* layout directly (``<speaker>/<clip>/<i>.jpg``
-face
-  crops, ``audio.wav``, ``filelists/{train,val,test}.txt``), for training/eval tests;
+* ``make_synthetic_dataset`` writes Wav2Lip's *preprocessed* layout directly
+  (``<speaker>/<clip>/<i>.jpg`` face crops, ``audio.wav``, ``filelists/{train,val,test}.txt``), for tests;
 * ``make_synthetic_lrs2`` writes an LRS2-shaped folder (``main/<speaker>/<clip>.mp4`` with audio and
   ``{train,val,test}.txt``) of small videos in which the face sits in a larger frame, for ``lipsync prepare``.
 """
@@ -84,20 +80,14 @@ def draw_face(size: int, opening: float, style: dict, jitter: tuple[int, int] = 
             -1,
             cv2.LINE_AA,
         )
-        cv2.circle(
-            img, (cx + int(dx * s), cy - int(14 * s)), max(1, int(3 * s)), style["iris"], -1, cv2.LINE_AA
-        )
-    cv2.line(
-        img, (cx, cy - int(6 * s)), (cx, cy + int(8 * s)), style["nose"], max(1, int(2 * s)), cv2.LINE_AA
-    )
+        cv2.circle(img, (cx + int(dx * s), cy - int(14 * s)), max(1, int(3 * s)), style["iris"], -1, cv2.LINE_AA)
+    cv2.line(img, (cx, cy - int(6 * s)), (cx, cy + int(8 * s)), style["nose"], max(1, int(2 * s)), cv2.LINE_AA)
     # mouth centred at 0.72 of the height: always below the generator's mask line (rows 48:)
     my = cy + int(22 * s)
     h = round((1 + 11 * opening) * s)
     cv2.ellipse(img, (cx, my), (int(14 * s), max(1, h)), 0, 0, 360, style["lips"], -1, cv2.LINE_AA)
     if h > 2:
-        cv2.ellipse(
-            img, (cx, my), (int(10 * s), max(1, h - int(2 * s))), 0, 0, 360, (20, 10, 40), -1, cv2.LINE_AA
-        )
+        cv2.ellipse(img, (cx, my), (int(10 * s), max(1, h - int(2 * s))), 0, 0, 360, (20, 10, 40), -1, cv2.LINE_AA)
     return img
 
 
@@ -235,9 +225,7 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: float, wav: np.ndarray 
         raw = b"".join(np.ascontiguousarray(f).tobytes() for f in frames)
         proc = subprocess.run(args, input=raw, capture_output=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(
-                f"ffmpeg failed writing {path}: {proc.stderr.decode(errors='replace')[-1000:]}"
-            )
+            raise RuntimeError(f"ffmpeg failed writing {path}: {proc.stderr.decode(errors='replace')[-1000:]}")
 
 
 def make_synthetic_lrs2(
