@@ -229,21 +229,28 @@ def load_generator(path: str | os.PathLike, arch: str | None = None, device: str
     return model.to(device).eval()
 
 
+def load_network(path: str | os.PathLike, net, kind: str, hint: str):
+    """Load a file of ``kind`` (see KIND_NAMES) strictly into ``net``; a file of another kind, or whose tensors do
+    not fit, raises CheckpointMismatch with ``hint``. Returns ``net`` (mode and device unchanged)."""
+    obj = load_file(path)
+    expect_kind(path, obj, (kind,))
+    try:
+        net.load_state_dict(unwrap_state_dict(obj), strict=True)
+    except RuntimeError as err:
+        lines = str(err).splitlines()
+        detail = lines[1] if len(lines) > 1 else str(err)
+        raise CheckpointMismatch(f"{path} does not fit the {KIND_NAMES[kind]}: {detail.strip()[:200]}", hint) from None
+    return net
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, then rename: readers never see half a file."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    from lipsync_cli.files import atomic_path
+
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def make_checkpoint(model, **extra: Any) -> dict:

@@ -10,7 +10,6 @@ chosen block, each map upsampled to the face, normalised to its own min..max and
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,14 +204,6 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise EncodeError(f"could not encode a {image.shape} image as PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    from lipsync_cli.files import atomic_write
+
+    return atomic_write(path, buf.tobytes())

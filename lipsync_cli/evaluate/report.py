@@ -6,9 +6,10 @@ import csv
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from lipsync_cli.files import atomic_write
 
 CSV_FIELDS = ("video", "status", "lse_d", "lse_c", "offset", "n_frames", "n_windows", "first_frame", "error")
 
@@ -27,18 +28,7 @@ def _clean(obj):
 
 
 def _atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, text)
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> Path:

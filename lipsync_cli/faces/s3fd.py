@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipsync_cli.errors import BadOption, CheckpointMismatch
+from lipsync_cli.errors import BadOption
 from lipsync_cli.faces.detect import nms
 
 log = logging.getLogger(__name__)
@@ -118,19 +118,9 @@ def load_s3fd(path: str | os.PathLike, device: str | torch.device = "cpu") -> S3
 
     Raises InputNotFound / CheckpointError (unreadable or unsafe file) / CheckpointMismatch (another kind of
     network, or keys/shapes that do not fit)."""
-    from lipsync_cli.checkpoint import expect_kind, load_file, unwrap_state_dict
+    from lipsync_cli.checkpoint import load_network
 
-    obj = load_file(path)
-    expect_kind(path, obj, ("s3fd",))
-    net = S3FD()
-    try:
-        net.load_state_dict(unwrap_state_dict(obj), strict=True)
-    except RuntimeError as err:
-        lines = str(err).splitlines()
-        detail = lines[1] if len(lines) > 1 else str(err)
-        raise CheckpointMismatch(f"{path} does not fit the S3FD network: {detail[:200]}",
-                                 "pass the released s3fd.pth") from None
-    return net.to(device).eval()
+    return load_network(path, S3FD(), "s3fd", "pass the released s3fd.pth").to(device).eval()
 
 
 def preprocess(frames: np.ndarray | list[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:

@@ -78,10 +78,9 @@ class Track:
             "n_frames": len(self.faces),
             "faces": [[[round(float(v), 1) for v in row] for row in f] for f in self.faces],
         }
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
-        tmp.replace(path)
+        from lipsync_cli.files import atomic_write
+
+        atomic_write(path, json.dumps(data, separators=(",", ":")))
 
     @classmethod
     def load(cls, path: str | Path) -> Track:

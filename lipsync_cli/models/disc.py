@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipsync_cli.errors import CheckpointMismatch
 from lipsync_cli.models.blocks import NoNormConv2d
 
 
@@ -71,16 +70,7 @@ def load_discriminator(path: str | os.PathLike, device: str | torch.device = "cp
     """Load ``visual_quality_disc.pth`` (``{'state_dict': ...}``, optionally ``module.``-prefixed) or our
     re-save; eval mode, on ``device`` (call ``.train()`` to fine-tune). Other kinds raise
     CheckpointMismatch."""
-    from lipsync_cli.checkpoint import expect_kind, load_file, unwrap_state_dict
+    from lipsync_cli.checkpoint import load_network
 
-    obj = load_file(path)
-    expect_kind(path, obj, ("disc_qual",))
-    net = Wav2LipDiscQual()
-    try:
-        net.load_state_dict(unwrap_state_dict(obj), strict=True)
-    except RuntimeError as err:
-        lines = str(err).splitlines()
-        detail = lines[1] if len(lines) > 1 else str(err)
-        raise CheckpointMismatch(f"{path} does not fit Wav2Lip_disc_qual: {detail[:200]}",
-                                 "pass the released visual_quality_disc.pth") from None
+    net = load_network(path, Wav2LipDiscQual(), "disc_qual", "pass the released visual_quality_disc.pth")
     return net.to(device).eval()

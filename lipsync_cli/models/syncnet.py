@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsync_cli.constants import FACE_HALF, FACE_SIZE, MEL_WINDOW, N_MELS, SYNC_T
-from lipsync_cli.errors import CheckpointMismatch
 from lipsync_cli.models.blocks import Conv2d
 
 EMBED_DIM = 512  # size of both embeddings
@@ -101,17 +100,8 @@ def sync_loss_from_generated(expert: SyncNetColor, mel: torch.Tensor, g: torch.T
 def load_expert(path: str | os.PathLike, device: str | torch.device = "cpu") -> SyncNetColor:
     """Load ``lipsync_expert.pth`` (``{'state_dict': ...}``, optionally ``module.``-prefixed) or our re-save;
     eval mode, on ``device``. Other kinds of weights raise CheckpointMismatch naming both kinds."""
-    from lipsync_cli.checkpoint import expect_kind, load_file, unwrap_state_dict
+    from lipsync_cli.checkpoint import load_network
 
-    obj = load_file(path)
-    expect_kind(path, obj, ("syncnet_color",))
-    net = SyncNetColor()
-    try:
-        net.load_state_dict(unwrap_state_dict(obj), strict=True)
-    except RuntimeError as err:
-        lines = str(err).splitlines()
-        detail = lines[1] if len(lines) > 1 else str(err)
-        raise CheckpointMismatch(f"{path} does not fit SyncNet_color: {detail[:200]}",
-                                 "pass the released lipsync_expert.pth or an expert trained by lipsync"
-                                 ) from None
+    net = load_network(path, SyncNetColor(), "syncnet_color",
+                       "pass the released lipsync_expert.pth or an expert trained by lipsync")
     return net.to(device).eval()

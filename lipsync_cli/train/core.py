@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lipsync_cli.errors import CheckpointMismatch, LipsyncError
+from lipsync_cli.files import atomic_path, atomic_write
 from lipsync_cli.train import losses as L
 from lipsync_cli.train.config import TrainConfig, save_config, sync_weight_mode, validate
 from lipsync_cli.train.data import (
@@ -429,9 +430,8 @@ class _Checkpointer:
             for old in sorted(self.run_dir.glob("step_*.pt"))[: -self.keep]:
                 old.unlink(missing_ok=True)
         if is_best or not (self.run_dir / "best.pt").exists():
-            tmp = self.run_dir / ".best.pt.tmp"
-            shutil.copyfile(last, tmp)
-            os.replace(tmp, self.run_dir / "best.pt")
+            with atomic_path(self.run_dir / "best.pt") as tmp:
+                shutil.copyfile(last, tmp)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -455,9 +455,7 @@ def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
 
 
 def _write_metrics(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(".metrics.jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 
 from lipsync_cli.constants import DEFAULT_FPS, DEFAULT_PADS, SAMPLE_RATE, SYNC_T
 from lipsync_cli.errors import BadOption, InputNotFound, LipsyncError
+from lipsync_cli.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,4 @@ def prepare(
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
