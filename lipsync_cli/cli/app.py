@@ -11,6 +11,13 @@ app = typer.Typer(
 )
 
 
+def console(stderr: bool = False):
+    """The rich console every command prints through (messages and progress go to stderr, results to stdout)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
 def _print_version(value: bool) -> None:
     if value:
         from lipsync_cli import __version__

@@ -9,14 +9,12 @@ from typing import Optional
 
 import typer
 
-from lipsync_cli.cli.app import app
+from lipsync_cli.cli.app import app, console
 from lipsync_cli.constants import DEFAULT_FPS, DEFAULT_PADS
 
 
 def _console():
-    from rich.console import Console
-
-    return Console(stderr=True)
+    return console(stderr=True)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lipsync_cli.cli.app import app
+from lipsync_cli.cli.app import app, console
 
 eval_app = typer.Typer(
     help="Evaluate lip sync: SyncNet LSE-D / LSE-C and the papers' benchmark protocol.", no_args_is_help=True
@@ -19,10 +19,7 @@ app.add_typer(eval_app, name="eval")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr)
+_console = console
 
 
 def _fmt(v, spec: str = ".3f") -> str:

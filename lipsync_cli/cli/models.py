@@ -7,17 +7,14 @@ from typing import Optional
 
 import typer
 
-from lipsync_cli.cli.app import app
+from lipsync_cli.cli.app import app, console
 from lipsync_cli.constants import DEFAULT_FPS, DEFAULT_PADS
 
 inspect_app = typer.Typer(help="Look inside a generator.", no_args_is_help=True)
 app.add_typer(inspect_app, name="inspect")
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+_console = console
 
 
 @app.command("models")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from lipsync_cli.cli.app import app
+from lipsync_cli.cli.app import app, console
 
 train_app = typer.Typer(
     help="Train the SyncNet lip-sync expert or a generator on a prepared dataset (see `lipsync prepare`).",
@@ -17,10 +17,9 @@ train_app = typer.Typer(
 app.add_typer(train_app, name="train")
 
 
-def _console():
-    from rich.console import Console
 
-    return Console(stderr=True)
+def _console():
+    return console(stderr=True)
 
 
 # --- prepare -----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from lipsync_cli.cli.app import app
+from lipsync_cli.cli.app import app, console
 
 weights_app = typer.Typer(
     help="Known weight files: list them, download (resumable, checksummed), verify, import and export.",
@@ -20,10 +20,7 @@ weights_app = typer.Typer(
 app.add_typer(weights_app, name="weights")
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+_console = console
 
 
 @weights_app.command("list")
