@@ -144,3 +144,16 @@ def test_detect_every_detects_frames_where_faces_change():
     # interpolated through
     short_gap = detect_faces(_frames(30), StubDetector(lambda i: [] if i == 21 else table(0)), batch_size=2, every=4)
     assert len(short_gap[21]) == 1
+
+
+def test_cut_switches_face_at_once_and_smoothing_does_not_mix_faces():
+    from lipsync_cli.faces.track import follow_face
+
+    a, b = [10, 10, 60, 60, 0.9], [300, 10, 350, 60, 0.9]
+    faces = [np.array([a])] * 6 + [np.array([b])] * 6  # a shot cut after frame 5
+    boxes, ids = follow_face(faces)
+    assert all(x is not None for x in boxes)  # the new face is taken at once, no frames lost
+    assert ids[:6] == [ids[0]] * 6 and ids[6:] == [ids[6]] * 6 and ids[0] != ids[6]
+    track = Track(400, 100, 25.0, faces)
+    final = face_boxes(track, TrackOptions(pads=(0, 0, 0, 0), smooth_window=5))
+    assert final[5] == (10, 10, 60, 60) and final[6] == (300, 10, 350, 60)  # no box between the two faces

@@ -32,7 +32,7 @@ class TrackOptions:
         adds 10 px below so the chin is inside the crop.
     smooth: average each box coordinate over a centred window of ``smooth_window`` frames (see :func:`smooth_boxes`).
     ref_box: follow the face nearest this box (x1, y1, x2, y2) instead of the largest face.
-    max_gap: frames a followed face may be missing before the largest (or nearest ``ref_box``) face is chosen anew.
+    max_gap: frames a followed face may be missing (no face at all) and still be picked up again as the same face.
     """
 
     pads: tuple[int, int, int, int] = DEFAULT_PADS
@@ -125,39 +125,49 @@ def _centre_dist(a: Sequence[float], b: Sequence[float]) -> float:
     return math.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2)
 
 
-def select_faces(faces: Sequence[np.ndarray], options: TrackOptions = TrackOptions()) -> list[np.ndarray | None]:
-    """Follow one face through the frames: returns per frame its raw (4,) box, or None where it is not seen.
+def follow_face(faces: Sequence[np.ndarray], options: TrackOptions = TrackOptions()
+                ) -> tuple[list[np.ndarray | None], list[int]]:
+    """Follow one face through the frames: per frame its raw (4,) box or None, and a segment id per frame.
 
     The face is chosen where it first appears (the largest, or the one nearest ``options.ref_box``) and then
     followed: each frame takes the detection overlapping the previous box most, so another face growing larger
     does not steal the track. A detection counts as the same face when IoU > 0.2 or its centre moved less than
-    the box's half size. After ``max_gap`` frames without it, the face is chosen anew.
+    the box's half size; a face missing for up to ``max_gap`` frames is picked up again where it was. When the
+    followed face is gone but other faces are there (a shot cut, the speaker left), the choice is made anew at
+    once and a new segment starts: smoothing never averages two different faces.
     """
-    out: list[np.ndarray | None] = []
+    boxes: list[np.ndarray | None] = []
+    ids: list[int] = []
     prev: np.ndarray | None = None
-    missing = 0
+    missing, segment = 0, -1
     for dets in faces:
         dets = np.asarray(dets, dtype=np.float32).reshape(-1, 5)
         dets = dets[dets[:, 4] >= options.min_score] if len(dets) else dets
         chosen = None
-        if len(dets):
-            if prev is not None and missing <= options.max_gap:
-                scores = [_iou(prev, d) for d in dets]
-                best = int(np.argmax(scores))
-                half = max(prev[2] - prev[0], prev[3] - prev[1]) / 2
-                if scores[best] > 0.2 or _centre_dist(prev, dets[best]) < half:
-                    chosen = dets[best, :4]
-            if chosen is None and (prev is None or missing > options.max_gap):
-                if options.ref_box is not None:
-                    chosen = dets[int(np.argmin([_centre_dist(options.ref_box, d) for d in dets])), :4]
-                else:
-                    chosen = dets[int(np.argmax([_area(d) for d in dets])), :4]
+        if len(dets) and prev is not None and missing <= options.max_gap:
+            scores = [_iou(prev, d) for d in dets]
+            best = int(np.argmax(scores))
+            half = max(prev[2] - prev[0], prev[3] - prev[1]) / 2
+            if scores[best] > 0.2 or _centre_dist(prev, dets[best]) < half:
+                chosen = dets[best, :4]
+        if chosen is None and len(dets):
+            if options.ref_box is not None:
+                chosen = dets[int(np.argmin([_centre_dist(options.ref_box, d) for d in dets])), :4]
+            else:
+                chosen = dets[int(np.argmax([_area(d) for d in dets])), :4]
+            segment += 1
         if chosen is not None:
             prev, missing = chosen.copy(), 0
         else:
             missing += 1
-        out.append(None if chosen is None else chosen.copy())
-    return out
+        boxes.append(None if chosen is None else chosen.copy())
+        ids.append(segment)
+    return boxes, ids
+
+
+def select_faces(faces: Sequence[np.ndarray], options: TrackOptions = TrackOptions()) -> list[np.ndarray | None]:
+    """The boxes of :func:`follow_face`: per frame the followed face's raw (4,) box, or None."""
+    return follow_face(faces, options)[0]
 
 
 def pad_box(box: Sequence[float], pads: Sequence[int], width: int, height: int) -> np.ndarray:
@@ -167,17 +177,20 @@ def pad_box(box: Sequence[float], pads: Sequence[int], width: int, height: int) 
                      min(float(width), box[2] + right), min(float(height), box[3] + bottom)], dtype=np.float64)
 
 
-def smooth_boxes(boxes: Sequence[np.ndarray | None], window: int) -> list[np.ndarray | None]:
+def smooth_boxes(boxes: Sequence[np.ndarray | None], window: int,
+                 segments: Sequence[int] | None = None) -> list[np.ndarray | None]:
     """Average each coordinate over a centred window of ``window`` frames; returns new arrays, input untouched.
 
-    Runs of consecutive frames with a box are smoothed independently (a gap is never averaged across), and the
-    window shrinks symmetrically at a run's ends. Wav2Lip instead averages the *next* ``window`` boxes (a forward
-    window, clamped at the end: ``../shared/compat/s3fd_ref.npz`` smooth_boxes_*), which lags the box half a window
-    behind the face's motion; a centred window has no lag.
+    Runs of consecutive frames with a box (and the same ``segments`` id, when given) are smoothed independently:
+    a gap or a change of face is never averaged across, and the window shrinks symmetrically at a run's ends.
+    Wav2Lip instead averages the *next* ``window`` boxes (a forward window, clamped at the end:
+    ``../shared/compat/s3fd_ref.npz`` smooth_boxes_*), which puts the box where the face will be two frames later;
+    a centred window has no lag.
     """
     out: list[np.ndarray | None] = [None if b is None else np.asarray(b, dtype=np.float64).copy() for b in boxes]
     if window <= 1:
         return out
+    seg = list(segments) if segments is not None else [0] * len(boxes)
     half = window // 2
     i, n = 0, len(boxes)
     while i < n:
@@ -185,7 +198,7 @@ def smooth_boxes(boxes: Sequence[np.ndarray | None], window: int) -> list[np.nda
             i += 1
             continue
         j = i
-        while j < n and boxes[j] is not None:
+        while j < n and boxes[j] is not None and seg[j] == seg[i]:
             j += 1
         run = np.stack([np.asarray(b, dtype=np.float64) for b in boxes[i:j]])  # (L, 4)
         csum = np.concatenate([np.zeros((1, run.shape[1])), np.cumsum(run, axis=0)])
@@ -207,10 +220,10 @@ def to_int_box(box: Sequence[float], width: int, height: int) -> Box | None:
 
 def face_boxes(track: Track, options: TrackOptions = TrackOptions()) -> list[Box | None]:
     """The final crop box of every frame: select, pad, smooth (if enabled), round."""
-    raw = select_faces(track.faces, options)
+    raw, segments = follow_face(track.faces, options)
     padded = [None if b is None else pad_box(b, options.pads, track.width, track.height) for b in raw]
     if options.smooth:
-        padded = smooth_boxes(padded, options.smooth_window)
+        padded = smooth_boxes(padded, options.smooth_window, segments)
     return [None if b is None else to_int_box(b, track.width, track.height) for b in padded]
 
 
