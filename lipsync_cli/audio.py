@@ -11,6 +11,7 @@ samples); video frames at ``fps``. A generator window is ``MEL_WINDOW`` mel step
 from __future__ import annotations
 
 import functools
+import math
 import os
 import subprocess
 
@@ -124,28 +125,27 @@ def _hann(n: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
 
 
+# Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above
+_SLANEY_F_SP = 200.0 / 3
+_SLANEY_MIN_LOG_HZ = 1000.0
+_SLANEY_MIN_LOG_MEL = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
+_SLANEY_LOGSTEP = np.log(6.4) / 27.0
+
+
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
     """Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    mel = hz / f_sp
-    high = hz >= min_log_hz
-    mel[high] = min_log_mel + np.log(hz[high] / min_log_hz) / logstep
+    mel = hz / _SLANEY_F_SP
+    high = hz >= _SLANEY_MIN_LOG_HZ
+    mel[high] = _SLANEY_MIN_LOG_MEL + np.log(hz[high] / _SLANEY_MIN_LOG_HZ) / _SLANEY_LOGSTEP
     return mel
 
 
 def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    hz = f_sp * mel
-    high = mel >= min_log_mel
-    hz[high] = min_log_hz * np.exp(logstep * (mel[high] - min_log_mel))
+    hz = _SLANEY_F_SP * mel
+    high = mel >= _SLANEY_MIN_LOG_MEL
+    hz[high] = _SLANEY_MIN_LOG_HZ * np.exp(_SLANEY_LOGSTEP * (mel[high] - _SLANEY_MIN_LOG_MEL))
     return hz
 
 
@@ -210,9 +210,21 @@ def mel_chunk_starts(n_mel_steps: int, fps: float) -> np.ndarray:
     return np.append(fits, np.int64(last))
 
 
+def frame_mel_starts(n_samples: int, fps: float) -> np.ndarray:
+    """Mel window start of every frame of a dub of ``n_samples`` audio samples (16 kHz) at ``fps``.
+
+    Wav2Lip's starts (:func:`mel_chunk_starts`) for the frames it makes, then the last window repeated until the
+    video is as long as the audio: ceil(seconds * fps) frames (Wav2Lip stops up to ~5 frames early). int64 array.
+    """
+    n_mel = n_mel_steps(n_samples)
+    starts = mel_chunk_starts(n_mel, fps)
+    n_out = max(len(starts), math.ceil(n_samples * fps / SAMPLE_RATE - 1e-6))
+    return np.concatenate([starts, np.full(n_out - len(starts), n_mel - MEL_WINDOW, dtype=starts.dtype)])
+
+
 def n_output_frames(n_samples: int, fps: float) -> int:
-    """Video frames a dub of ``n_samples`` audio samples (16 kHz) yields at ``fps`` (= len(mel_chunk_starts))."""
-    return len(mel_chunk_starts(n_mel_steps(n_samples), fps))
+    """Video frames a dub of ``n_samples`` audio samples (16 kHz) yields at ``fps`` (= len(frame_mel_starts))."""
+    return len(frame_mel_starts(n_samples, fps))
 
 
 def mel_window(mel: np.ndarray, frame_index: int, fps: float) -> np.ndarray:

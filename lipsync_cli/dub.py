@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from lipsync_cli import blend as blending
-from lipsync_cli.audio import load_audio, mel_chunk_starts, melspectrogram
+from lipsync_cli.audio import frame_mel_starts, load_audio, melspectrogram
 from lipsync_cli.constants import DEFAULT_FPS, MEL_WINDOW, SAMPLE_RATE
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video
@@ -176,15 +175,6 @@ def autocast(device: str, precision: str):
 # frames in output order (with looping)
 
 
-def dub_mel_starts(n_samples: int, n_mel: int, fps: float) -> np.ndarray:
-    """Mel window start of every output frame: Wav2Lip's starts, then the last window repeated until the video
-    is as long as the audio (ceil(seconds * fps) frames; Wav2Lip stops early and drops up to ~5 frames)."""
-    starts = mel_chunk_starts(n_mel, fps)
-    n_out = max(len(starts), math.ceil(n_samples * fps / SAMPLE_RATE - 1e-6))
-    return np.concatenate([starts, np.full(n_out - len(starts), n_mel - MEL_WINDOW, dtype=starts.dtype)])
-
-
-
 def loop_index(i: int, n: int, mode: str) -> int:
     """Source frame of output frame ``i`` for a video of ``n`` frames: forward 0..n-1,0..; pingpong 0..n-1,n-2..1,0.."""
     if n <= 1:
@@ -196,12 +186,12 @@ def loop_index(i: int, n: int, mode: str) -> int:
     return k if k < n else period - k
 
 
-def _read_range(video: Path, fps: float, start: int, stop: int) -> list[np.ndarray]:
+def _read_range(video: Path, fps: float, start: int, stop: int, info=None) -> list[np.ndarray]:
     """Frames [start, stop) of a video, by decoding from the beginning (used for pingpong's backward runs)."""
     from lipsync_cli.video import FrameReader
 
     out = []
-    with FrameReader(video, fps=fps) as reader:
+    with FrameReader(video, fps=fps, max_frames=stop, info=info) as reader:
         for j, frame in enumerate(reader):
             if j >= stop:
                 break
@@ -211,24 +201,24 @@ def _read_range(video: Path, fps: float, start: int, stop: int) -> list[np.ndarr
 
 
 def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str,
-                  max_chunk_bytes: int = 256 << 20) -> Iterator[tuple[int, np.ndarray]]:
+                  max_chunk_bytes: int = 256 << 20, info=None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (source frame index, frame copy) for each of ``n_out`` output frames, streaming.
 
     The video is decoded forwards; when the audio outlasts it, it starts again (``forward``) or plays backwards
     (``pingpong``). Backward runs are decoded again in chunks of at most ``max_chunk_bytes`` and reversed, so
-    memory stays bounded whatever the length.
+    memory stays bounded whatever the length. ``info`` (from ``probe``) saves probing the file again per pass.
     """
     from lipsync_cli.video import FrameReader
 
     if is_image:
-        with FrameReader(video) as reader:
+        with FrameReader(video, info=info) as reader:
             still = next(iter(reader))
         for _ in range(n_out):
             yield 0, still.copy()
         return
     produced = 0
     n: int | None = None
-    with FrameReader(video, fps=fps) as reader:
+    with FrameReader(video, fps=fps, info=info, max_frames=n_out) as reader:
         for j, frame in enumerate(reader):
             if produced >= n_out:
                 return
@@ -243,7 +233,7 @@ def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str
         backward = loop == "pingpong" and n > 1 and (i % (2 * n - 2)) >= n
         if not backward:
             # a forward run from src to the end of the video
-            with FrameReader(video, fps=fps) as reader:
+            with FrameReader(video, fps=fps, info=info, max_frames=src + n_out - produced) as reader:
                 for j, frame in enumerate(reader):
                     if j < src:
                         continue
@@ -256,7 +246,7 @@ def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str
         hi, chunk = src + 1, 8
         while hi > 1 and produced < n_out:
             lo = max(1, hi - chunk)
-            frames = _read_range(video, fps, lo, hi)
+            frames = _read_range(video, fps, lo, hi, info)
             if frames:
                 chunk = max(8, min(1024, max_chunk_bytes // frames[0].nbytes))
             for k, frame in zip(range(hi - 1, lo - 1, -1), reversed(frames)):
@@ -387,20 +377,19 @@ def load_dub_detector(options: DubOptions, device: str, notify: Callable[[str], 
 
 
 def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
-                 notify: Callable[[str], None] | None = None, fps: float | None = None) -> Track:
+                 notify: Callable[[str], None] | None = None, fps: float | None = None, info=None) -> Track:
     """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame.
 
     Runs under the same autocast precision as the generator (bf16 halves S3FD's time on a CPU that has it)."""
     detector = load_dub_detector(options, device, notify, progress)
     from lipsync_cli.video import probe
 
-    info = probe(video)
+    info = info or probe(video)
     total = info.frames_at(fps) if fps and not info.is_image else info.n_frames
     cb = (lambda k: progress("detect", k, total)) if progress else None
     with autocast(device, resolve_precision(options.precision, device)):
         return track_video(video, detector, fps=fps, det_size=detection_size(options, device),
-                           every=options.detect_every,
-                           progress=cb)
+                           every=options.detect_every, progress=cb, info=info)
 
 
 def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptions = DubOptions(), *,
@@ -423,7 +412,7 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     fps = float(options.fps) if info.is_image else float(info.fps)
     wav = load_audio(audio)
     mel = melspectrogram(wav)  # (80, T)
-    starts = dub_mel_starts(len(wav), mel.shape[1], fps)
+    starts = frame_mel_starts(len(wav), fps)
     n_out = len(starts)
 
     import torch  # after the cheap checks, so user mistakes are reported at once
@@ -449,7 +438,7 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
             track.check_matches(info.width, info.height, None if info.is_image else info.n_frames)
         else:
             t = time.perf_counter()
-            track = detect_track(video, options, device=device, progress=progress, notify=say, fps=fps)
+            track = detect_track(video, options, device=device, progress=progress, notify=say, fps=fps, info=info)
             stage_s["detect"] = time.perf_counter() - t
             stage_n["detect"] = len(track)
         boxes = face_boxes(track, options.track_options)
@@ -507,7 +496,7 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     with VideoWriter(out, width, height, fps, audio_path=audio, crf=options.crf, preset=options.preset) as writer:
         sink = _ThreadedWriter(writer)
         try:
-            frames = output_frames(video, info.is_image, fps, n_out, options.loop)
+            frames = output_frames(video, info.is_image, fps, n_out, options.loop, info=info)
             i = 0
             while True:
                 t = time.perf_counter()
@@ -569,7 +558,3 @@ def _generate(model, mels, faces, device: str, precision: str) -> np.ndarray:
         log.warning("out of GPU memory at batch %d; retrying in halves", len(faces))
         return np.concatenate([_generate(model, mels[:half], faces[:half], device, precision),
                                _generate(model, mels[half:], faces[half:], device, precision)])
-
-
-def with_overrides(options: DubOptions, **kw) -> DubOptions:
-    return replace(options, **kw)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -10,6 +12,7 @@ from synth import make_audio, make_video
 
 from lipsync_cli import audio
 from lipsync_cli.audio import (
+    frame_mel_starts,
     load_audio,
     mel_basis,
     mel_chunk_starts,
@@ -145,7 +148,11 @@ def test_mel_length():
 def test_chunk_starts_match_reference(mel_ref, key):
     starts = mel_chunk_starts(105, FPS_KEYS[key])
     np.testing.assert_array_equal(starts, mel_ref[f"chunk_starts_{key}"])
-    assert n_output_frames(20800, FPS_KEYS[key]) == len(starts)
+    # a dub is as long as the audio: Wav2Lip's frames, then its last window until ceil(1.3 s * fps) frames
+    dub_starts = frame_mel_starts(20800, FPS_KEYS[key])
+    assert n_output_frames(20800, FPS_KEYS[key]) == len(dub_starts) == math.ceil(1.3 * FPS_KEYS[key] - 1e-6)
+    np.testing.assert_array_equal(dub_starts[:len(starts)], starts)
+    assert (dub_starts[len(starts):] == 105 - 16).all()
 
 
 def _upstream_loop(n_steps: int, fps: float) -> list[int]:
@@ -195,7 +202,9 @@ def test_train_window_matches_reference(mel_ref):
 
 
 def test_n_output_frames():
-    # 1 s of audio = 81 mel steps; at 25 fps frames 0..20 start at int(3.2 i) <= 65, then one clamped frame
-    assert n_output_frames(SAMPLE_RATE, 25) == 22
-    assert n_output_frames(SAMPLE_RATE * 10, 25) == len(mel_chunk_starts(1 + 10 * MEL_FPS, 25))
+    # 1 s of audio = 81 mel steps; Wav2Lip makes 22 frames (0..20 start at int(3.2 i) <= 65, then one clamped);
+    # a dub is as long as the audio: 25 frames
+    assert len(mel_chunk_starts(81, 25)) == 22
+    assert n_output_frames(SAMPLE_RATE, 25) == 25
+    assert n_output_frames(SAMPLE_RATE * 10, 30) == 300
     assert HOP_LENGTH * MEL_FPS == SAMPLE_RATE

@@ -12,6 +12,7 @@ import pytest
 from synth import make_audio, make_image, make_video
 
 from lipsync_cli.dub import DubOptions, dub, loop_index, output_frames
+from lipsync_cli.faces.track import TrackOptions
 
 BOX = (40, 20, 120, 100)  # inside the 160x120 synthetic frames
 
@@ -129,7 +130,7 @@ def test_no_face_frames_pass_through_and_strict(media, fake_ckpt, tmp_path):
     Track(160, 120, 25.0, faces).save(track_path)
     got: dict[int, np.ndarray] = {}
     opts = DubOptions(checkpoint=fake_ckpt("wav2lip"), track=track_path, batch_size=4,
-                      track_options=DubOptions().track_options.__class__(smooth=False, pads=(0, 0, 0, 0)))
+                      track_options=TrackOptions(smooth=False, pads=(0, 0, 0, 0)))
     res = dub(media["video"], media["speech"], tmp_path / "o.mp4", opts,
               frame_sink=lambda i, f: got.__setitem__(i, f.copy()))
     with FrameReader(media["video"]) as reader:

@@ -42,6 +42,11 @@ def plot_curve(result, out: str | os.PathLike) -> Path:
     ax.set_title(f"{Path(result.video).name}: LSE-D {result.lse_d:.3f}  LSE-C {result.lse_c:.3f}", fontsize=9)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
+    return _save(plt, fig, out)
+
+
+def _save(plt, fig, out: str | os.PathLike) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,12 +69,7 @@ def plot_lse_c_hist(results: Sequence, out: str | os.PathLike, title: str = "LSE
     ax.set_xlabel("LSE-C (higher: more confident sync)")
     ax.set_ylabel("videos")
     ax.set_title(f"{title} (n={len(vals)})", fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def write_plots(results: Sequence, folder: str | os.PathLike, prefix: str = "") -> list[Path]:

@@ -314,25 +314,25 @@ def detect_faces(frames: Iterable[np.ndarray], detector, *, batch_size: int = 8,
     return faces
 
 
-def track_video(path: str | Path, detector, options: TrackOptions = TrackOptions(), *, fps: float | None = None,
-                det_size: int | None = None, batch_size: int = 8, every: int = 1,
-                progress: Callable[[int], None] | None = None) -> Track:
+def track_video(path: str | Path, detector, *, fps: float | None = None, det_size: int | None = None,
+                batch_size: int = 8, every: int = 1, progress: Callable[[int], None] | None = None,
+                info=None) -> Track:
     """Detect every face in every frame of a video (or still image) streamed from disk.
 
     With ``det_size``, ffmpeg decodes frames already downscaled so the longest side is at most ``det_size`` px and
     boxes are scaled back to full resolution: faces do not need 1080p to be found. ``every``: see
-    :func:`detect_faces`. ``options`` is not applied here
-    (tracks keep every detection); pass it to :func:`face_boxes`.
+    :func:`detect_faces`. Tracks keep every detection; :func:`face_boxes` chooses the face. ``info``: the file's
+    ``probe`` result, when the caller has it.
     """
     from lipsync_cli.video import FrameReader, probe
 
-    info = probe(path)
+    info = info or probe(path)
     scale = 1.0
     kwargs = {}
     if det_size and max(info.width, info.height) > det_size:
         scale = max(info.width, info.height) / det_size
         kwargs["size"] = (max(2, round(info.width / scale)), max(2, round(info.height / scale)))
-    with FrameReader(path, fps=fps, **kwargs) as reader:
+    with FrameReader(path, fps=fps, info=info, **kwargs) as reader:
         faces = detect_faces(reader, detector, batch_size=batch_size, every=every, progress=progress)
         out_fps = float(reader.fps)
     if kwargs:
