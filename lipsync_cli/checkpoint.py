@@ -56,6 +56,11 @@ def load_file(path: str | os.PathLike) -> Any:
         raise InputNotFound(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors" or _is_safetensors(path):
         return _load_safetensors(path)
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # neither torch's zip format nor a pickle (protocol >= 2)
+        raise CheckpointError(f"cannot read checkpoint {path}: it is not a PyTorch or safetensors weight file",
+                              "pass the weight file itself (.pth / .pt / .safetensors)")
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the restricted unpickler decides anyway
             warnings.simplefilter("ignore", UserWarning)

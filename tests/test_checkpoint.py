@@ -263,3 +263,11 @@ def test_cli_import_export(tmp_path, fake_ckpt, ref_inputs, upstream_out):
     res = runner.invoke(app, ["weights", "export", str(ours), str(st)])
     assert res.exit_code == 0, res.output
     assert torch.equal(_run(ckpt.load_generator(st), mel, face), upstream_out)
+
+
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path):
+    """A text file passed as weights is 'not a weight file', not mistaken for a malicious pickle."""
+    notes = tmp_path / "keys.json"
+    notes.write_text('[["conv1_1.weight", [64, 3, 3, 3]]]')
+    with pytest.raises(CheckpointError, match="not a PyTorch or safetensors weight file"):
+        ckpt.load_file(notes)
