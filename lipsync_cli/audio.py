@@ -18,7 +18,6 @@ import subprocess
 import numpy as np
 
 from lipsync_cli.constants import (
-    DEFAULT_FPS,
     FMAX,
     FMIN,
     HOP_LENGTH,
@@ -189,75 +188,54 @@ def n_mel_steps(n_samples: int) -> int:
     return 1 + n_samples // HOP_LENGTH
 
 
-def mel_chunk_starts(n_mel_steps: int, fps: float) -> np.ndarray:
-    """Start step of the MEL_WINDOW-step mel window of every output video frame, as Wav2Lip inference does.
+def mel_start(frames, fps: float, lead: int = 0, n_mel: int | None = None):
+    """The one definition of "which mel window belongs to video frame i": its first mel step.
 
-    Frame i starts at ``int(i * (MEL_FPS / fps))`` while that window fits; the first frame whose window
-    would run past the end gets the last window (start ``n_mel_steps - MEL_WINDOW``) and is the last frame.
-    The length of the result is the number of video frames the audio yields. int64 array.
+    Frame ``i`` at ``fps`` gets the ``MEL_WINDOW``-step window starting at ``int((i - lead) * (MEL_FPS / fps))``.
+    ``lead`` (video frames) is a property of the generator: what it was trained with. 0 is Wav2Lip's inference
+    indexing (the window starts at the frame, the float order of upstream's ``int(i * (80. / fps))``); our
+    trainer uses 2 (the window is centred on the frame) and stores it in its checkpoints.
 
-    Raises ``AudioTooShort`` when ``n_mel_steps < MEL_WINDOW``.
+    ``frames``: an int or an integer array. Without ``n_mel`` the raw starts are returned (they may be negative
+    or run past the audio; training rejects such samples). With ``n_mel`` (the mel length) they are clamped to
+    ``[0, n_mel - MEL_WINDOW]``: frames before the lead get the first window, frames past the audio the last,
+    exactly as Wav2Lip's inference loop ends. Returns an int for an int, else an int64 array.
+
+    Raises ``AudioTooShort`` when ``n_mel < MEL_WINDOW``.
     """
     if not fps > 0:
         raise BadOption(f"fps must be > 0, got {fps}")
-    last = n_mel_steps - MEL_WINDOW
-    if last < 0:
-        raise AudioTooShort(f"{n_mel_steps} mel steps is shorter than one {MEL_WINDOW}-step window (0.2 s)")
     mult = MEL_FPS / fps  # mel steps per video frame, the same float as upstream's 80./fps
-    n = int(np.ceil((last + 1) / mult)) + 2  # enough frames to pass the end, whatever the rounding
-    starts = (np.arange(n, dtype=np.float64) * mult).astype(np.int64)  # int() truncation, as upstream
-    fits = starts[starts <= last]  # a prefix: starts never decrease
-    return np.append(fits, np.int64(last))
+    scalar = np.ndim(frames) == 0
+    f = np.asarray(frames, dtype=np.int64) - int(lead)
+    starts = (f.astype(np.float64) * mult).astype(np.int64)  # int() truncation, as upstream
+    if n_mel is not None:
+        last = int(n_mel) - MEL_WINDOW
+        if last < 0:
+            raise AudioTooShort(f"{n_mel} mel steps is shorter than one {MEL_WINDOW}-step window (0.2 s)")
+        starts = np.clip(starts, 0, last)
+    return int(starts) if scalar else starts
 
 
-def frame_mel_starts(n_samples: int, fps: float) -> np.ndarray:
-    """Mel window start of every frame of a dub of ``n_samples`` audio samples (16 kHz) at ``fps``.
-
-    Wav2Lip's starts (:func:`mel_chunk_starts`) for the frames it makes, then the last window repeated until the
-    video is as long as the audio: ceil(seconds * fps) frames (Wav2Lip stops up to ~5 frames early). int64 array.
-    """
-    n_mel = n_mel_steps(n_samples)
-    starts = mel_chunk_starts(n_mel, fps)
-    n_out = max(len(starts), math.ceil(n_samples * fps / SAMPLE_RATE - 1e-6))
-    return np.concatenate([starts, np.full(n_out - len(starts), n_mel - MEL_WINDOW, dtype=starts.dtype)])
+def wav2lip_n_frames(n_mel: int, fps: float) -> int:
+    """Video frames Wav2Lip's inference makes from ``n_mel`` mel steps: every frame whose window fits, then the
+    first one that would run past the end (it gets the last window)."""
+    last = n_mel - MEL_WINDOW
+    if last < 0:
+        raise AudioTooShort(f"{n_mel} mel steps is shorter than one {MEL_WINDOW}-step window (0.2 s)")
+    n = int(np.ceil((last + 1) / (MEL_FPS / fps))) + 2  # enough frames to pass the end, whatever the rounding
+    raw = mel_start(np.arange(n), fps)
+    return int(np.count_nonzero(raw <= last)) + 1
 
 
 def n_output_frames(n_samples: int, fps: float) -> int:
-    """Video frames a dub of ``n_samples`` audio samples (16 kHz) yields at ``fps`` (= len(frame_mel_starts))."""
-    return len(frame_mel_starts(n_samples, fps))
+    """Video frames a dub of ``n_samples`` audio samples (16 kHz) at ``fps`` writes: as long as the audio,
+    ceil(seconds * fps), and never fewer than Wav2Lip makes (it stops up to ~5 frames early)."""
+    return max(wav2lip_n_frames(n_mel_steps(n_samples), fps), math.ceil(n_samples * fps / SAMPLE_RATE - 1e-6))
 
 
-def mel_window(mel: np.ndarray, frame_index: int, fps: float) -> np.ndarray:
-    """The (N_MELS, MEL_WINDOW) mel window of video frame ``frame_index`` at ``fps`` (inference indexing).
-
-    Equals ``mel[:, s:s + MEL_WINDOW]`` with ``s = mel_chunk_starts(T, fps)[frame_index]``; frames beyond the
-    last one get the last window. A view into ``mel`` (N_MELS, T).
-    """
-    last = mel.shape[1] - MEL_WINDOW
-    if last < 0:
-        raise AudioTooShort(f"{mel.shape[1]} mel steps is shorter than one {MEL_WINDOW}-step window (0.2 s)")
-    if frame_index < 0:
-        raise IndexError(f"frame index must be >= 0, got {frame_index}")
-    start = min(int(frame_index * (MEL_FPS / fps)), last)
-    return mel[:, start:start + MEL_WINDOW]
-
-
-def mel_windows(mel: np.ndarray, frame_indices, fps: float) -> np.ndarray:
-    """Stack the windows of several frames: (len(frame_indices), N_MELS, MEL_WINDOW) float32 (a copy)."""
-    return np.stack([mel_window(mel, int(i), fps) for i in frame_indices]).astype(np.float32, copy=False)
-
-
-def train_mel_start(frame_index: int, fps: float = DEFAULT_FPS) -> int:
-    """First mel step of the audio under video frame ``frame_index``, as Wav2Lip training computes it
-    (``crop_audio_window``: ``int(MEL_FPS * (frame / fps))``; note the different float order from inference)."""
-    return int(MEL_FPS * (frame_index / float(fps)))
-
-
-def train_mel_window(mel: np.ndarray, frame_index: int, fps: float = DEFAULT_FPS,
-                     steps: int = MEL_WINDOW) -> np.ndarray | None:
-    """The (N_MELS, steps) training window starting at ``train_mel_start(frame_index, fps)``, or None when it
-    runs past the end of ``mel`` (N_MELS, T) (the training loop then picks another sample)."""
-    start = train_mel_start(frame_index, fps)
-    if start < 0 or start + steps > mel.shape[1]:
-        return None
-    return mel[:, start:start + steps]
+def mel_windows(mel: np.ndarray, starts) -> np.ndarray:
+    """Stack the windows starting at ``starts`` (from :func:`mel_start`): (len(starts), N_MELS, MEL_WINDOW)
+    float32, a copy of ``mel`` (N_MELS, T)."""
+    return np.stack([mel[:, s:s + MEL_WINDOW] for s in np.asarray(starts, dtype=np.int64)]).astype(
+        np.float32, copy=False)

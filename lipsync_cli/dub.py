@@ -7,7 +7,6 @@ the boxes, so smoothing can look ahead and behind without holding frames.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -19,15 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from lipsync_cli import blend as blending
-from lipsync_cli.audio import frame_mel_starts, load_audio, melspectrogram
+from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_frames
 from lipsync_cli.constants import DEFAULT_FPS, MEL_WINDOW, SAMPLE_RATE
+from lipsync_cli.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOOP_MODES = ("pingpong", "forward")
 DETECTORS = ("s3fd", "insightface")
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
@@ -113,62 +111,6 @@ class DubResult:
 
     def stage_fps(self) -> dict[str, float]:
         return {k: (self.stage_frames.get(k, 0) / s if s > 0 else float("inf")) for k, s in self.stage_seconds.items()}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# device, precision, batch
-
-
-def resolve_device(name: str) -> str:
-    """'auto' picks cuda > mps > cpu; an explicit device that is not there is a user error."""
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BadOption("--device cuda: no CUDA GPU is visible to torch", "use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise BadOption("--device mps: Apple's MPS backend is not available", "use --device cpu or auto")
-    return name
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX), which makes bf16 inference much faster."""
-    try:
-        import torch
-
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # pragma: no cover - very old torch / non-x86
-        return False
-
-
-def resolve_precision(name: str, device: str) -> str:
-    """'auto': fp16 on CUDA (bf16 where supported), bf16 on a CPU with native bf16, else fp32."""
-    import torch
-
-    if name == "auto":
-        if device == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if device == "cpu" and cpu_has_bf16():
-            return "bf16"
-        return "fp32"
-    if name == "fp16" and device == "cpu":
-        raise BadOption("--precision fp16 is not supported on the CPU", "use bf16 or fp32")
-    return name
-
-
-def autocast(device: str, precision: str):
-    """The autocast context for a precision (a no-op for fp32)."""
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type="cuda" if device == "cuda" else device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -412,8 +354,7 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     fps = float(options.fps) if info.is_image else float(info.fps)
     wav = load_audio(audio)
     mel = melspectrogram(wav)  # (80, T)
-    starts = frame_mel_starts(len(wav), fps)
-    n_out = len(starts)
+    n_out = n_output_frames(len(wav), fps)
 
     import torch  # after the cheap checks, so user mistakes are reported at once
 
@@ -426,6 +367,8 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     if model is None:
         model = load_dub_generator(options, device, notify=say, progress=progress)
     model = prepare_for_inference(model, device)
+    # the mel window of each output frame, with the audio/video lead the generator was trained with
+    starts = mel_start(np.arange(n_out), fps, lead=getattr(model, "mel_lead", 0), n_mel=mel.shape[1])
 
     # --- where the face is, per source frame ---
     box_of: Callable[[int], Box | None]

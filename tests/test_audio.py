@@ -12,17 +12,14 @@ from synth import make_audio, make_video
 
 from lipsync_cli import audio
 from lipsync_cli.audio import (
-    frame_mel_starts,
     load_audio,
     mel_basis,
-    mel_chunk_starts,
-    mel_window,
+    mel_start,
     mel_windows,
     melspectrogram,
     n_mel_steps,
     n_output_frames,
-    train_mel_start,
-    train_mel_window,
+    wav2lip_n_frames,
 )
 from lipsync_cli.constants import HOP_LENGTH, MEL_FPS, MEL_WINDOW, N_MELS, SAMPLE_RATE
 from lipsync_cli.errors import AudioTooShort, InputNotFound, NoAudioStream, VideoOpenError
@@ -144,13 +141,19 @@ def test_mel_length():
 # per-frame windows
 # --------------------------------------------------------------------------------------------------------------
 
+def _wav2lip_starts(n_steps: int, fps: float) -> np.ndarray:
+    """Wav2Lip's inference starts through the one definition: its frame count, lead 0, clamped."""
+    return mel_start(np.arange(wav2lip_n_frames(n_steps, fps)), fps, lead=0, n_mel=n_steps)
+
+
 @pytest.mark.parametrize("key", sorted(FPS_KEYS))
 def test_chunk_starts_match_reference(mel_ref, key):
-    starts = mel_chunk_starts(105, FPS_KEYS[key])
+    starts = _wav2lip_starts(105, FPS_KEYS[key])
     np.testing.assert_array_equal(starts, mel_ref[f"chunk_starts_{key}"])
     # a dub is as long as the audio: Wav2Lip's frames, then its last window until ceil(1.3 s * fps) frames
-    dub_starts = frame_mel_starts(20800, FPS_KEYS[key])
-    assert n_output_frames(20800, FPS_KEYS[key]) == len(dub_starts) == math.ceil(1.3 * FPS_KEYS[key] - 1e-6)
+    n_out = n_output_frames(20800, FPS_KEYS[key])
+    dub_starts = mel_start(np.arange(n_out), FPS_KEYS[key], n_mel=105)
+    assert n_out == math.ceil(1.3 * FPS_KEYS[key] - 1e-6)
     np.testing.assert_array_equal(dub_starts[:len(starts)], starts)
     assert (dub_starts[len(starts):] == 105 - 16).all()
 
@@ -170,41 +173,48 @@ def _upstream_loop(n_steps: int, fps: float) -> list[int]:
 @pytest.mark.parametrize("fps", [23.976, 24.0, 25.0, 29.97, 30000 / 1001, 30.0, 50.0, 59.94, 60.0, 12.5, 120.0])
 def test_chunk_starts_equal_loop(fps):
     for n_steps in (16, 17, 95, 105, 801, 4817):
-        assert mel_chunk_starts(n_steps, fps).tolist() == _upstream_loop(n_steps, fps)
+        assert _wav2lip_starts(n_steps, fps).tolist() == _upstream_loop(n_steps, fps)
 
 
 def test_chunk_starts_too_short():
     with pytest.raises(AudioTooShort):
-        mel_chunk_starts(15, 25)
-    assert mel_chunk_starts(16, 25).tolist() == [0, 0]  # frame 0, then "past the end" appends the last window
+        wav2lip_n_frames(15, 25)
+    with pytest.raises(AudioTooShort):
+        mel_start(0, 25, n_mel=15)
+    assert _wav2lip_starts(16, 25).tolist() == [0, 0]  # frame 0, then "past the end" appends the last window
 
 
-def test_mel_window_agrees_with_starts(mel_ref):
+def test_mel_windows_agree_with_starts(mel_ref):
     mel = mel_ref["mel"].astype(np.float32)
     for key, fps in FPS_KEYS.items():
         starts = mel_ref[f"chunk_starts_{key}"]
+        wins = mel_windows(mel, mel_start(np.arange(len(starts) + 5), fps, n_mel=mel.shape[1]))
+        assert wins.shape == (len(starts) + 5, N_MELS, MEL_WINDOW)
         for i, s in enumerate(starts):
-            win = mel_window(mel, i, fps)
-            assert win.shape == (N_MELS, MEL_WINDOW)
-            assert np.array_equal(win, mel[:, s:s + MEL_WINDOW])
-        assert np.array_equal(mel_window(mel, len(starts) + 5, fps), mel[:, -MEL_WINDOW:])  # clamps
-    batch = mel_windows(mel, [0, 3, 7], 25.0)
-    assert batch.shape == (3, N_MELS, MEL_WINDOW) and np.array_equal(batch[1], mel[:, 9:25])
+            assert np.array_equal(wins[i], mel[:, s:s + MEL_WINDOW])
+        assert np.array_equal(wins[-1], mel[:, -MEL_WINDOW:])  # clamps past the end
 
 
 def test_train_window_matches_reference(mel_ref):
     ref = mel_ref["train_crop_start_idx_for_frame"]  # frames 0..39 of the 25 fps training data
-    assert [train_mel_start(i, 25) for i in range(len(ref))] == ref.tolist()
-    mel = mel_ref["mel"]
-    assert np.array_equal(train_mel_window(mel, 5, 25), mel[:, 16:32])
-    assert np.array_equal(train_mel_window(mel, 28, 25), mel[:, 89:105])  # int(89.6) = 89: the last fit
-    assert train_mel_window(mel, 29, 25) is None  # int(92.8) = 92 runs past step 105
+    assert [mel_start(i, 25) for i in range(len(ref))] == ref.tolist()
+    assert mel_start(np.arange(len(ref)), 25).tolist() == ref.tolist()  # vector and scalar agree
+    assert mel_start(28, 25) + MEL_WINDOW <= 105 < mel_start(29, 25) + MEL_WINDOW  # int(89.6) fits, int(92.8) not
+
+
+def test_lead_shifts_every_frame_by_whole_frames():
+    # lead L: frame f gets frame (f - L)'s window; raw starts go negative, clamped ones stop at 0
+    for fps in (25.0, 29.97, 30.0):
+        f = np.arange(10, 200)
+        assert np.array_equal(mel_start(f, fps, lead=2), mel_start(f - 2, fps))
+    assert mel_start(0, 25, lead=2) == -6 and mel_start(1, 25, lead=2) == -3
+    assert mel_start(np.arange(3), 25, lead=2, n_mel=105).tolist() == [0, 0, 0]
 
 
 def test_n_output_frames():
     # 1 s of audio = 81 mel steps; Wav2Lip makes 22 frames (0..20 start at int(3.2 i) <= 65, then one clamped);
     # a dub is as long as the audio: 25 frames
-    assert len(mel_chunk_starts(81, 25)) == 22
+    assert wav2lip_n_frames(81, 25) == 22
     assert n_output_frames(SAMPLE_RATE, 25) == 25
     assert n_output_frames(SAMPLE_RATE * 10, 30) == 300
     assert HOP_LENGTH * MEL_FPS == SAMPLE_RATE

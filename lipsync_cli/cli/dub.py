@@ -132,7 +132,8 @@ def detect(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Detect the faces of every frame once and save them, for `lipsync dub --track` (one video, many dubs)."""
-    from lipsync_cli.dub import DubOptions, detect_track, resolve_device
+    from lipsync_cli.device import resolve_device
+    from lipsync_cli.dub import DubOptions, detect_track
     from lipsync_cli.errors import BadOption, InputNotFound
 
     if not video.is_file():

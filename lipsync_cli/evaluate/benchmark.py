@@ -253,7 +253,7 @@ def run_benchmark(
     clips = read_test_list(test_list, data)
     if options.limit is not None:
         clips = clips[: options.limit]
-    from lipsync_cli.dub import resolve_device
+    from lipsync_cli.device import resolve_device
 
     device = resolve_device(options.device)
     if syncnet_model is None:

@@ -499,7 +499,7 @@ def _resolved(options: LSEOptions) -> LSEOptions:
     """``options`` validated, with "auto" replaced by the device it stands for."""
     from dataclasses import replace
 
-    from lipsync_cli.dub import resolve_device
+    from lipsync_cli.device import resolve_device
 
     options.validate()
     return (

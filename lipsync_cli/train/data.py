@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from lipsync_cli.audio import train_mel_start
+from lipsync_cli.audio import mel_start
 from lipsync_cli.constants import FACE_HALF, FACE_SIZE, MEL_WINDOW, SYNC_T
 from lipsync_cli.errors import InputNotFound, LipsyncError
 
@@ -57,11 +57,6 @@ def read_filelist(path: str | os.PathLike) -> list[str]:
     if not out:
         raise LipsyncError(f"filelist {path} is empty", "list one speaker/clip per line")
     return out
-
-
-def mel_start(frame: int, fps: float) -> int:
-    """First mel step of video frame ``frame`` in training (Wav2Lip's ``crop_audio_window``)."""
-    return train_mel_start(frame, fps)
 
 
 def compute_mel(wav_path: Path) -> np.ndarray:
@@ -282,7 +277,7 @@ class GeneratorDataset(_SampleDataset):
         x = np.concatenate([masked, ref], axis=0)  # (6, T, 96, 96)
         indiv = np.stack(
             [
-                mel[:, mel_start(f - self.lead, fps) : mel_start(f - self.lead, fps) + MEL_WINDOW]
+                mel[:, mel_start(f, fps, self.lead) : mel_start(f, fps, self.lead) + MEL_WINDOW]
                 for f in range(s, s + SYNC_T)
             ]
         )[:, None]  # (T, 1, 80, 16)
