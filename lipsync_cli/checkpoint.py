@@ -231,7 +231,22 @@ def load_generator(path: str | os.PathLike, arch: str | None = None, device: str
             model.load_state_dict(sd, strict=False)
         except RuntimeError as err:
             raise _mismatch(path, arch, err) from None
+    model.mel_lead = generator_mel_lead(obj)
     return model.to(device).eval()
+
+
+LEGACY_MEL_LEAD = 2  # our checkpoints from before the lead was stored were all trained with GeneratorDataset's 2
+
+
+def generator_mel_lead(obj: Any) -> int:
+    """The audio/video lead (video frames) a generator file was trained with, for ``audio.mel_start``.
+
+    Ours store it as ``mel_lead``; ours from the first release carry none and were trained with 2; upstream
+    Wav2Lip files keep Wav2Lip's inference indexing (0)."""
+    if not is_ours(obj):
+        return 0
+    lead = obj.get("mel_lead")
+    return LEGACY_MEL_LEAD if lead is None else int(lead)
 
 
 def load_network(path: str | os.PathLike, net, kind: str, hint: str):

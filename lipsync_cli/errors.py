@@ -55,6 +55,13 @@ class EncodeError(MediaError):
     """ffmpeg failed while writing the output."""
 
 
+class WriteError(LipsyncError):
+    """An output could not be written (no space left, permission denied, a failed rename); nothing is left
+    behind. The message names the output and the cause."""
+
+    exit_code = 3
+
+
 class NoFaceError(LipsyncError):
     """No face where one is required (``--strict``, or no face in the whole video)."""
 
