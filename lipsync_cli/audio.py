@@ -14,6 +14,7 @@ import functools
 import math
 import os
 import subprocess
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from lipsync_cli.errors import AudioTooShort, BadOption, MediaError
 
 MIN_AUDIO_SAMPLES = MEL_WINDOW * HOP_LENGTH  # 3200 samples = 0.2 s: one generator window of audio
 N_FREQS = N_FFT // 2 + 1  # 401 STFT bins
+STFT_BLOCK = 1024  # STFT frames computed at once (12.8 s of audio)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -68,21 +70,47 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, start: float = 0.
     channels = info.channels if info.channels and info.channels > 1 else 1
     cmd += ["-i", str(info.path), "-map", f"0:{info.stream_index}", "-vn", "-sn", "-dn",
             "-ac", str(channels), "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-"]
-    proc = subprocess.run(cmd, check=False, capture_output=True)
-    if proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip().splitlines()
+    wav, rc, err = _read_pcm(cmd, channels)
+    if rc != 0:
+        msg = err.decode(errors="replace").strip().splitlines()
         raise MediaError(f"ffmpeg could not decode the audio of {info.path}: {msg[-1] if msg else 'no message'}")
-    samples = np.frombuffer(proc.stdout, np.float32)
-    if channels > 1:
-        samples = samples[: len(samples) - len(samples) % channels].reshape(-1, channels)  # (n, channels)
-        wav = samples.mean(axis=1, dtype=np.float32)  # (n_samples,)
-    else:
-        wav = samples.copy()  # (n_samples,)
     need = MIN_AUDIO_SAMPLES * sr // SAMPLE_RATE if min_samples is None else min_samples
     if len(wav) == 0 or len(wav) < need:
         raise AudioTooShort(f"{info.path} has {len(wav) / sr:.3f} s of audio, need at least {need / sr:.3f} s",
                             hint="give a longer audio file")
     return wav
+
+
+def _read_pcm(cmd: list[str], channels: int, block_bytes: int = 1 << 20) -> tuple[np.ndarray, int, bytes]:
+    """Run ffmpeg ``cmd`` writing f32le with ``channels`` channels to stdout; return (mono float32, exit code,
+    stderr). Read in blocks and averaged as it comes, so memory is the mono result, not the whole raw stream."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        assert proc.stdout is not None
+        frame = 4 * channels  # bytes per sample frame
+        parts: list[np.ndarray] = []
+        rest = b""
+        try:
+            while True:
+                chunk = proc.stdout.read(block_bytes)
+                if not chunk:
+                    break
+                data = rest + chunk
+                usable = len(data) - len(data) % frame
+                rest = data[usable:]
+                block = np.frombuffer(data[:usable], np.float32)
+                if channels > 1:
+                    block = block.reshape(-1, channels).mean(axis=1, dtype=np.float32)  # (n,)
+                else:
+                    block = block.copy()
+                parts.append(block)
+        finally:
+            proc.stdout.close()
+            rc = proc.wait()
+        err.seek(0)
+        return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), rc, err.read()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -106,17 +134,30 @@ def stft_magnitude(y: np.ndarray) -> np.ndarray:
     Hann window of WIN_LENGTH, hop HOP_LENGTH.
     """
     y = np.asarray(y, dtype=np.float64)
+    return np.concatenate([mag for _, mag in _stft_blocks(len(y), lambda idx: y[idx])], axis=1)
+
+
+def _stft_blocks(n: int, signal_at) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first frame, |STFT| block (N_FREQS, frames)) of a signal of ``n`` samples, STFT_BLOCK frames at a
+    time. ``signal_at(idx)`` gives the float64 samples at indices ``idx`` (0 <= idx < n): the reflect-padded
+    signal is never built whole, so memory does not grow with the length of the audio."""
     pad = N_FFT // 2
-    if len(y) <= pad:
-        raise AudioTooShort(f"{len(y)} samples is too short for an STFT (need more than {pad})")
-    padded = np.pad(y, pad, mode="reflect")
-    n_frames = 1 + (len(padded) - N_FFT) // HOP_LENGTH
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:n_frames]  # (T, N_FFT)
+    if n <= pad:
+        raise AudioTooShort(f"{n} samples is too short for an STFT (need more than {pad})")
+    n_frames = 1 + n // HOP_LENGTH  # = 1 + (n + 2 * pad - N_FFT) // HOP_LENGTH
     window = _hann(WIN_LENGTH)
     if WIN_LENGTH < N_FFT:  # centre the window inside the FFT frame, as librosa does
         left = (N_FFT - WIN_LENGTH) // 2
         window = np.pad(window, (left, N_FFT - WIN_LENGTH - left))
-    return np.abs(np.fft.rfft(frames * window, n=N_FFT, axis=1)).T  # (N_FREQS, T)
+    for a in range(0, n_frames, STFT_BLOCK):
+        b = min(a + STFT_BLOCK, n_frames)
+        idx = np.arange(a * HOP_LENGTH, (b - 1) * HOP_LENGTH + N_FFT) - pad  # indices into the unpadded signal
+        idx = np.abs(idx)  # reflect at the start: -i -> i
+        over = idx > n - 1
+        idx[over] = 2 * (n - 1) - idx[over]  # reflect at the end
+        seg = signal_at(idx)
+        frames = np.lib.stride_tricks.sliding_window_view(seg, N_FFT)[::HOP_LENGTH][: b - a]  # (frames, N_FFT)
+        yield a, np.abs(np.fft.rfft(frames * window, n=N_FFT, axis=1)).T
 
 
 def _hann(n: int) -> np.ndarray:
@@ -170,13 +211,25 @@ def mel_basis() -> np.ndarray:
 
 def melspectrogram(wav: np.ndarray) -> np.ndarray:
     """Wav2Lip's normalised log-mel spectrogram of 16 kHz mono audio: (N_MELS, 1 + len(wav) // HOP_LENGTH)
-    float32 in [-MAX_ABS_VALUE, MAX_ABS_VALUE], one step per HOP_LENGTH samples (MEL_FPS per second)."""
-    mag = stft_magnitude(preemphasis(wav))  # (401, T)
-    mel = mel_basis().astype(np.float64) @ mag  # (80, T)
+    float32 in [-MAX_ABS_VALUE, MAX_ABS_VALUE], one step per HOP_LENGTH samples (MEL_FPS per second).
+
+    Computed in blocks: beyond the result, memory stays a few MB whatever the length of the audio."""
+    x = np.asarray(wav)
+    n = len(x)
+    basis = mel_basis().astype(np.float64)
+
+    def preemphasised(idx: np.ndarray) -> np.ndarray:  # preemphasis(x)[idx], the same float64 arithmetic
+        cur = x[idx].astype(np.float64)
+        prev = x[np.maximum(idx - 1, 0)].astype(np.float64)
+        return np.where(idx == 0, cur, cur - PREEMPHASIS * prev)
+
     min_level = np.exp(MIN_LEVEL_DB / 20 * np.log(10))  # 1e-5
-    db = 20 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
-    norm = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
-    return np.clip(norm, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+    out = np.empty((N_MELS, 1 + n // HOP_LENGTH), dtype=np.float32)
+    for a, mag in _stft_blocks(n, preemphasised):  # mag (401, frames)
+        db = 20 * np.log10(np.maximum(min_level, basis @ mag)) - REF_LEVEL_DB  # (80, frames)
+        norm = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
+        out[:, a:a + mag.shape[1]] = np.clip(norm, -MAX_ABS_VALUE, MAX_ABS_VALUE)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class DubOptions:
     fps: float = DEFAULT_FPS  # frame rate of a video made from a still image
     crf: int = 18
     preset: str = "veryfast"
+    max_pending_bytes: int = 384 << 20  # full frames held between decode and encode: caps the batch at 1080p
     offline: bool | None = None  # None -> LIPSYNC_OFFLINE
 
     def validate(self) -> None:
@@ -70,6 +71,8 @@ class DubOptions:
             raise BadOption(f"--loop {self.loop!r} is not one of {', '.join(LOOP_MODES)}")
         if self.detector not in DETECTORS:
             raise BadOption(f"--detector {self.detector!r} is not one of {', '.join(DETECTORS)}")
+        if self.max_pending_bytes < 1:
+            raise BadOption(f"max_pending_bytes must be > 0, got {self.max_pending_bytes}")
         if self.batch_size is not None and self.batch_size < 1:
             raise BadOption(f"--batch-size must be at least 1, got {self.batch_size}")
         if not (0 < self.fps <= 240):
@@ -102,7 +105,8 @@ class DubResult:
     stage_frames: dict[str, int]
     device: str = "cpu"
     precision: str = "fp32"
-    batch_size: int = 0
+    batch_size: int = 0  # the generator batch at the end of the run (smaller than asked after out-of-memory)
+    decoded_frames: int = 0  # frames decoded from the source (looping costs at most one per output frame)
 
     @property
     def realtime_factor(self) -> float:
@@ -128,55 +132,138 @@ def loop_index(i: int, n: int, mode: str) -> int:
     return k if k < n else period - k
 
 
-def _read_range(video: Path, fps: float, start: int, stop: int, info=None) -> list[np.ndarray]:
-    """Frames [start, stop) of a video, by decoding from the beginning (used for pingpong's backward runs)."""
-    from lipsync_cli.video import FrameReader
+class FrameSpool:
+    """Every source frame of a video, decoded once, kept in one unnamed temporary file for random access.
 
-    out = []
-    with FrameReader(video, fps=fps, max_frames=stop, info=info) as reader:
-        for j, frame in enumerate(reader):
-            if j >= stop:
-                break
-            if j >= start:
-                out.append(frame)
-    return out
+    Looping (``--loop pingpong``) needs the frames again, backwards; decoding them again from frame 0 would be
+    quadratic in the output length. The file is unlinked at creation (``tempfile.TemporaryFile``), so the space
+    comes back when the process ends, even on SIGKILL. Frames are raw (H, W, 3) uint8, one fixed-size slot each.
+    """
+
+    def __init__(self, frame_shape: tuple[int, ...], folder: str | None = None):
+        import tempfile
+
+        self.shape = tuple(frame_shape)
+        self.nbytes = int(np.prod(self.shape))
+        self.n = 0
+        self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (closed by close())
+
+    def append(self, frame: np.ndarray) -> None:
+        self._file.seek(self.n * self.nbytes)
+        self._file.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+        self.n += 1
+
+    def read(self, i: int) -> np.ndarray:
+        """A fresh writable copy of frame ``i``."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"frame {i} not in the spool of {self.n}")
+        frame = np.empty(self.shape, np.uint8)
+        self._file.seek(i * self.nbytes)
+        got = self._file.readinto(memoryview(frame).cast("B"))
+        if got != self.nbytes:
+            raise OSError(f"short read from the frame spool ({got} of {self.nbytes} bytes)")
+        return frame
+
+    def close(self) -> None:
+        self._file.close()
 
 
-def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str,
-                  max_chunk_bytes: int = 256 << 20, info=None) -> Iterator[tuple[int, np.ndarray]]:
+def _spool_fits(n_frames: int | None, frame_bytes: int, folder: str | None) -> bool:
+    """Whether a spool of ``n_frames`` frames fits in ``folder`` with 1 GiB to spare."""
+    import shutil
+    import tempfile
+
+    if n_frames is None:
+        return True  # unknown length: try; a full disk falls back to re-decoding
+    try:
+        free = shutil.disk_usage(folder or tempfile.gettempdir()).free
+    except OSError:
+        return False
+    return n_frames * frame_bytes + (1 << 30) <= free
+
+
+def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str, info=None,
+                  spool_dir: str | None = None, stats: dict | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (source frame index, frame copy) for each of ``n_out`` output frames, streaming.
 
-    The video is decoded forwards; when the audio outlasts it, it starts again (``forward``) or plays backwards
-    (``pingpong``). Backward runs are decoded again in chunks of at most ``max_chunk_bytes`` and reversed, so
-    memory stays bounded whatever the length. ``info`` (from ``probe``) saves probing the file again per pass.
+    The video is decoded forwards once. When the audio outlasts it, ``forward`` decodes it again from the start
+    for every repeat, and ``pingpong`` plays it backwards and forwards from a spool of the decoded frames on disk
+    (:class:`FrameSpool`, in ``spool_dir`` or the system temp folder): either way each output frame costs at
+    most one decoded frame, so decoding is linear in the output length. Without room on disk for the spool,
+    backward runs are decoded again in chunks (slower, same frames). ``info`` (from ``probe``) saves probing the
+    file again per pass. ``stats["decoded"]`` counts the frames decoded from the file.
     """
     from lipsync_cli.video import FrameReader
 
+    stats = stats if stats is not None else {}
+    stats.setdefault("decoded", 0)
     if is_image:
         with FrameReader(video, info=info) as reader:
             still = next(iter(reader))
+        stats["decoded"] += 1
         for _ in range(n_out):
             yield 0, still.copy()
         return
     produced = 0
-    n: int | None = None
-    with FrameReader(video, fps=fps, info=info, max_frames=n_out) as reader:
-        for j, frame in enumerate(reader):
-            if produced >= n_out:
-                return
-            yield j, frame
-            produced += 1
+    spool: FrameSpool | None = None
+    try:
+        with FrameReader(video, fps=fps, info=info, max_frames=n_out) as reader:
+            expected = reader.n_frames
+            want_spool = loop == "pingpong" and (expected is None or expected < n_out)
+            for j, frame in enumerate(reader):
+                stats["decoded"] += 1
+                if want_spool and spool is None:
+                    want_spool = _spool_fits(expected, frame.nbytes, spool_dir)
+                    if want_spool:
+                        spool = FrameSpool(frame.shape, spool_dir)
+                    else:
+                        log.warning("no room on disk to spool %s for looping; decoding backward runs again", video)
+                if spool is not None:
+                    try:
+                        spool.append(frame)
+                    except OSError as err:  # disk full: give up the spool, re-decode instead
+                        log.warning("frame spool failed (%s); decoding backward runs again", err)
+                        spool.close()
+                        spool, want_spool = None, False
+                yield j, frame
+                produced += 1
         n = produced
-    if produced >= n_out or n == 0:
-        return
+        if produced >= n_out or n == 0:
+            return
+        if spool is not None and spool.n == n:
+            for i in range(produced, n_out):
+                src = loop_index(i, n, loop)
+                yield src, spool.read(src)
+            return
+        yield from _redecode_loop(video, fps, n, produced, n_out, loop, info, stats)
+    finally:
+        if spool is not None:
+            spool.close()
+
+
+def _redecode_loop(video: Path, fps: float, n: int, produced: int, n_out: int, loop: str, info, stats: dict,
+                   max_chunk_bytes: int = 256 << 20) -> Iterator[tuple[int, np.ndarray]]:
+    """Output frames ``produced .. n_out - 1`` of a looped video of ``n`` frames by decoding it again: forward
+    runs once per repeat; backward runs (pingpong without a spool) in reversed chunks of ``max_chunk_bytes``."""
+    from lipsync_cli.video import FrameReader
+
+    def read_range(start: int, stop: int) -> list[np.ndarray]:
+        out = []
+        with FrameReader(video, fps=fps, max_frames=stop, info=info) as reader:
+            for j, frame in enumerate(reader):
+                stats["decoded"] += 1
+                if j >= start:
+                    out.append(frame)
+        return out
+
     while produced < n_out:
         i = produced
         src = loop_index(i, n, loop)
         backward = loop == "pingpong" and n > 1 and (i % (2 * n - 2)) >= n
-        if not backward:
-            # a forward run from src to the end of the video
-            with FrameReader(video, fps=fps, info=info, max_frames=src + n_out - produced) as reader:
+        if not backward:  # a forward run from src to the end of the video
+            with FrameReader(video, fps=fps, info=info, max_frames=min(n, src + n_out - produced)) as reader:
                 for j, frame in enumerate(reader):
+                    stats["decoded"] += 1
                     if j < src:
                         continue
                     if produced >= n_out:
@@ -184,11 +271,10 @@ def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str
                     yield j, frame
                     produced += 1
             continue
-        # a backward run: src, src-1, ..., 1, decoded in chunks sized to max_chunk_bytes
-        hi, chunk = src + 1, 8
+        hi, chunk = src + 1, 8  # a backward run: src, src-1, ..., 1
         while hi > 1 and produced < n_out:
             lo = max(1, hi - chunk)
-            frames = _read_range(video, fps, lo, hi, info)
+            frames = read_range(lo, hi)
             if frames:
                 chunk = max(8, min(1024, max_chunk_bytes // frames[0].nbytes))
             for k, frame in zip(range(hi - 1, lo - 1, -1), reversed(frames)):
@@ -209,9 +295,10 @@ class _ThreadedWriter:
     Errors in the thread are re-raised in the caller on the next ``put`` or on ``close``.
     """
 
-    def __init__(self, writer, maxsize: int = 8):
+    def __init__(self, writer, max_bytes: int = 64 << 20, frame_bytes: int = 1):
         self.writer = writer
-        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
+        # bounded in bytes: 10 frames of 1080p at the default, never fewer than 2
+        self.q: queue.Queue = queue.Queue(maxsize=max(2, min(64, max_bytes // max(1, frame_bytes))))
         self.error: BaseException | None = None
         self.busy = 0.0
         self.count = 0
@@ -405,10 +492,15 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     mel_t = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
     no_face: list[int] = []
     n_faces = 0
+    height, width = (info.height, info.width)
+    # frames in flight are bounded in bytes: a batch holds at most max_batch_frames full frames
+    frame_bytes = height * width * 3
+    max_batch_frames = max(1, min(batch_size, options.max_pending_bytes // frame_bytes))
+    gen = {"batch": batch_size}  # the generator's micro-batch; halved for good on out-of-memory
     pending: list[tuple[int, np.ndarray, Box | None]] = []
 
     def run_batch(batch: list[tuple[int, np.ndarray, Box | None]]) -> None:
-        nonlocal n_faces, batch_size
+        nonlocal n_faces
         idx = [k for k, (_, _, b) in enumerate(batch) if b is not None]
         if idx:
             t = time.perf_counter()
@@ -418,12 +510,12 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
             mels = mels.unsqueeze(1)  # (b, 1, 80, 16)
             stage_s["blend"] += time.perf_counter() - t
             t = time.perf_counter()
-            pred = _generate(model, mels, faces, device, precision)  # (b, 3, 96, 96)
+            pred = generate(model, mels, faces, device, precision, gen)  # (b, 3, 96, 96)
             stage_s["generate"] += time.perf_counter() - t
             stage_n["generate"] += len(idx)
             t = time.perf_counter()
-            gen = blending.to_uint8(pred)
-            for g, k in zip(gen, idx):
+            mouths = blending.to_uint8(pred)
+            for g, k in zip(mouths, idx):
                 blending.blend(batch[k][1], g, batch[k][2], options.blend)
             stage_s["blend"] += time.perf_counter() - t
             n_faces += len(idx)
@@ -435,11 +527,11 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
                 frame_sink(i, frame)
             sink.put(frame)
 
-    height, width = (info.height, info.width)
+    decode_stats: dict = {}
     with VideoWriter(out, width, height, fps, audio_path=audio, crf=options.crf, preset=options.preset) as writer:
-        sink = _ThreadedWriter(writer)
+        sink = _ThreadedWriter(writer, max_bytes=options.max_pending_bytes // 2, frame_bytes=frame_bytes)
+        frames = output_frames(video, info.is_image, fps, n_out, options.loop, info=info, stats=decode_stats)
         try:
-            frames = output_frames(video, info.is_image, fps, n_out, options.loop, info=info)
             i = 0
             while True:
                 t = time.perf_counter()
@@ -451,16 +543,18 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
                 stage_n["decode"] += 1
                 pending.append((i, frame, box_of(src)))
                 i += 1
-                if len(pending) >= batch_size:
+                if len(pending) >= max_batch_frames:
                     run_batch(pending)
-                    pending = []
                     if progress:
-                        progress("dub", batch_size, n_out)
+                        progress("dub", len(pending), n_out)
+                    pending = []
             if pending:
                 run_batch(pending)
                 if progress:
                     progress("dub", len(pending), n_out)
+                pending = []
         finally:
+            frames.close()  # stops the decoder (ffmpeg, its thread, the spool) on every path
             sink.close()
         stage_s["encode"] = sink.busy
         stage_n["encode"] = sink.count
@@ -469,7 +563,7 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     return DubResult(
         output=out, frames=i, fps=fps, faces=n_faces, no_face_frames=no_face, audio_seconds=len(wav) / SAMPLE_RATE,
         wall_seconds=time.perf_counter() - t_start, stage_seconds=stage_s, stage_frames=stage_n, device=device,
-        precision=precision, batch_size=batch_size,
+        precision=precision, batch_size=gen["batch"], decoded_frames=decode_stats.get("decoded", 0),
     )
 
 
@@ -484,20 +578,31 @@ def prepare_for_inference(model, device: str):
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def _generate(model, mels, faces, device: str, precision: str) -> np.ndarray:
-    """One generator batch (B, 1, 80, 16) + (B, 6, 96, 96) -> (B, 3, 96, 96) float32 numpy; halves on GPU OOM."""
+def generate(model, mels, faces, device: str, precision: str, state: dict) -> np.ndarray:
+    """Run the generator on (B, 1, 80, 16) mels + (B, 6, 96, 96) faces -> (B, 3, 96, 96) float32 numpy, in
+    micro-batches of ``state["batch"]``.
+
+    On a device out-of-memory error (CUDA or MPS, see ``device.is_out_of_memory``) the micro-batch is halved
+    in ``state`` and the batch retried, so the smaller size sticks for the rest of the run; at 1 the error is
+    raised."""
     import torch
 
-    try:
-        with torch.inference_mode(), autocast(device, precision):
-            faces = faces.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            out = model(mels.to(device, non_blocking=True), faces)
-        return out.float().cpu().numpy()
-    except torch.cuda.OutOfMemoryError:
-        if len(faces) == 1:
-            raise
-        torch.cuda.empty_cache()
-        half = len(faces) // 2
-        log.warning("out of GPU memory at batch %d; retrying in halves", len(faces))
-        return np.concatenate([_generate(model, mels[:half], faces[:half], device, precision),
-                               _generate(model, mels[half:], faces[half:], device, precision)])
+    from lipsync_cli.device import empty_cache, is_out_of_memory
+
+    out: list[np.ndarray] = []
+    k = 0
+    while k < len(faces):
+        b = max(1, int(state["batch"]))
+        try:
+            with torch.inference_mode(), autocast(device, precision):
+                f = faces[k:k + b].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                pred = model(mels[k:k + b].to(device, non_blocking=True), f)
+            out.append(pred.float().cpu().numpy())
+            k += b
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err) or b == 1:
+                raise
+            empty_cache(device)
+            state["batch"] = b // 2
+            log.warning("out of %s memory at batch %d; using batch %d from now on", device, b, b // 2)
+    return np.concatenate(out) if len(out) > 1 else out[0]
