@@ -9,6 +9,7 @@ the released files).
     uv run python benchmarks/dub_bench.py                      # 720p clip: baseline, fixed box, S3FD
     uv run python benchmarks/dub_bench.py --rss-seconds 20 80  # 1080p RSS growth
     uv run python benchmarks/dub_bench.py --rss-seconds 60 300 1200   # 1, 5 and 20 minutes (long)
+    uv run python benchmarks/dub_bench.py --skip baseline box s3fd --loop-seconds 20 45  # what looping costs
 """
 
 from __future__ import annotations
@@ -62,12 +63,14 @@ def run_lipsync(args) -> dict:
 
     opts = DubOptions(checkpoint=Path(args.checkpoint), box=tuple(args.box) if args.mode == "box" else None,
                       detector="s3fd", detector_weights=Path(args.s3fd) if args.s3fd else None,
-                      precision=args.precision, device="cpu", batch_size=args.batch_size, offline=True)
-    out = Path(args.workdir) / f"out_{args.mode}_{args.precision}.mp4"
+                      precision=args.precision, device="cpu", batch_size=args.batch_size, offline=True,
+                      loop=args.loop)
+    out = Path(args.workdir) / f"out_{args.mode}_{args.precision}_{args.loop}.mp4"
     res = dub(args.video, args.audio, out, opts)
     return {"frames": res.frames, "wall_s": res.wall_seconds, "fps": res.frames / res.wall_seconds,
             "stage_fps": res.stage_fps(), "stage_s": res.stage_seconds, "faces": res.faces,
-            "precision": res.precision, "batch": res.batch_size, "peak_rss_mb": peak_rss_mb()}
+            "precision": res.precision, "batch": res.batch_size, "peak_rss_mb": peak_rss_mb(),
+            "decoded_frames": res.decoded_frames}
 
 
 def run_baseline(args) -> dict:
@@ -130,22 +133,31 @@ def run_baseline(args) -> dict:
 
 def child(argv: list[str]) -> dict:
     """Run one measurement in a fresh interpreter; returns its JSON line."""
+    t = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["process_s"] = time.perf_counter() - t  # with interpreter start-up and imports
+    res["startup_share"] = 1 - res["wall_s"] / res["process_s"]
+    return res
 
 
-def loop_media(src_video: Path, src_audio: Path, seconds: float, out_dir: Path) -> tuple[Path, Path]:
-    """The same content repeated to ``seconds``: video stream-copied, audio looped."""
+def loop_media(src_video: Path, src_audio: Path, seconds: float, out_dir: Path,
+               audio_seconds: float | None = None) -> tuple[Path, Path]:
+    """The same content repeated to ``seconds`` (the audio to ``audio_seconds``, default the same): video
+    stream-copied, audio looped."""
     from lipsync_cli.video import find_ffmpeg
 
-    v, a = out_dir / f"video_{seconds:g}s.mp4", out_dir / f"audio_{seconds:g}s.wav"
+    audio_seconds = seconds if audio_seconds is None else audio_seconds
+    v, a = out_dir / f"video_{seconds:g}s.mp4", out_dir / f"audio_{audio_seconds:g}s.wav"
     ff = find_ffmpeg()
-    subprocess.run([ff, "-y", "-loglevel", "error", "-stream_loop", "-1", "-i", str(src_video), "-t", str(seconds),
-                    "-c", "copy", "-an", str(v)], check=True)
-    subprocess.run([ff, "-y", "-loglevel", "error", "-stream_loop", "-1", "-i", str(src_audio), "-t", str(seconds),
-                    "-ac", "1", "-ar", "16000", str(a)], check=True)
+    if not v.exists():
+        subprocess.run([ff, "-y", "-loglevel", "error", "-stream_loop", "-1", "-i", str(src_video), "-t",
+                        str(seconds), "-c", "copy", "-an", str(v)], check=True)
+    if not a.exists():
+        subprocess.run([ff, "-y", "-loglevel", "error", "-stream_loop", "-1", "-i", str(src_audio), "-t",
+                        str(audio_seconds), "-ac", "1", "-ar", "16000", str(a)], check=True)
     return v, a
 
 
@@ -164,11 +176,15 @@ def main() -> None:
     p.add_argument("--rss-video", type=Path, default=MEDIA / "wan22_video.mp4")
     p.add_argument("--rss-audio", type=Path, default=MEDIA / "musetalk_eng.wav")
     p.add_argument("--rss-box", type=int, nargs=4, default=[760, 120, 1160, 600])
+    p.add_argument("--loop-seconds", type=float, nargs=2, metavar=("VIDEO_S", "AUDIO_S"),
+                   help="also time --loop pingpong against --loop forward: the 1080p clip cut to VIDEO_S under "
+                        "AUDIO_S of audio (fixed box)")
     p.add_argument("--json", type=Path, help="write all results here")
     # internal
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    p.add_argument("--loop", default="pingpong", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -212,6 +228,19 @@ def main() -> None:
         lo, hi = results[f"rss-{args.rss_seconds[0]:g}s"], results[f"rss-{args.rss_seconds[-1]:g}s"]
         print(f"  RSS growth {args.rss_seconds[0]:g} s -> {args.rss_seconds[-1]:g} s: "
               f"{(hi['peak_rss_mb'] / lo['peak_rss_mb'] - 1) * 100:+.1f}%")
+    if args.loop_seconds:
+        vs, aus = args.loop_seconds
+        v, a = loop_media(args.rss_video, args.rss_audio, vs, work, audio_seconds=aus)
+        for loop in ("forward", "pingpong"):
+            r = child(["--video", str(v), "--audio", str(a), "--box", *map(str, args.rss_box), "--checkpoint",
+                       str(ckpt), "--workdir", str(work), "--mode", "box", "--precision", "auto", "--loop", loop])
+            results[f"loop-{loop}"] = r
+            print(f"  1080p {vs:g} s video under {aus:g} s audio, --loop {loop}: {r['frames']} frames in "
+                  f"{r['wall_s']:.1f} s ({r['fps']:.2f} frames/s; process {r['process_s']:.1f} s, start-up "
+                  f"{r['startup_share'] * 100:.0f}%), {r['decoded_frames']} frames decoded, peak RSS "
+                  f"{r['peak_rss_mb']:.0f} MB", flush=True)
+        f, pp = results["loop-forward"], results["loop-pingpong"]
+        print(f"  pingpong / forward wall time: {pp['wall_s'] / f['wall_s']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from checks import assert_mouth_redrawn
 from synth import make_audio, make_image, make_video
 
 from lipsync_cli.dub import DubOptions, dub, loop_index, output_frames
@@ -107,6 +108,7 @@ def test_cli_dub_writes_h264_aac_of_audio_length(media, fake_ckpt):
     assert abs(info.n_frames - 0.6 * 25) <= 1  # as long as the audio, within one frame
     assert "frames/s" in r.stderr or r.stderr == ""
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".cli")]  # no temp files left
+    assert_mouth_redrawn(media["video"], out, BOX, n=15)  # the default feather blend: the mouth, nothing else
 
 
 def test_still_image_becomes_video_of_audio_length(media, fake_ckpt):

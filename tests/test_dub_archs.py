@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from checks import assert_mouth_redrawn
 from conftest import media
 from synth import run_ffmpeg
 from test_dub import run_cli
@@ -28,3 +29,4 @@ def test_each_arch_dubs_a_real_clip(arch, tmp_path):
     assert r.returncode == 0, r.stderr
     info = probe(out)
     assert info.n_frames == 25 and info.codec == "h264" and info.has_audio
+    assert_mouth_redrawn(clip, out, (128, 96, 384, 416), n=25)

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from checks import assert_mouth_redrawn
 from conftest import media
 from synth import run_ffmpeg
 from test_dub import run_cli
@@ -50,6 +51,8 @@ def test_dub_real_clips_fixed_box(clip, audio, speech_2s, fake_ckpt, tmp_path):
     assert (got.width, got.height) == (w + w % 2, h + h % 2)
     assert abs(got.fps - fps) < 1e-3
     assert got.n_frames == math.ceil(seconds * fps - 1e-6)
+    if not info.is_image:
+        assert_mouth_redrawn(src, out, box, n=10)
 
 
 def probe_audio_seconds(path) -> float:
