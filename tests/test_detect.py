@@ -86,6 +86,60 @@ def test_s3fd_postprocess_reproduces_final_boxes(s3fd_ref):
         assert first == tuple(s3fd_ref[f"pp_first_face_xyxy_{b}"])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_s3fd_boxes_do_not_depend_on_the_outputs_dtype(s3fd_ref, dtype):
+    """Raw outputs given in bf16/fp16 (a network run under autocast) decode, in float32, to exactly the boxes
+    of the same values given in float32: anchors and offsets are never built in the outputs' dtype."""
+    low = [o.to(dtype) for o in _pp_outputs(s3fd_ref)]  # values representable in dtype
+    want = postprocess([o.float() for o in low], S3FDOptions(max_candidates=10**6))
+    got = postprocess(low, S3FDOptions(max_candidates=10**6))
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and len(w) > 10
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-4)
+
+
+class _FixedHeads(torch.nn.Module):
+    """A stand-in S3FD whose 12 head outputs are given: each passes through an identity 1x1 convolution, so
+    under autocast they come out in the autocast dtype, as a real network's would."""
+
+    def __init__(self, outputs: list[torch.Tensor]):
+        super().__init__()
+        self.outputs = outputs
+        self.weight = torch.nn.Parameter(torch.eye(4)[:, :, None, None])  # (4, 4, 1, 1)
+
+    def forward(self, x):
+        return [torch.nn.functional.conv2d(o, self.weight[: o.shape[1], : o.shape[1]]) for o in self.outputs]
+
+
+def _faces_outputs(height: int, width: int) -> list[torch.Tensor]:
+    """Head outputs of one frame with three confident faces far from the origin (where bf16 has 2-4 px steps)."""
+    outs = []
+    for stride in (4, 8, 16, 32, 64, 128):
+        h, w = height // stride, width // stride
+        cls = torch.zeros(1, 2, h, w)
+        cls[:, 0] = 4.0  # background everywhere
+        outs += [cls, torch.zeros(1, 4, h, w)]
+    for level, (cy, cx), loc in [(2, (20, 37), (0.31, -0.23, 0.47, 0.13)), (3, (11, 17), (-0.37, 0.29, 0.21, 0.33)),
+                                 (1, (50, 71), (0.43, 0.41, -0.17, 0.39))]:
+        outs[2 * level][0, :, cy, cx] = torch.tensor([0.0, 6.0])
+        outs[2 * level + 1][0, :, cy, cx] = torch.tensor(loc)
+    return outs
+
+
+def test_s3fd_under_bf16_autocast_gives_the_fp32_boxes_within_a_pixel():
+    """The detection pass runs under the generator's autocast: the boxes must not be rounded to bf16's steps."""
+    from lipsync_cli.faces.s3fd import S3FDDetector
+
+    frame = np.zeros((480, 640, 3), np.uint8)
+    det = S3FDDetector(_FixedHeads(_faces_outputs(480, 640)))  # type: ignore[arg-type]
+    fp32 = det.detect([frame])[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = det.detect([frame])[0]
+    assert fp32.shape == bf16.shape == (3, 5) and fp32.dtype == bf16.dtype == np.float32
+    assert fp32[:, :4].max() > 512  # coordinates where bf16 steps are 4 px
+    np.testing.assert_allclose(bf16[:, :4], fp32[:, :4], rtol=0, atol=1.0)
+
+
 def test_s3fd_topk_caps_a_flood_of_candidates():
     """Every anchor a confident face: NMS sees at most max_candidates boxes and stays fast."""
     shapes = [(160, 160), (80, 80), (40, 40), (24, 24), (12, 12), (6, 6)]
@@ -108,6 +162,29 @@ def test_s3fd_topk_caps_a_flood_of_candidates():
     best = decode(outs)[0, :, 4].max().item()
     assert capped[0][0, 4] == pytest.approx(best)
     assert elapsed < 5.0
+
+
+@pytest.mark.slow  # importing torchvision.ops alone takes ~20 s on a busy 2-core CPU
+def test_box_iou_and_nms_agree_with_torchvision():
+    """One home for IoU and NMS (faces/boxes.py, numpy): the same numbers as torchvision.ops, with the "+1 pixel"
+    convention obtained there by widening the boxes."""
+    tv = pytest.importorskip("torchvision.ops")
+    from lipsync_cli.faces.boxes import box_iou
+
+    rng = np.random.RandomState(0)
+    xy = rng.uniform(0, 200, (300, 2))
+    dets = np.concatenate([xy, xy + rng.uniform(5, 60, (300, 2)), rng.uniform(0, 1, (300, 1))], axis=1)
+    a, b = torch.from_numpy(dets[:40, :4]), torch.from_numpy(dets[40:90, :4])
+    np.testing.assert_allclose(box_iou(dets[:40], dets[40:90]), tv.box_iou(a, b).numpy(), rtol=1e-12)
+    one = torch.tensor([0.0, 0, 1, 1], dtype=torch.float64)
+    np.testing.assert_allclose(box_iou(dets[:40], dets[40:90], plus_one=True),
+                               tv.box_iou(a + one, b + one).numpy(), rtol=1e-12)
+    for thr in (0.3, 0.4):
+        want = tv.nms(torch.from_numpy(dets[:, :4]) + one, torch.from_numpy(dets[:, 4]), thr).numpy()
+        np.testing.assert_array_equal(nms(dets, thr), want)
+    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10])[0, 0] == pytest.approx(1 / 3)
+    assert box_iou([0, 0, 0, 0], [0, 0, 0, 0])[0, 0] == 0.0  # empty boxes overlap nothing (never NaN)
+    assert box_iou(np.zeros((0, 4)), dets).shape == (0, 300)
 
 
 def test_s3fd_detector_batched_equals_single_and_wrapper_scales(fake_ckpt, s3fd_ref):

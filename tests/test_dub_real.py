@@ -93,18 +93,3 @@ def test_dub_detects_with_insightface_directly(scrfd_onnx, fake_ckpt, tmp_path):
               DubOptions(checkpoint=fake_ckpt("wav2lip"), detector="insightface", detector_weights=scrfd_onnx,
                          batch_size=8))
     assert res.frames == res.faces == 13  # 0.5 s at 25 fps, a face in every frame
-
-
-def test_shot_cuts_keep_a_face_in_every_frame_that_has_one(scrfd_onnx):
-    """The Hamilton clip has cuts and 0-5 faces per shot: every frame with a detected face gets a box."""
-    from lipsync_cli.faces import load_detector
-    from lipsync_cli.faces.track import face_boxes, follow_face, track_video
-
-    clip = media("facerec_short_hamilton_clip.mp4")
-    track = track_video(clip, load_detector("insightface", scrfd_onnx, det_size=320), det_size=320, every=4)
-    assert len(track) == 275
-    with_face = [i for i, f in enumerate(track.faces) if len(f)]
-    boxes = face_boxes(track)
-    assert [i for i, b in enumerate(boxes) if b is not None] == with_face
-    _, segments = follow_face(track.faces)
-    assert len(set(segments)) >= 2  # the cuts start new segments

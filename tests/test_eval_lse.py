@@ -215,3 +215,37 @@ def test_reported_offset_moves_by_the_delay(k):
     shifted = np.concatenate([np.zeros(640 * k, np.int16), pcm]) if k > 0 else pcm[640 * -k :]
     moved = L.score_clip(model, frames, shifted)
     assert moved.offset == -k  # audio lagging the lips by k frames reads as offset -k
+
+
+# ------------------------------------------------------------------------------------------------------------
+# track mode: the face tracks are the dub's (faces/track.py), and they never cross a shot cut
+
+
+def test_face_tracks_do_not_cross_a_cut():
+    a = np.array([[10, 10, 50, 50, 0.9]])
+    faces = [a] * 4 + [np.zeros((0, 5))] + [a] * 5  # one face at one place, missed once
+    assert [t[0].tolist() for t in L.face_tracks(faces)] == [[0, 1, 2, 3, 5, 6, 7, 8, 9]]
+    assert [t[0].tolist() for t in L.face_tracks(faces, cuts=[7])] == [[0, 1, 2, 3, 5, 6], [7, 8, 9]]
+    # the reference's rule is IoU > 0.5 alone: a face that moved by half its size starts a new track
+    moved = [a] * 3 + [a + np.array([[20, 0, 20, 0, 0]])] * 3
+    assert [t[0].tolist() for t in L.face_tracks(moved)] == [[0, 1, 2], [3, 4, 5]]
+
+
+class _FixedFace:
+    """A face detector that finds one face at the same place in every frame."""
+
+    def detect(self, frames):
+        return [np.array([[40, 30, 120, 100, 0.9]], np.float32) for _ in frames]
+
+
+def test_track_crops_stop_at_a_shot_cut(tmp_path):
+    from tests.synth import run_ffmpeg
+
+    clip = tmp_path / "cut.mp4"  # 20 frames of one shot, 30 of another, at 25 fps
+    run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=0.8",
+                "-f", "lavfi", "-i", "color=c=navy:size=160x120:rate=25:duration=1.2",
+                "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]", "-c:v", "libx264",
+                "-pix_fmt", "yuv420p", str(clip)])
+    first, crops = L.track_crops(clip, _FixedFace(), L.LSEOptions(det_size=160))
+    assert (first, len(crops)) == (20, 30)  # the longer shot's track, not one track over the cut
+    assert crops.shape[1:] == (224, 224, 3)

@@ -9,6 +9,7 @@ from lipsync_cli.faces.track import (
     TrackOptions,
     check_box,
     face_boxes,
+    follow_face,
     pad_box,
     select_faces,
     smooth_boxes,
@@ -55,10 +56,10 @@ def test_select_follows_face_and_ref_box():
     assert all(np.array_equal(c, big[:4]) for c in chosen)  # largest by default
     chosen = select_faces(frames, TrackOptions(ref_box=(90, 90, 150, 150)))
     assert all(np.array_equal(c, small[:4]) for c in chosen)
-    # the followed face keeps the track even when another face becomes larger
-    grow = [np.array([[100, 100, 200, 200, 0.9]]), np.array([[102, 100, 202, 200, 0.9], [300, 0, 600, 300, 0.9]])]
-    chosen = select_faces(grow)
-    assert chosen[1][0] == 102
+    # the speaker keeps the track when a larger face passes through briefly (size x persistence decides)
+    a, passer = [100, 100, 200, 200, 0.9], [300, 0, 600, 300, 0.9]
+    brief = [np.array([a])] * 8 + [np.array([a, passer])] * 2
+    assert all(c[0] == 100 for c in select_faces(brief))
     # no detection -> None; low scores are ignored
     chosen = select_faces([np.zeros((0, 5)), np.array([[0, 0, 10, 10, 0.1]])])
     assert chosen == [None, None]
@@ -157,3 +158,103 @@ def test_cut_switches_face_at_once_and_smoothing_does_not_mix_faces():
     track = Track(400, 100, 25.0, faces)
     final = face_boxes(track, TrackOptions(pads=(0, 0, 0, 0), smooth_window=5))
     assert final[5] == (10, 10, 60, 60) and final[6] == (300, 10, 350, 60)  # no box between the two faces
+
+
+# ---------------------------------------------------------------- the speaker across gaps and cuts
+
+LEFT, RIGHT = [50, 50, 150, 170, 0.9], [400, 60, 490, 170, 0.9]  # the left face is the larger
+
+
+def _hidden(face, gap: range, n: int = 30):
+    """Both faces in every frame, except ``face`` in the frames of ``gap`` (a hand, a turn of the head)."""
+    return [np.array([f for f in (LEFT, RIGHT) if not (i in gap and f is face)], np.float32) for i in range(n)]
+
+
+@pytest.mark.parametrize(("followed", "ref_box"), [(LEFT, None), (RIGHT, (390, 50, 500, 180))])
+def test_a_brief_miss_does_not_change_the_speaker(followed, ref_box):
+    gap = range(12, 15)
+    faces = _hidden(followed, gap)
+    options = TrackOptions(ref_box=ref_box, pads=(0, 0, 0, 0))
+    chosen = select_faces(faces, options)
+    for i, box in enumerate(chosen):
+        if i in gap:
+            assert box is None, f"frame {i} of the gap was given the other face"
+        else:
+            np.testing.assert_array_equal(box, followed[:4], err_msg=f"frame {i}")
+    final = face_boxes(Track(640, 360, 25.0, faces), options)
+    assert [i for i, b in enumerate(final) if b is None] == list(gap)
+    assert all(b == tuple(followed[:4]) for i, b in enumerate(final) if i not in gap)  # smoothing: static face
+
+
+def test_a_gap_longer_than_max_gap_ends_the_track():
+    faces = [np.zeros((0, 5))] * 10
+    faces = [np.array([LEFT])] * 5 + faces + [np.array([LEFT])] * 5  # hidden for 10 frames
+    boxes, ids = follow_face(faces, TrackOptions(max_gap=9))
+    assert ids[0] != ids[19] and boxes[19] is not None  # two stretches: not smoothed as one
+    boxes, ids = follow_face(faces, TrackOptions(max_gap=10))
+    assert ids[0] == ids[19] and all(b is None for b in boxes[5:15])
+
+
+def test_a_real_cut_rechooses_the_speaker():
+    """Before the cut the left face is the larger, after it the right one; both moved little enough to be linked
+    across the cut if it were not known: the cut is what makes the choice anew."""
+    big_l, small_r = [50, 50, 250, 250, 0.9], [400, 50, 500, 150, 0.9]
+    small_l, big_r = [80, 80, 220, 220, 0.9], [350, 0, 550, 200, 0.9]
+    faces = [np.array([big_l, small_r])] * 10 + [np.array([small_l, big_r])] * 10
+    boxes, ids = follow_face(faces, TrackOptions(), cuts=[10])
+    assert all(b[0] == 50 for b in boxes[:10]) and all(b[0] == 350 for b in boxes[10:])
+    assert len(set(ids[:10])) == len(set(ids[10:])) == 1 and ids[9] != ids[10]
+    unknown, _ = follow_face(faces, TrackOptions())  # no cut known: one shot, the left face throughout
+    assert all(b[0] in (50, 80) for b in unknown)
+    # --ref-box: in each shot the face nearest it
+    near_right = follow_face(faces, TrackOptions(ref_box=(400, 50, 500, 150)), cuts=[10])[0]
+    assert all(b[0] == 400 for b in near_right[:10]) and all(b[0] == 350 for b in near_right[10:])
+    track = Track(600, 300, 25.0, faces, cuts=[10])
+    final = face_boxes(track, TrackOptions(pads=(0, 0, 0, 0), smooth_window=5))
+    assert final[9] == (50, 50, 250, 250) and final[10] == (350, 0, 550, 200)  # no box between the two
+
+
+def test_link_tracks_bridges_gaps_and_stops_at_cuts():
+    from lipsync_cli.faces.track import link_tracks
+
+    a = [10, 10, 50, 50, 0.9]
+    faces = [np.array([a])] * 3 + [np.zeros((0, 5))] * 2 + [np.array([a])] * 3
+    assert [t.frames for t in link_tracks(faces, max_gap=2)] == [[0, 1, 2, 5, 6, 7]]
+    assert [t.frames for t in link_tracks(faces, max_gap=1)] == [[0, 1, 2], [5, 6, 7]]
+    assert [t.frames for t in link_tracks(faces, cuts=[6])] == [[0, 1, 2, 5], [6, 7]]
+
+
+# ---------------------------------------------------------------- track files
+
+
+def test_track_file_keeps_cuts_and_reads_files_without_them(tmp_path):
+    import json
+
+    track = Track(64, 48, 25.0, [np.array([[1, 2, 30, 40, 0.9]], np.float32)] * 4, cuts=[2])
+    track.save(tmp_path / "t.json")
+    assert Track.load(tmp_path / "t.json").cuts == [2]
+    data = json.loads((tmp_path / "t.json").read_text())
+    del data["cuts"]
+    data["version"] = 1  # as written before cuts were recorded
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = Track.load(tmp_path / "old.json")
+    assert old.cuts is None and len(old) == 4
+    assert face_boxes(old, TrackOptions(pads=(0, 0, 0, 0))) == [(1, 2, 30, 40)] * 4
+    data["cuts"] = [7]
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(BadOption, match="bad.json"):
+        Track.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("row", [
+    "[NaN, 2, 30, 40, 0.9]", "[1, 2, Infinity, 40, 0.9]", "[1, 2, 30, -Infinity, 0.9]", "[1, 2, 30, 40, NaN]",
+    '["1", 2, 30, 40, 0.9]', "[1, null, 30, 40, 0.9]", "[1, 2, true, 40, 0.9]", "[1, 2, 30, 40]",
+    "[1, 2, 30, 40, 0.9, 7]", "[1e300, 2, 30, 40, 0.9]", "{}",
+])
+def test_track_file_with_boxes_that_are_not_finite_numbers_is_a_user_error(tmp_path, row):
+    path = tmp_path / "broken.json"
+    path.write_text('{"format": "lipsync_cli.track", "version": 1, "width": 64, "height": 48, "fps": 25,'
+                    f' "faces": [[[1, 2, 30, 40, 0.9]], [{row}]]}}')
+    with pytest.raises(BadOption, match="broken.json") as err:
+        Track.load(path)
+    assert "frame 1" in str(err.value) and "\n" not in str(err.value)

@@ -366,51 +366,29 @@ def syncnet_crop(frame: np.ndarray, params: Sequence[float], crop_scale: float =
     return cv2.resize(face, (CROP_SIZE, CROP_SIZE))
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def face_tracks(
     faces: Sequence[np.ndarray],
     min_score: float = 0.5,
     iou_threshold: float = IOU_THRESHOLD,
     max_gap: int = MAX_GAP,
+    cuts: Sequence[int] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Group per-frame detections into face tracks as ``run_pipeline.py``'s ``track_shot`` does.
+    """Group per-frame detections into face tracks with the dub's tracker, set up as ``run_pipeline.py``'s
+    ``track_shot``.
 
-    A track starts at the earliest unused detection and takes, frame after frame, the unused detection
-    overlapping its last box with IoU > ``iou_threshold``, until ``max_gap`` frames pass without one; this
-    repeats until every detection is used. ``faces[i]`` is an (N, 5) array [x1, y1, x2, y2, score] for frame
-    i.
+    :func:`lipsync_cli.faces.track.link_tracks` with the reference's rules: a detection continues a track when its
+    IoU with the track's last box is > ``iou_threshold`` (no centre-distance rule), a track ends when ``max_gap``
+    frames pass without one (``--num_failed_det``: frames at most ``max_gap`` apart), and no track crosses a shot
+    cut (``cuts``: the frames that start a shot; the reference tracks each scene on its own).
+    ``faces[i]`` is an (N, 5) array [x1, y1, x2, y2, score] for frame i.
     Returns (frame indices (K,), boxes (K, 4)) per track, longest first (ties: earliest first).
     """
-    left = [
-        [np.asarray(d[:4], np.float64) for d in np.asarray(f).reshape(-1, 5) if d[4] >= min_score]
-        for f in faces
-    ]
-    tracks = []
-    while any(left):
-        idx: list[int] = []
-        boxes: list[np.ndarray] = []
-        for i, dets in enumerate(left):
-            if not dets:
-                continue
-            if not idx:
-                k = 0
-            elif i - idx[-1] > max_gap:
-                break
-            else:
-                ious = [_iou(boxes[-1], d) for d in dets]
-                k = int(np.argmax(ious))
-                if ious[k] <= iou_threshold:
-                    continue
-            idx.append(i)
-            boxes.append(dets.pop(k))
-        tracks.append((np.array(idx), np.stack(boxes)))
+    from lipsync_cli.faces.track import link_tracks
+
+    linked = link_tracks(
+        faces, cuts=cuts, min_score=min_score, max_gap=max_gap - 1, min_iou=iou_threshold, max_shift=0.0
+    )
+    tracks = [(np.array(t.frames), np.stack(t.boxes)) for t in linked]
     tracks.sort(key=lambda t: (-(t[0][-1] - t[0][0]), t[0][0]))
     return tracks
 
@@ -480,12 +458,11 @@ def track_crops(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, np.ndarray]:
     """Follow the face through the video at 25 fps; (first frame, (N, 224, 224, 3) SyncNet crops) of the
-    longest
-    face track (see :func:`face_tracks`)."""
+    longest face track, which never spans a shot cut (see :func:`face_tracks`)."""
     from lipsync_cli.faces.track import track_video
 
     track = track_video(path, detector, fps=SYNC_FPS, det_size=_det_size(options), progress=progress)
-    tracks = face_tracks(track.faces, options.min_face_score)
+    tracks = face_tracks(track.faces, options.min_face_score, cuts=track.cuts)
     if not tracks:
         raise NoFaceError(
             "no face found in any frame", "score it with --mode crop if the frames are face crops"

@@ -4,6 +4,7 @@
 ``detect(frames) -> [(N, 5) float32 [x1, y1, x2, y2, score], ...]`` in the frames' pixels, best face first.
 """
 
+from lipsync_cli.faces.boxes import box_iou, nms
 from lipsync_cli.faces.detect import (
     DEFAULT_DET_SIZE,
     DEFAULT_DETECT_BATCH,
@@ -12,7 +13,6 @@ from lipsync_cli.faces.detect import (
     FaceDetector,
     ScaledDetector,
     load_detector,
-    nms,
 )
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "DETECTOR_NAMES",
     "FaceDetector",
     "ScaledDetector",
+    "box_iou",
     "load_detector",
     "nms",
 ]

@@ -5,7 +5,9 @@ which shrinks frames so their longest side is ``det_size`` (never enlarging them
 ``batch_size`` frames at a time and maps the boxes back to the input frames' pixels. Faces do not need 1080p
 to be found, and S3FD on a full-HD frame costs ~10x what it costs at 640 px.
 
-This module imports only numpy; the backends (torch, onnxruntime, cv2) load when a detector is built.
+This module imports only numpy; the backends (torch, onnxruntime, cv2) load when a detector is built. Box
+geometry (NMS, IoU, detection sizes) lives in :mod:`lipsync_cli.faces.boxes`, which the backends import: they never
+import this module.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from lipsync_cli.errors import BadOption, WeightsNotFound
+from lipsync_cli.faces.boxes import detection_size
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +43,6 @@ class FaceDetector(Protocol):
     """
 
     def detect(self, frames: list[np.ndarray]) -> list[np.ndarray]: ...
-
-
-def nms(dets: np.ndarray, threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression of (N, 5) rows ``[x1, y1, x2, y2, score]``; returns the kept row indices
-    in descending score order (ties keep input order). Uses the "+1 pixel" area convention of Wav2Lip and
-    insightface (a box from x1 to x2 covers x2 - x1 + 1 pixels); a box is dropped when its IoU with a kept box
-    is > threshold."""
-    if len(dets) == 0:
-        return np.zeros(0, dtype=np.int64)
-    dets = np.asarray(dets, dtype=np.float64)  # float64: wild boxes of untrained nets must not overflow
-    x1, y1, x2, y2, scores = (dets[:, i] for i in range(5))
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size > 0:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = w * h
-        order = rest[inter / (areas[i] + areas[rest] - inter) <= threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def detection_size(height: int, width: int, det_size: int) -> tuple[int, int]:
-    """(height, width) a frame is shrunk to before detection: longest side ``det_size`` px, never enlarged."""
-    scale = det_size / max(height, width)
-    if scale >= 1.0:
-        return height, width
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def _check_frames(frames: list[np.ndarray]) -> tuple[int, int]:
@@ -124,7 +97,8 @@ def load_detector(name: str, weights: str | os.PathLike | None = None, device: s
     """Build a face detector by name.
 
     name: ``"s3fd"`` (alias ``"sfd"``) or ``"insightface"`` (alias ``"scrfd"``).
-    weights: s3fd: path of a file in the released ``s3fd.pth`` layout (required). insightface: an SCRFD
+    weights: s3fd: path of a file in the released ``s3fd.pth`` layout (default: the registry's ``s3fd`` file
+        where ``lipsync weights list`` finds it, else WeightsNotFound naming the download). insightface: an SCRFD
         ``.onnx`` file, a pack directory, or a pack name (default ``buffalo_l``:
         ``~/.insightface/models/buffalo_l/det_*.onnx`` or under ``$INSIGHTFACE_HOME``).
     device: torch device for S3FD (``cpu``, ``cuda``, ``cuda:1``, ``mps``); for insightface ``cuda*`` selects
@@ -145,9 +119,10 @@ def load_detector(name: str, weights: str | os.PathLike | None = None, device: s
     if key == "s3fd":
         from lipsync_cli.faces.s3fd import S3FDDetector, S3FDOptions
 
-        if weights is None:
-            raise WeightsNotFound("the s3fd face detector needs its weights file (s3fd.pth)",
-                                  "pass --detector-weights PATH or fetch it: `lipsync weights download s3fd`")
+        if weights is None:  # the registry file, wherever `lipsync weights list` finds it; never downloaded here
+            from lipsync_cli import weights as registry
+
+            weights = registry.resolve("s3fd", None, download=False)
         if not Path(weights).expanduser().is_file():
             raise WeightsNotFound(f"s3fd weights not found: {weights}",
                                   "fetch them with `lipsync weights download s3fd` or pass the right path")

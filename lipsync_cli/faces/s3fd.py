@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsync_cli.errors import BadOption
-from lipsync_cli.faces.detect import nms
+from lipsync_cli.faces.boxes import nms
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +135,11 @@ def decode(outputs: list[torch.Tensor]) -> torch.Tensor:
     """Every anchor of every head as a box: the 12 raw outputs -> (B, A, 5) [x1, y1, x2, y2, face score].
 
     Anchors are ordered head by head, row-major within a head (upstream's candidate order). Pixel units of the
-    network input."""
+    network input. Always float32, whatever the outputs' dtype: a network run in bf16 would otherwise get anchors
+    and offsets rounded to bf16's 2-4 px steps at the coordinates of a 640 px frame."""
     dets = []
     for level, stride in enumerate(S3FD_STRIDES):
-        cls, reg = outputs[2 * level], outputs[2 * level + 1]  # (B, 2, h, w), (B, 4, h, w)
+        cls, reg = outputs[2 * level].float(), outputs[2 * level + 1].float()  # (B, 2, h, w), (B, 4, h, w)
         b, _, hh, ww = cls.shape
         score = F.softmax(cls, dim=1)[:, 1].reshape(b, -1)  # (B, h*w)
         loc = reg.permute(0, 2, 3, 1).reshape(b, -1, 4)  # (B, h*w, 4)
@@ -175,14 +176,16 @@ class S3FDOptions:
 
 def postprocess(outputs: list[torch.Tensor], options: S3FDOptions = S3FDOptions()) -> list[np.ndarray]:
     """The 12 raw head outputs of a batch -> per frame an (N, 5) float32 array [x1, y1, x2, y2, score] sorted
-    by score descending, in network-input pixels ((0, 5) when no face)."""
-    dets = decode(outputs)  # (B, A, 5)
+    by score descending, in network-input pixels ((0, 5) when no face). The outputs may be in any precision (a
+    network run under autocast); decoding and NMS are float32 (float64 inside NMS) in every case."""
+    with torch.autocast(outputs[0].device.type, enabled=False):
+        dets = decode(outputs)  # (B, A, 5) float32
     results = []
     for frame_dets in dets:
         cand = frame_dets[frame_dets[:, 4] > options.candidate_threshold]  # (C, 5)
         if len(cand) > options.max_candidates:
             cand = cand[torch.topk(cand[:, 4], options.max_candidates).indices]
-        cand = cand.float().cpu().numpy()
+        cand = cand.cpu().numpy()
         kept = cand[nms(cand, options.nms_threshold)]
         kept = kept[kept[:, 4] > options.score_threshold]
         results.append(np.ascontiguousarray(kept, dtype=np.float32).reshape(-1, 5))
@@ -190,7 +193,10 @@ def postprocess(outputs: list[torch.Tensor], options: S3FDOptions = S3FDOptions(
 
 
 class S3FDDetector:
-    """FaceDetector backend: batched S3FD inference + vectorised post-processing, at the frames' own size."""
+    """FaceDetector backend: batched S3FD inference + vectorised post-processing, at the frames' own size.
+
+    The network runs in whatever precision the caller's autocast context chooses (``dub`` runs detection under
+    the generator's); the boxes are decoded in float32 regardless."""
 
     name = "s3fd"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lipsync_cli.errors import BadOption, CheckpointError, CheckpointMismatch, WeightsNotFound
-from lipsync_cli.faces.detect import nms
+from lipsync_cli.faces.boxes import nms
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +38,47 @@ PACK_HINT = ("download an insightface model pack (e.g. buffalo_l.zip from the in
 
 def insightface_root() -> Path:
     """Where insightface keeps model packs: ``$INSIGHTFACE_HOME`` or ``~/.insightface``."""
-    return Path(os.environ.get("INSIGHTFACE_HOME") or "~/.insightface").expanduser()
+    from lipsync_cli.weights import insightface_home
+
+    return insightface_home()
 
 
 def resolve_weights(weights: str | os.PathLike | None) -> Path:
-    """An SCRFD ``.onnx`` path from a file path, a pack directory, or a pack name (default ``buffalo_l``,
-    looked up as ``<root>/models/<pack>/det_*.onnx``, root from :func:`insightface_root`). Raises
-    WeightsNotFound naming the places looked at."""
+    """An SCRFD ``.onnx`` path from a file path, a pack directory, or a pack name (default ``buffalo_l``).
+
+    A pack name is looked up as ``<dir>/<pack>/det_*.onnx`` in every folder of ``lipsync weights list``
+    (checkout ``weights/``, ``./weights``, the user cache), then ``<root>/models/<pack>`` and ``<root>/<pack>``
+    with root from :func:`insightface_root`; the registry pack ``buffalo_l`` is found exactly as
+    :func:`lipsync_cli.weights.find` finds it (a loose ``det_10g.onnx`` in a weights folder too). Raises
+    WeightsNotFound naming the places looked at (and ``lipsync weights download buffalo_l`` for that pack).
+    """
+    from lipsync_cli import weights as registry
+
     spec = DEFAULT_PACK if weights is None or str(weights) == "" else str(weights)
     path = Path(spec).expanduser()
     if path.is_file():
         return path
     if path.suffix.lower() == ".onnx":
         raise WeightsNotFound(f"face detector weights not found: {path}", PACK_HINT)
-    looked = []
+    looked: list[str] = []
     dirs = [path] if path.is_dir() else []
-    if os.sep not in spec and "/" not in spec:
+    is_name = os.sep not in spec and "/" not in spec
+    if is_name and spec in registry.REGISTRY:
+        found = registry.find(spec)
+        if found is not None:
+            return found
+        looked += [str(p) for p in registry.candidate_paths(spec)]
+    if is_name:
         root = insightface_root()
-        dirs += [root / "models" / spec, root / spec]
-    for d in dirs:
+        dirs += [d / spec for d in registry.weights_dirs()] + [root / "models" / spec, root / spec]
+    for d in dict.fromkeys(dirs):
         found = sorted(d.glob("det_*.onnx")) if d.is_dir() else []
         if found:
             return found[0]
         looked.append(str(d / "det_*.onnx"))
-    raise WeightsNotFound(f"no insightface detector for {spec!r}: looked at {', '.join(looked) or spec}",
-                          PACK_HINT)
+    hint = (f"run `{registry.download_command([spec])}`, or {PACK_HINT}" if is_name and spec in registry.REGISTRY
+            else PACK_HINT)
+    raise WeightsNotFound(f"no insightface detector for {spec!r}: looked at {', '.join(looked) or spec}", hint)
 
 
 def _align_up(v: int) -> int:

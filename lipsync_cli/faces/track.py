@@ -1,15 +1,20 @@
-"""One face per frame: choosing the face, following it, smoothing its box, padding it, saving it.
+"""One face per frame: finding the shots, linking faces into tracks, choosing the speaker, smoothing its box,
+padding it, saving it.
 
-A :class:`Track` holds every detection of every frame (so the choice of face can be redone when a track is reused)
-plus nothing else; :func:`face_boxes` turns it into the final per-frame crop boxes the generator uses.
-Frames without the chosen face get ``None`` and pass through the dub unchanged.
+A :class:`Track` holds every detection of every frame and the frames where the shot changes (so the choice of face
+can be redone when a track is reused); :func:`face_boxes` turns it into the final per-frame crop boxes the
+generator uses. The choice is made offline, knowing the whole video: detections are linked frame to frame into
+face tracks (:func:`link_tracks`, which also serves ``eval lse``), a face missing for up to ``max_gap`` frames
+stays the same track, and the speaker is chosen per shot (:func:`follow_face`). Frames without the chosen face
+get ``None`` and pass through the dub unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +22,20 @@ import numpy as np
 
 from lipsync_cli.constants import DEFAULT_PADS
 from lipsync_cli.errors import BadOption, InputNotFound
+from lipsync_cli.faces.boxes import box_area, box_iou, centre_distance, detection_size
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels (x right, y down), x2/y2 exclusive
 
 TRACK_FORMAT = "lipsync_cli.track"
-TRACK_VERSION = 1
+TRACK_VERSION = 2  # 2: "cuts" (files of version 1 have none and still load)
+
+MAX_GAP = 25  # frames a face may be missing and still be the same face (1 s at 25 fps)
+LINK_IOU = 0.2  # a detection continues a face track when it overlaps the track's last box by more than this
+LINK_SHIFT = 0.5  # ... or when its centre moved less than this fraction of the box's longer side
+LINK_SCALE = 1.5  # ... and its longer side is within this factor of the box's (a face does not double in size)
+CUT_THRESHOLD = 27.0  # PySceneDetect ContentDetector's default: HSV change (0-255) between frames that is a cut
+MIN_SHOT = 15  # frames: cuts closer than this are merged (ContentDetector's min_scene_len)
+CUT_WIDTH = 256  # px: frames are shrunk to this width for cut detection (PySceneDetect's auto-downscale target)
 
 
 @dataclass(frozen=True)
@@ -31,15 +45,17 @@ class TrackOptions:
     pads: pixels added (top, bottom, left, right) around the detected box, as Wav2Lip's ``--pads``; the default
         adds 10 px below so the chin is inside the crop.
     smooth: average each box coordinate over a centred window of ``smooth_window`` frames (see :func:`smooth_boxes`).
-    ref_box: follow the face nearest this box (x1, y1, x2, y2) instead of the largest face.
-    max_gap: frames a followed face may be missing (no face at all) and still be picked up again as the same face.
+    ref_box: dub the face nearest this box (x1, y1, x2, y2) in each shot instead of the largest face.
+    max_gap: frames a face may be missing (hidden, turned away, blurred) and still be the same face: those frames
+        pass through, and the dub goes on with the same person after them (see :func:`follow_face`).
+    min_score: detections scored below this are ignored.
     """
 
     pads: tuple[int, int, int, int] = DEFAULT_PADS
     smooth: bool = True
     smooth_window: int = 5
     ref_box: tuple[float, float, float, float] | None = None
-    max_gap: int = 25
+    max_gap: int = MAX_GAP
     min_score: float = 0.5
 
     def __post_init__(self):
@@ -47,6 +63,8 @@ class TrackOptions:
             raise BadOption(f"--pads must be four non-negative integers, got {self.pads}")
         if self.smooth_window < 1:
             raise BadOption(f"smoothing window must be >= 1 frame, got {self.smooth_window}")
+        if self.max_gap < 0:
+            raise BadOption(f"the longest gap a face may have must be >= 0 frames, got {self.max_gap}")
         if self.ref_box is not None:
             x1, y1, x2, y2 = self.ref_box
             if x2 <= x1 or y2 <= y1:
@@ -55,13 +73,18 @@ class TrackOptions:
 
 @dataclass
 class Track:
-    """Every detection of a video: ``faces[i]`` is an (N, 5) array [x1, y1, x2, y2, score] for frame i."""
+    """Every detection of a video: ``faces[i]`` is an (N, 5) array [x1, y1, x2, y2, score] for frame i.
+
+    ``cuts``: the frames where a new shot starts (sorted, never 0), found in the frames by :func:`track_video`;
+    None when unknown (a track file written before cuts were recorded): the video is then one shot.
+    """
 
     width: int
     height: int
     fps: float
     faces: list[np.ndarray] = field(default_factory=list)
     source: str = ""
+    cuts: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -78,23 +101,40 @@ class Track:
             "n_frames": len(self.faces),
             "faces": [[[round(float(v), 1) for v in row] for row in f] for f in self.faces],
         }
+        if self.cuts is not None:
+            data["cuts"] = [int(c) for c in self.cuts]
         from lipsync_cli.files import atomic_write
 
         atomic_write(path, json.dumps(data, separators=(",", ":")))
 
     @classmethod
     def load(cls, path: str | Path) -> Track:
+        """Read a track file written by :meth:`save` (any version). Raises InputNotFound, or BadOption naming
+        the file when it is not a track file or holds anything but finite numbers where boxes belong."""
         path = Path(path)
         if not path.is_file():
             raise InputNotFound(f"track file not found: {path}", "create one with `lipsync detect VIDEO -o track.json`")
         try:
             data = json.loads(path.read_text())
-            if data.get("format") != TRACK_FORMAT:
+            if not isinstance(data, dict) or data.get("format") != TRACK_FORMAT:
                 raise ValueError("not a lipsync track")
-            faces = [np.asarray(f, dtype=np.float32).reshape(-1, 5) for f in data["faces"]]
-            return cls(int(data["width"]), int(data["height"]), float(data["fps"]), faces, data.get("source", ""))
-        except (ValueError, KeyError, TypeError) as err:
-            raise BadOption(f"{path} is not a track file written by `lipsync detect` ({err})") from None
+            width, height, fps = _int(data["width"], "width"), _int(data["height"], "height"), _number(data["fps"])
+            if width < 1 or height < 1 or not fps > 0:
+                raise ValueError(f"a {width}x{height} frame at {fps} fps")
+            if not isinstance(data["faces"], list):
+                raise ValueError("faces is not a list of frames")
+            faces = [_frame_faces(f, i) for i, f in enumerate(data["faces"])]
+            cuts = data.get("cuts")
+            if cuts is not None:
+                if not isinstance(cuts, list):
+                    raise ValueError("cuts is not a list of frames")
+                cuts = [_int(c, "cut") for c in cuts]
+                if cuts != sorted(set(cuts)) or any(not 0 < c < len(faces) for c in cuts):
+                    raise ValueError(f"cuts must be increasing frame numbers in 1..{len(faces) - 1}")
+            return cls(width, height, fps, faces, str(data.get("source", "")), cuts)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+            raise BadOption(f"{path} is not a track file written by `lipsync detect` ({err})",
+                            "write it again with `lipsync detect VIDEO -o track.json`") from None
 
     def check_matches(self, width: int, height: int, n_frames: int | None) -> None:
         """Refuse a track made for another video (different size, or far fewer frames)."""
@@ -109,65 +149,166 @@ class Track:
             )
 
 
-def _area(b: Sequence[float]) -> float:
-    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+def _number(v) -> float:
+    """A finite JSON number (not a bool, string or null), else ValueError."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{v!r} is not a finite number")
+    return float(v)
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = _area(a) + _area(b) - inter
-    return inter / union if union > 0 else 0.0
+def _int(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{what} {v!r} is not a whole number")
+    return v
 
 
-def _centre_dist(a: Sequence[float], b: Sequence[float]) -> float:
-    return math.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2)
+def _frame_faces(rows, index: int) -> np.ndarray:
+    """The (N, 5) float32 detections of frame ``index`` from their JSON rows, each five finite numbers."""
+    if not isinstance(rows, list) or any(not isinstance(r, list) or len(r) != 5 for r in rows):
+        raise ValueError(f"frame {index}: faces must be rows of five numbers [x1, y1, x2, y2, score]")
+    try:
+        arr = np.array([[_number(v) for v in r] for r in rows], dtype=np.float64).reshape(-1, 5)
+    except ValueError as err:
+        raise ValueError(f"frame {index}: {err}") from None
+    with np.errstate(over="ignore"):
+        arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"frame {index}: a box coordinate is too large for a pixel position")
+    return arr
 
 
-def follow_face(faces: Sequence[np.ndarray], options: TrackOptions = TrackOptions()
-                ) -> tuple[list[np.ndarray | None], list[int]]:
-    """Follow one face through the frames: per frame its raw (4,) box or None, and a segment id per frame.
+@dataclass
+class FaceTrack:
+    """One face followed through consecutive frames of one shot: the frames it was detected in (increasing;
+    gaps of up to ``max_gap`` frames between them) and its (4,) box in each."""
 
-    The face is chosen where it first appears (the largest, or the one nearest ``options.ref_box``) and then
-    followed: each frame takes the detection overlapping the previous box most, so another face growing larger
-    does not steal the track. A detection counts as the same face when IoU > 0.2 or its centre moved less than
-    the box's half size; a face missing for up to ``max_gap`` frames is picked up again where it was. When the
-    followed face is gone but other faces are there (a shot cut, the speaker left), the choice is made anew at
-    once and a new segment starts: smoothing never averages two different faces.
+    frames: list[int] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def first(self) -> int:
+        return self.frames[0]
+
+    @property
+    def last(self) -> int:
+        return self.frames[-1]
+
+    def add(self, frame: int, box: np.ndarray) -> None:
+        self.frames.append(frame)
+        self.boxes.append(np.asarray(box[:4], dtype=np.float64))
+
+    def within(self, lo: int, hi: int) -> slice:
+        """The part of ``frames`` / ``boxes`` in frames lo..hi-1 (an empty slice when the face is not there)."""
+        return slice(bisect_left(self.frames, lo), bisect_left(self.frames, hi))
+
+
+def link_tracks(faces: Sequence[np.ndarray], *, cuts: Iterable[int] | None = None, min_score: float = 0.5,
+                max_gap: int = MAX_GAP, min_iou: float = LINK_IOU, max_shift: float = LINK_SHIFT) -> list[FaceTrack]:
+    """Link the detections of every frame into face tracks, offline (every frame's detections are known).
+
+    Frame after frame, each detection continues the track whose last box it overlaps most (IoU > ``min_iou``),
+    or, failing that, the track whose last box's centre is nearest, when it is within ``max_shift`` x that box's
+    longer side and the two boxes' sizes are within a factor ``LINK_SCALE`` (``max_shift=0``: IoU only); a track
+    takes at most one detection per frame. A track not continued for more than ``max_gap`` frames ends, and no
+    track continues across a shot cut (``cuts``: the frames that start a new shot). Detections left over start
+    new tracks. ``faces[i]``: (N, 5) [x1, y1, x2, y2, score] of frame i; detections scored below ``min_score``
+    are ignored. Returns the tracks in order of their first frame.
     """
-    boxes: list[np.ndarray | None] = []
-    ids: list[int] = []
-    prev: np.ndarray | None = None
-    missing, segment = 0, -1
-    for dets in faces:
-        dets = np.asarray(dets, dtype=np.float32).reshape(-1, 5)
-        dets = dets[dets[:, 4] >= options.min_score] if len(dets) else dets
-        chosen = None
-        if len(dets) and prev is not None and missing <= options.max_gap:
-            scores = [_iou(prev, d) for d in dets]
-            best = int(np.argmax(scores))
-            half = max(prev[2] - prev[0], prev[3] - prev[1]) / 2
-            if scores[best] > 0.2 or _centre_dist(prev, dets[best]) < half:
-                chosen = dets[best, :4]
-        if chosen is None and len(dets):
-            if options.ref_box is not None:
-                chosen = dets[int(np.argmin([_centre_dist(options.ref_box, d) for d in dets])), :4]
-            else:
-                chosen = dets[int(np.argmax([_area(d) for d in dets])), :4]
+    cut_set = set(cuts or ())
+    tracks: list[FaceTrack] = []
+    live: list[FaceTrack] = []
+    for t, dets in enumerate(faces):
+        dets = np.asarray(dets, dtype=np.float64).reshape(-1, 5)
+        dets = dets[dets[:, 4] >= min_score]
+        live = [] if t in cut_set else [tr for tr in live if t - tr.last - 1 <= max_gap]
+        taken: set[int] = set()
+        if live and len(dets):
+            last = np.stack([tr.boxes[-1] for tr in live])  # (L, 4)
+            iou = box_iou(last, dets)  # (L, D)
+            track_side = np.maximum(last[:, 2] - last[:, 0], last[:, 3] - last[:, 1])[:, None]  # (L, 1)
+            det_side = np.maximum(dets[:, 2] - dets[:, 0], dets[:, 3] - dets[:, 1])[None, :]  # (1, D)
+            centres_t, centres_d = (last[:, :2] + last[:, 2:4]) / 2, (dets[:, :2] + dets[:, 2:4]) / 2  # (L|D, 2)
+            shift = np.linalg.norm(centres_t[:, None] - centres_d[None], axis=-1) / np.maximum(track_side, 1e-6)
+            near = (shift < max_shift) & (det_side < LINK_SCALE * track_side) & (track_side < LINK_SCALE * det_side)
+            # one cost for both rules: IoU matches (-1 .. -min_iou) before centre matches (1 .. 1 + max_shift)
+            cost = np.where(iou > min_iou, -iou, np.where(near, 1.0 + shift, np.inf))
+            used: set[int] = set()
+            for flat in np.argsort(cost, axis=None, kind="stable"):
+                a, d = divmod(int(flat), cost.shape[1])
+                if not np.isfinite(cost[a, d]):
+                    break
+                if a not in used and d not in taken:
+                    used.add(a)
+                    taken.add(d)
+                    live[a].add(t, dets[d])
+        for d in range(len(dets)):
+            if d not in taken:
+                tr = FaceTrack()
+                tr.add(t, dets[d])
+                tracks.append(tr)
+                live.append(tr)
+    return tracks
+
+
+def shot_bounds(n_frames: int, cuts: Iterable[int] | None) -> list[tuple[int, int]]:
+    """The shots of a video as (start, stop) frame ranges, from the frames where a new shot starts."""
+    edges = [0, *sorted(c for c in set(cuts or ()) if 0 < c < n_frames), n_frames]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def _speaker_rank(track: FaceTrack, lo: int, hi: int, ref_box: Sequence[float] | None) -> tuple[float, float]:
+    """How well ``track`` (its frames in lo..hi-1, at least one) fits as the speaker: lower is better."""
+    part = track.within(lo, hi)
+    frames, boxes = track.frames[part], track.boxes[part]
+    # big and persistent faces first: mean linear size (px) x the frames from its first to its last appearance
+    # in lo..hi-1, so that a brief miss costs the speaker nothing
+    presence = float(np.mean([math.sqrt(box_area(b)) for b in boxes])) * (frames[-1] - frames[0] + 1)
+    if ref_box is None:
+        return (-presence, 0.0)
+    return (float(np.mean([centre_distance(ref_box, b) for b in boxes])), -presence)
+
+
+def follow_face(faces: Sequence[np.ndarray], options: TrackOptions = TrackOptions(),
+                cuts: Iterable[int] | None = None) -> tuple[list[np.ndarray | None], list[int]]:
+    """The speaker's raw (4,) box in every frame (None where it was not detected), and a segment id per frame.
+
+    Offline, in two steps. The detections are linked into face tracks (:func:`link_tracks`): a face missing for
+    up to ``options.max_gap`` frames (a hand, a turn of the head, motion blur) stays the same track, and no track
+    crosses a shot cut (``cuts``). Then, in each shot, the speaker is the track nearest ``options.ref_box``
+    (mean centre distance), or the largest and most persistent one (mean box side x the frames from its first to
+    its last appearance): it is dubbed from its first to its last frame in the shot, with the frames where it is
+    missing passed through (None), never given another face. Only the frames of the shot before or after that
+    stretch (the speaker not there yet, or gone) are given to another track, chosen by the same rule among the
+    faces there. Each stretch is its own segment: smoothing never averages two faces.
+    """
+    n = len(faces)
+    boxes: list[np.ndarray | None] = [None] * n
+    ids = [-1] * n
+    tracks = link_tracks(faces, cuts=cuts, min_score=options.min_score, max_gap=options.max_gap)
+    segment = 0
+    for lo, hi in shot_bounds(n, cuts):
+        todo = [(lo, hi)]  # stretches of the shot still without a speaker
+        in_shot = [tr for tr in tracks if tr.first < hi and tr.last >= lo]
+        while todo:
+            a, b = todo.pop()
+            present = [tr for tr in in_shot if tr.frames[tr.within(a, b)]]
+            if not present:
+                continue
+            best = min(present, key=lambda tr: _speaker_rank(tr, a, b, options.ref_box))
+            part = best.within(a, b)
+            first, last = best.frames[part][0], best.frames[part][-1]
+            for f, box in zip(best.frames[part], best.boxes[part]):
+                boxes[f] = box.copy()
+            ids[first:last + 1] = [segment] * (last + 1 - first)
             segment += 1
-        if chosen is not None:
-            prev, missing = chosen.copy(), 0
-        else:
-            missing += 1
-        boxes.append(None if chosen is None else chosen.copy())
-        ids.append(segment)
+            todo += [(a, first), (last + 1, b)]
     return boxes, ids
 
 
-def select_faces(faces: Sequence[np.ndarray], options: TrackOptions = TrackOptions()) -> list[np.ndarray | None]:
-    """The boxes of :func:`follow_face`: per frame the followed face's raw (4,) box, or None."""
-    return follow_face(faces, options)[0]
+def select_faces(faces: Sequence[np.ndarray], options: TrackOptions = TrackOptions(),
+                 cuts: Iterable[int] | None = None) -> list[np.ndarray | None]:
+    """The boxes of :func:`follow_face`: per frame the speaker's raw (4,) box, or None."""
+    return follow_face(faces, options, cuts)[0]
 
 
 def pad_box(box: Sequence[float], pads: Sequence[int], width: int, height: int) -> np.ndarray:
@@ -219,8 +360,9 @@ def to_int_box(box: Sequence[float], width: int, height: int) -> Box | None:
 
 
 def face_boxes(track: Track, options: TrackOptions = TrackOptions()) -> list[Box | None]:
-    """The final crop box of every frame: select, pad, smooth (if enabled), round."""
-    raw, segments = follow_face(track.faces, options)
+    """The final crop box of every frame: choose the speaker in each shot of ``track``, pad, smooth (if
+    enabled), round."""
+    raw, segments = follow_face(track.faces, options, track.cuts)
     padded = [None if b is None else pad_box(b, options.pads, track.width, track.height) for b in raw]
     if options.smooth:
         padded = smooth_boxes(padded, options.smooth_window, segments)
@@ -247,8 +389,9 @@ def interpolate_faces(a: np.ndarray, b: np.ndarray, n: int, min_iou: float = 0.3
     if len(a) == 0:
         return [np.zeros((0, 5), np.float32) for _ in range(n)]
     order, used = [], set()
-    for fa in a:
-        ious = [(-1.0 if j in used else _iou(fa, fb)) for j, fb in enumerate(b)]
+    overlap = box_iou(a, b)  # (len(a), len(b))
+    for i in range(len(a)):
+        ious = [(-1.0 if j in used else overlap[i, j]) for j in range(len(b))]
         j = int(np.argmax(ious))
         if ious[j] <= min_iou:
             return None
@@ -314,28 +457,77 @@ def detect_faces(frames: Iterable[np.ndarray], detector, *, batch_size: int = 8,
     return faces
 
 
+class CutDetector:
+    """Shot cuts found in the frames themselves, one frame at a time: PySceneDetect's ``ContentDetector`` (the
+    mean change of hue, saturation and luma between consecutive frames above ``threshold``, cuts closer than
+    ``min_shot`` frames merged), on frames shrunk to ``CUT_WIDTH`` px wide as PySceneDetect does by default.
+
+    ``feed(frame)`` each frame in order, then ``cuts()``: the frames where a new shot starts."""
+
+    def __init__(self, fps: float, threshold: float = CUT_THRESHOLD, min_shot: int = MIN_SHOT):
+        from scenedetect.common import FrameTimecode
+        from scenedetect.detectors import ContentDetector
+
+        if not threshold > 0:
+            raise BadOption(f"the cut threshold must be > 0, got {threshold}")
+        self._timecode = FrameTimecode
+        self._detector = ContentDetector(threshold=float(threshold), min_scene_len=max(1, int(min_shot)))
+        self.fps = float(fps)
+        self.n_frames = 0
+        self._cuts: list[int] = []
+
+    def feed(self, frame: np.ndarray) -> None:
+        import cv2
+
+        h, w = frame.shape[:2]
+        if w > CUT_WIDTH:
+            frame = cv2.resize(frame, (CUT_WIDTH, max(1, round(h * CUT_WIDTH / w))), interpolation=cv2.INTER_AREA)
+        found = self._detector.process_frame(self._timecode(self.n_frames, self.fps), frame)
+        self._cuts += [c.frame_num for c in found]
+        self.n_frames += 1
+
+    def cuts(self) -> list[int]:
+        if self.n_frames:
+            self._cuts += [c.frame_num for c in self._detector.post_process(self._timecode(self.n_frames - 1,
+                                                                                           self.fps))]
+        return sorted({c for c in self._cuts if 0 < c < self.n_frames})
+
+
 def track_video(path: str | Path, detector, *, fps: float | None = None, det_size: int | None = None,
                 batch_size: int = 8, every: int = 1, progress: Callable[[int], None] | None = None,
-                info=None) -> Track:
-    """Detect every face in every frame of a video (or still image) streamed from disk.
+                info=None, cut_threshold: float | None = CUT_THRESHOLD) -> Track:
+    """Detect every face in every frame of a video (or still image) streamed from disk, and find its shot cuts.
 
     With ``det_size``, ffmpeg decodes frames already downscaled so the longest side is at most ``det_size`` px and
     boxes are scaled back to full resolution: faces do not need 1080p to be found. ``every``: see
-    :func:`detect_faces`. Tracks keep every detection; :func:`face_boxes` chooses the face. ``info``: the file's
-    ``probe`` result, when the caller has it.
+    :func:`detect_faces`. The same frames go through a :class:`CutDetector` (``cut_threshold``; None: no cut
+    detection, the video is one shot). Tracks keep every detection; :func:`face_boxes` chooses the face.
+    ``info``: the file's ``probe`` result, when the caller has it.
     """
     from lipsync_cli.video import FrameReader, probe
 
     info = info or probe(path)
-    scale = 1.0
     kwargs = {}
-    if det_size and max(info.width, info.height) > det_size:
-        scale = max(info.width, info.height) / det_size
-        kwargs["size"] = (max(2, round(info.width / scale)), max(2, round(info.height / scale)))
+    if det_size:
+        h, w = detection_size(info.height, info.width, det_size)
+        if (h, w) != (info.height, info.width):
+            kwargs["size"] = (max(2, w), max(2, h))
     with FrameReader(path, fps=fps, info=info, **kwargs) as reader:
-        faces = detect_faces(reader, detector, batch_size=batch_size, every=every, progress=progress)
         out_fps = float(reader.fps)
+        shots = CutDetector(out_fps, cut_threshold) if cut_threshold is not None and not info.is_image else None
+
+        def frames() -> Iterator[np.ndarray]:
+            for frame in reader:
+                if shots is not None:
+                    shots.feed(frame)
+                yield frame
+
+        faces = detect_faces(frames(), detector, batch_size=batch_size, every=every, progress=progress)
     if kwargs:
         sx, sy = info.width / kwargs["size"][0], info.height / kwargs["size"][1]
         faces = [f * np.array([sx, sy, sx, sy, 1.0], dtype=np.float32) for f in faces]
-    return Track(info.width, info.height, out_fps, faces, source=str(path))
+    if shots is not None:
+        cuts: list[int] | None = shots.cuts()
+    else:  # a still image is one shot; without cut detection the cuts are unknown
+        cuts = None if cut_threshold is None else []
+    return Track(info.width, info.height, out_fps, faces, source=str(path), cuts=cuts)
