@@ -22,7 +22,7 @@ from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_fr
 from lipsync_cli.constants import DEFAULT_FPS, MEL_WINDOW, SAMPLE_RATE
 from lipsync_cli.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
-from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video
+from lipsync_cli.faces.track import CUT_THRESHOLD, Box, Track, TrackOptions, check_box, face_boxes, track_video
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class DubOptions:
     detector_weights: Path | None = None  # None -> the registry default (s3fd) / insightface pack
     det_size: int | None = None  # longest side of the frames given to the detector, px; None: 640 GPU, 320 CPU
     detect_every: int = 4  # detect every Nth frame, interpolate between when the same faces are at both ends
+    cut_threshold: float | None = CUT_THRESHOLD  # PySceneDetect content score of a shot cut; None: no cuts
     box: tuple[int, int, int, int] | None = None  # fixed face box X1 Y1 X2 Y2: skips detection
     track: Path | None = None  # reuse boxes from `lipsync detect`
     track_options: TrackOptions = field(default_factory=TrackOptions)
@@ -81,6 +82,8 @@ class DubOptions:
             raise BadOption(f"--crf must be in 0..51, got {self.crf}")
         if self.detect_every < 1:
             raise BadOption(f"--detect-every must be at least 1, got {self.detect_every}")
+        if self.cut_threshold is not None and not self.cut_threshold > 0:
+            raise BadOption(f"--cut-threshold must be > 0, got {self.cut_threshold}")
         if self.det_size is not None and self.det_size < 64:
             raise BadOption(f"--det-size must be at least 64 px, got {self.det_size}")
         if self.box is not None and self.track is not None:
@@ -409,7 +412,8 @@ def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progr
                  notify: Callable[[str], None] | None = None, fps: float | None = None, info=None) -> Track:
     """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame.
 
-    Runs under the same autocast precision as the generator (bf16 halves S3FD's time on a CPU that has it)."""
+    The network runs under the generator's autocast precision (bf16 halves S3FD's time on a CPU that has it);
+    box decoding and NMS are float32 whatever the precision."""
     detector = load_dub_detector(options, device, notify, progress)
     from lipsync_cli.video import probe
 
@@ -418,7 +422,7 @@ def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progr
     cb = (lambda k: progress("detect", k, total)) if progress else None
     with autocast(device, resolve_precision(options.precision, device)):
         return track_video(video, detector, fps=fps, det_size=detection_size(options, device),
-                           every=options.detect_every, progress=cb, info=info)
+                           every=options.detect_every, progress=cb, info=info, cut_threshold=options.cut_threshold)
 
 
 def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptions = DubOptions(), *,
