@@ -88,3 +88,17 @@ class CheckpointMismatch(WeightsError):
 
 class DownloadError(WeightsError):
     """A download failed on every mirror, or its checksum did not match."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: raised in the main thread by the CLI's handler, so everything that cleans up
+    after Ctrl-C (``finally``, ``with``, ``except KeyboardInterrupt``) cleans up after a kill too. The CLI exits
+    with ``exit_code`` = 128 + the signal number (143 for SIGTERM, 129 for SIGHUP), as a shell reports it."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(self.name)

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import functools
 import logging
 import math
 import os
 import queue
 import re
-import secrets
 import shutil
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -38,7 +41,9 @@ from lipsync_cli.errors import (
     NoAudioStream,
     NoVideoStream,
     VideoOpenError,
+    WriteError,
 )
+from lipsync_cli.files import remove_stale_temps, temp_path, write_error
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -77,6 +82,62 @@ def find_ffmpeg() -> str:
         return imageio_ffmpeg.get_ffmpeg_exe()
     except Exception as err:  # imageio-ffmpeg missing or without a binary for this platform
         raise MediaError("ffmpeg not found", hint="install ffmpeg or the imageio-ffmpeg package") from err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# child processes
+# --------------------------------------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux), resolved in the parent: the child between fork and exec should do very little."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGKILL the child when this process dies, even by SIGKILL; else None.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, so it is only set for children started
+    from the main thread (whose end is the process's). Without prctl (macOS, Windows), or from another thread,
+    children end by themselves when their pipes close, and ``files.remove_stale_temps`` collects what an
+    encoder finished after a SIGKILL. preexec_fn makes subprocess fork instead of vfork and runs this in the
+    child before exec; it only calls the pre-resolved prctl and getppid (no imports, no locks), which is what
+    keeps it safe in a process with threads."""
+    prctl = _prctl()
+    if prctl is None or threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no one is left to send the signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def start_child(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(cmd, **kwargs)`` for ffmpeg: on Linux the child dies with this process, even when it is
+    killed with SIGKILL (see ``_die_with_parent``). Every ffmpeg of the package starts through here."""
+    return subprocess.Popen(cmd, preexec_fn=_die_with_parent(), **kwargs)
+
+
+def run_child(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, **kwargs)`` with ``start_child``'s guarantee (an interrupt kills the child too)."""
+    return subprocess.run(cmd, preexec_fn=_die_with_parent(), **kwargs)
 
 
 def _fps_arg(fps: float) -> str:
@@ -276,8 +337,8 @@ def _parse_header(text: str) -> _Header | None:
 
 
 def _run_header(path: Path, ffmpeg: str) -> tuple[_Header, str]:
-    proc = subprocess.run([ffmpeg, "-nostdin", "-hide_banner", "-i", str(path)],
-                          check=False, capture_output=True, text=True, errors="replace")
+    proc = run_child([ffmpeg, "-nostdin", "-hide_banner", "-i", str(path)],
+                     check=False, capture_output=True, text=True, errors="replace")
     header = _parse_header(proc.stderr)
     if header is None:
         msg = _last_line(proc.stderr.replace("At least one output file must be specified", ""))
@@ -304,7 +365,7 @@ def _scan_packets(path: Path, stream_index: int, ffmpeg: str) -> _Scan | None:
     """
     cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
            "-map", f"0:{stream_index}", "-c", "copy", "-f", "framecrc", "-"]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, errors="replace")
+    proc = run_child(cmd, check=False, capture_output=True, text=True, errors="replace")
     if proc.returncode != 0:
         log.debug("packet scan of %s failed: %s", path, _tail(proc.stderr))
         return None
@@ -545,7 +606,7 @@ class FrameReader:
         cmd = [self._ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(self.path),
                "-map", f"0:{self.info.stream_index}", "-frames:v", "1", *self._filters(),
                "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
-        proc = subprocess.run(cmd, check=False, capture_output=True)
+        proc = run_child(cmd, check=False, capture_output=True)
         size = self.width * self.height * 3
         if proc.returncode != 0 or len(proc.stdout) < size:
             raise VideoOpenError(f"could not decode image {self.path}: "
@@ -593,8 +654,8 @@ class FrameReader:
         self._stop.clear()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the ffmpeg process)
         # own session: a terminal Ctrl-C reaches Python only, which then stops ffmpeg and cleans up itself
-        self._proc = subprocess.Popen(self._command(limit), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=self._stderr, start_new_session=True)
+        self._proc = start_child(self._command(limit), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=self._stderr, start_new_session=True)
         self._queue = queue.Queue(maxsize=self._queue_frames)
         self._thread = threading.Thread(target=self._decode_loop, args=(self._proc, self._queue, self._stderr),
                                         name="lipsync-decode", daemon=True)
@@ -703,13 +764,91 @@ class FrameReader:
 # encoding
 # --------------------------------------------------------------------------------------------------------------
 
+# errors ffmpeg reports when the file system refuses the output (its messages use the C library's strerror)
+_WRITE_ERRNOS = tuple(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM")
+                      if hasattr(errno, n))
+
+
+def _write_cause(rc: int, stderr: str) -> OSError | None:
+    """The file-system error that made ffmpeg fail (disk full, quota, file size limit, read-only, permission),
+    as an ``OSError``; None when the failure was something else (a bad codec option, a crash...)."""
+    if hasattr(signal, "SIGXFSZ") and rc == -signal.SIGXFSZ:  # killed for exceeding `ulimit -f`
+        return OSError(errno.EFBIG, f"{os.strerror(errno.EFBIG)} (over the file size limit, ulimit -f)")
+    for code in _WRITE_ERRNOS:
+        if os.strerror(code) in stderr:
+            return OSError(code, os.strerror(code))
+    return None
+
+
+def _exit_text(rc: int) -> str:
+    if rc < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-rc).name}"
+    return f"exit {rc}"
+
+
+def _ebml_size(f: IO[bytes]) -> int | None:
+    """An EBML variable-length size at the file position; -1 for 'unknown size'; None when truncated/invalid."""
+    head = f.read(1)
+    if not head or head[0] == 0:
+        return None
+    length = 9 - head[0].bit_length()  # leading zero bits + 1
+    rest = f.read(length - 1)
+    if len(rest) != length - 1:
+        return None
+    value = head[0] & ((1 << (8 - length)) - 1)
+    for b in rest:
+        value = value << 8 | b
+    return -1 if value == (1 << (7 * length)) - 1 else value
+
+
+def _incomplete(path: Path, muxer: str) -> str | None:
+    """Why an encoded file is not a whole container (None when it is): a cut-off box or a missing ``moov`` for
+    mp4/mov, a Segment running past the end for Matroska. Catches an ffmpeg that exits 0 after a failed write."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        if muxer in ("mp4", "mov"):
+            boxes, pos = set(), 0
+            while pos < size:  # top-level boxes: 32-bit size (1: a 64-bit size follows, 0: to the end), type
+                f.seek(pos)
+                head = f.read(16)
+                n = int.from_bytes(head[:4], "big") if len(head) >= 8 else -1
+                if n == 1:
+                    n = int.from_bytes(head[8:16], "big") if len(head) == 16 else -1
+                elif n == 0:
+                    n = size - pos
+                if n < 8 or pos + n > size:
+                    return f"it is cut off at byte {size} inside a box that starts at byte {pos}"
+                boxes.add(head[4:8])
+                pos += n
+            missing = [b.decode() for b in (b"moov", b"mdat") if b not in boxes]
+            return f"it has no {missing[0]} box" if missing else None
+        if muxer == "matroska":
+            if f.read(4) != b"\x1a\x45\xdf\xa3" or (header := _ebml_size(f)) is None or header < 0:
+                return "it has no EBML header"
+            f.seek(header, os.SEEK_CUR)
+            if f.read(4) != b"\x18\x53\x80\x67" or (segment := _ebml_size(f)) is None:
+                return "it has no Segment"
+            if segment >= 0 and f.tell() + segment > size:
+                return f"it is cut off at byte {size}, inside a Segment that ends at byte {f.tell() + segment}"
+    return None
+
+
 class VideoWriter:
     """Encode BGR frames to H.264 (yuv420p) and mux an audio track (AAC) with one ffmpeg process.
 
     Frames go to ffmpeg's stdin as raw bgr24. The output is written to a hidden temporary file beside
     ``out_path`` (same folder, so the final rename is atomic) and renamed to ``out_path`` only when ffmpeg
-    exits 0 on ``close()``. An exception inside the ``with`` block, ``abort()``, or a failed ffmpeg kills
-    ffmpeg and deletes the temporary file: no partial output is ever left.
+    exits 0 on ``close()`` and the file is a whole container, flushed to disk. An exception inside the ``with``
+    block (Ctrl-C, SIGTERM through the CLI), ``abort()``, or a failed ffmpeg kills ffmpeg and deletes the
+    temporary file: no partial output is ever left. The temporary name is ``files.temp_path``'s, so a run killed
+    with SIGKILL leaves a file the next writer into the folder removes (``files.remove_stale_temps``).
+
+    A write the file system refuses (disk full, quota, ``ulimit -f``, read-only, permission denied), in ffmpeg
+    or in the final rename, raises ``WriteError`` naming ``out_path`` and the cause; other ffmpeg failures raise
+    ``EncodeError``. Both carry ffmpeg's stderr in ``.stderr`` when there is one.
 
     Odd sizes: yuv420p needs even sides, so an odd width/height is *padded* by one pixel column/row that
     repeats the edge pixels (``pad`` + ``fillborders=smear``); no source pixel is lost or resampled.
@@ -749,9 +888,13 @@ class VideoWriter:
         self._done = False
 
         folder = self.out_path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = folder / f".{self.out_path.stem}.{secrets.token_hex(4)}.tmp{suffix}"
-        muxer = VIDEO_SUFFIX_MUXERS[suffix]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(self.out_path, err) from None
+        remove_stale_temps(folder)
+        self.tmp_path = temp_path(self.out_path, f".tmp{suffix}")
+        muxer = self._muxer = VIDEO_SUFFIX_MUXERS[suffix]
         cmd = [find_ffmpeg(), "-hide_banner", "-nostats", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{self.width}x{self.height}",
                "-framerate", _fps_arg(self.fps), "-i", "pipe:0"]
@@ -784,8 +927,9 @@ class VideoWriter:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the ffmpeg process)
         log.debug("encode: %s", cmd)
         try:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                          stderr=self._stderr, start_new_session=True)
+            # own session: a terminal's Ctrl-C reaches Python only, which then kills ffmpeg and deletes the file
+            self._proc = start_child(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                                     start_new_session=True)
         except OSError as err:
             self._stderr.close()
             raise EncodeError(f"could not start ffmpeg to write {self.out_path}: {err}") from err
@@ -804,8 +948,7 @@ class VideoWriter:
             rc = self._proc.wait()
             stderr = self._read_stderr()
             self.abort()
-            raise self._encode_error(f"ffmpeg stopped while writing {self.out_path} (exit {rc})", stderr) \
-                from err
+            raise self._failure("stopped while writing", rc, stderr) from err
         self.frames_written += 1
 
     def _read_stderr(self) -> str:
@@ -815,16 +958,23 @@ class VideoWriter:
         except (OSError, ValueError):
             return ""
 
-    @staticmethod
-    def _encode_error(what: str, stderr: str) -> EncodeError:
-        err = EncodeError(f"{what}: {_last_line(stderr)}")
+    def _failure(self, what: str, rc: int, stderr: str) -> WriteError | EncodeError:
+        """The error for an ffmpeg that exited ``rc``: ``WriteError`` when the file system refused the output."""
+        cause = _write_cause(rc, stderr)
+        err: WriteError | EncodeError
+        if cause is not None:
+            err = write_error(self.out_path, cause)
+        else:
+            err = EncodeError(f"ffmpeg {what} {self.out_path} ({_exit_text(rc)}): {_last_line(stderr)}")
         err.stderr = _tail(stderr)  # the whole story, for logs and LIPSYNC_DEBUG
         return err
 
     def close(self) -> Path:
-        """Finish encoding; rename the temporary file to ``out_path`` if ffmpeg succeeded. Returns ``out_path``.
+        """Finish encoding; rename the temporary file to ``out_path`` if ffmpeg succeeded, the file is a whole
+        container and it reached the disk (fsync). Returns ``out_path``.
 
-        Raises ``EncodeError`` (ffmpeg failed, or no frame was written); nothing is left behind then.
+        Raises ``WriteError`` (the file system refused the output, or ffmpeg left an incomplete file) or
+        ``EncodeError`` (ffmpeg failed, or no frame was written); nothing is left behind then.
         """
         if self._done:
             return self.out_path
@@ -839,12 +989,25 @@ class VideoWriter:
         stderr = self._read_stderr()
         if rc != 0:
             self.abort()
-            raise self._encode_error(f"ffmpeg failed writing {self.out_path} (exit {rc})", stderr)
+            raise self._failure("failed writing", rc, stderr)
         try:
-            os.replace(self.tmp_path, self.out_path)
+            fd = os.open(self.tmp_path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows: no fsync read-only
+            try:
+                os.fsync(fd)  # a full disk may only say so now (delayed allocation, network file systems)
+            finally:
+                os.close(fd)
+            problem = _incomplete(self.tmp_path, self._muxer)
+            if problem is None:
+                os.replace(self.tmp_path, self.out_path)
         except OSError as err:
             self.abort()
-            raise EncodeError(f"could not move the encoded video to {self.out_path}: {err}") from err
+            raise write_error(self.out_path, err) from None
+        if problem is not None:
+            self.abort()
+            err = WriteError(f"could not write {self.out_path}: ffmpeg reported success but {problem}",
+                             "is the disk full?")
+            err.stderr = _tail(stderr)
+            raise err
         self._finish()
         return self.out_path
 

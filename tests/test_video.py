@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -324,7 +325,8 @@ def test_writer_round_trip_odd_size_with_audio(tmp_path, clips):
         for frame in _colour_frames(25, 161, 121):
             writer.write(frame)
         assert not out.exists() and writer.tmp_path.exists()  # nothing at the target until success
-        assert writer.tmp_path.parent == out.parent and writer.tmp_path.name.startswith(".")
+        assert writer.tmp_path.parent == out.parent and writer.tmp_path.name.startswith(".out.mp4.lipsync-")
+        assert f"-{os.getpid()}-" in writer.tmp_path.name  # a later run can tell whether its writer is alive
     assert out.exists() and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
     info = probe(out)
     assert (info.codec, info.width, info.height, info.fps, info.n_frames) == ("h264", 162, 122, 25.0, 25)
