@@ -87,7 +87,9 @@ def _read_pcm(cmd: list[str], channels: int, block_bytes: int = 1 << 20) -> tupl
     import tempfile
 
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        from lipsync_cli.video import start_child
+
+        proc = start_child(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         assert proc.stdout is not None
         frame = 4 * channels  # bytes per sample frame
         parts: list[np.ndarray] = []

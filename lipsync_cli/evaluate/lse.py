@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -277,7 +276,9 @@ def read_pcm16(path: str | os.PathLike) -> np.ndarray:
         "s16le",
         "pipe:1",
     ]
-    proc = subprocess.run(args, check=False, capture_output=True)
+    from lipsync_cli.video import run_child
+
+    proc = run_child(args, check=False, capture_output=True)
     err = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0:
         if "matches no streams" in err or "does not contain any stream" in err:
