@@ -27,3 +27,7 @@ assert FACE_SIZE % 2 == 0
 FACE_HALF = FACE_SIZE // 2  # rows FACE_HALF: are masked in the generator's target input
 SYNC_T = 5  # frames per SyncNet window
 DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right (Wav2Lip's --pads)
+
+# --- tracking ---
+MAX_GAP = 25  # frames a face may be missing and still be the same face (1 s at 25 fps)
+CUT_THRESHOLD = 27.0  # PySceneDetect ContentDetector's default: HSV change (0-255) between frames that is a cut

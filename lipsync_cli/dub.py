@@ -19,10 +19,10 @@ import numpy as np
 
 from lipsync_cli import blend as blending
 from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_frames
-from lipsync_cli.constants import DEFAULT_FPS, MEL_WINDOW, SAMPLE_RATE
+from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, MEL_WINDOW, SAMPLE_RATE
 from lipsync_cli.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
-from lipsync_cli.faces.track import CUT_THRESHOLD, Box, Track, TrackOptions, check_box, face_boxes, track_video
+from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from lipsync_cli.cli.app import app, console
-from lipsync_cli.constants import DEFAULT_FPS, DEFAULT_PADS
+from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, DEFAULT_PADS, MAX_GAP
 
 
 def _console():
@@ -40,10 +40,15 @@ def progress_bars(quiet: bool):
         yield progress
 
 
-def _track_options(pads, no_smooth: bool, ref_box):
+def _track_options(pads, no_smooth: bool, ref_box, max_gap: int):
     from lipsync_cli.faces.track import TrackOptions
 
-    return TrackOptions(pads=tuple(pads), smooth=not no_smooth, ref_box=tuple(ref_box) if ref_box else None)
+    return TrackOptions(pads=tuple(pads), smooth=not no_smooth, ref_box=tuple(ref_box) if ref_box else None,
+                        max_gap=max_gap)
+
+
+def _cut_threshold(value: float) -> float | None:
+    return None if value == 0 else value
 
 
 @app.command()
@@ -69,7 +74,12 @@ def dub(
                                                                       "around detected faces."),
     no_smooth: bool = typer.Option(False, "--no-smooth", help="Do not smooth face boxes over time."),
     ref_box: Optional[tuple[int, int, int, int]] = typer.Option(None, help="Dub the face nearest this box X1 Y1 "
-                                                                            "X2 Y2 (default: the largest face)."),
+                                                                            "X2 Y2 in each shot (default: the "
+                                                                            "largest, most persistent face)."),
+    max_gap: int = typer.Option(MAX_GAP, help="Frames the dubbed face may go undetected (hand, head turn, blur) "
+                                              "and stay the same person; those frames pass through."),
+    cut_threshold: float = typer.Option(CUT_THRESHOLD, help="Shot-cut sensitivity (PySceneDetect content score; "
+                                                            "lower finds more cuts, 0 turns cut detection off)."),
     strict: bool = typer.Option(False, help="Fail, naming the frames, when a frame has no face (default: those "
                                             "frames pass through unchanged)."),
     batch_size: Optional[int] = typer.Option(None, help="Faces per generator batch (default 16 on CPU, 128 on "
@@ -92,8 +102,8 @@ def dub(
 
     opts = DubOptions(
         checkpoint=checkpoint, arch=arch, detector=detector, detector_weights=detector_weights, det_size=det_size,
-        detect_every=detect_every, box=tuple(box) if box else None, track=track,
-        track_options=_track_options(pads, no_smooth, ref_box),
+        detect_every=detect_every, cut_threshold=_cut_threshold(cut_threshold), box=tuple(box) if box else None,
+        track=track, track_options=_track_options(pads, no_smooth, ref_box, max_gap),
         strict=strict, batch_size=batch_size, device=device, precision=precision, blend=blend, loop=loop, fps=fps,
         crf=crf, preset=preset, offline=True if offline else None,
     )
@@ -127,6 +137,8 @@ def detect(
     det_size: Optional[int] = typer.Option(None, help="Longest side (px) of the frames the detector sees "
                                                        "(default 320 on CPU, 640 on GPU)."),
     detect_every: int = typer.Option(4, help="Detect every N frames, interpolating between (1: every frame)."),
+    cut_threshold: float = typer.Option(CUT_THRESHOLD, help="Shot-cut sensitivity (PySceneDetect content score; "
+                                                            "0 turns cut detection off)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
     offline: bool = typer.Option(False, "--offline", help="Never download weights."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -141,7 +153,8 @@ def detect(
     if output.suffix.lower() != ".json":
         raise BadOption(f"track output {output} should end in .json")
     opts = DubOptions(detector=detector, detector_weights=detector_weights, det_size=det_size,
-                      detect_every=detect_every, offline=True if offline else None)
+                      detect_every=detect_every, cut_threshold=_cut_threshold(cut_threshold),
+                      offline=True if offline else None)
     opts.validate()
     console = _console()
     with progress_bars(quiet) as progress:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lipsync_cli.constants import DEFAULT_PADS
+from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_PADS, MAX_GAP
 from lipsync_cli.errors import BadOption, InputNotFound
 from lipsync_cli.faces.boxes import box_area, box_iou, centre_distance, detection_size
 
@@ -29,11 +29,9 @@ Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels (x right, y down), x
 TRACK_FORMAT = "lipsync_cli.track"
 TRACK_VERSION = 2  # 2: "cuts" (files of version 1 have none and still load)
 
-MAX_GAP = 25  # frames a face may be missing and still be the same face (1 s at 25 fps)
 LINK_IOU = 0.2  # a detection continues a face track when it overlaps the track's last box by more than this
 LINK_SHIFT = 0.5  # ... or when its centre moved less than this fraction of the box's longer side
 LINK_SCALE = 1.5  # ... and its longer side is within this factor of the box's (a face does not double in size)
-CUT_THRESHOLD = 27.0  # PySceneDetect ContentDetector's default: HSV change (0-255) between frames that is a cut
 MIN_SHOT = 15  # frames: cuts closer than this are merged (ContentDetector's min_scene_len)
 CUT_WIDTH = 256  # px: frames are shrunk to this width for cut detection (PySceneDetect's auto-downscale target)
 
