@@ -47,15 +47,16 @@ def pick_frames(n_available: int, n: int) -> list[int]:
 
 def collect_faces(video: str | os.PathLike, audio: str | os.PathLike, *, n_frames: int = DEFAULT_N_FRAMES,
                   box: Sequence[int] | None = None, detector=None, pads: Sequence[int] = DEFAULT_PADS,
-                  fps: float = DEFAULT_FPS) -> FaceSample:
+                  fps: float = DEFAULT_FPS, lead: int = 0) -> FaceSample:
     """Face crops and mel windows of ``n_frames`` frames spread over the part of ``video`` the audio covers.
 
     box: a fixed face box X1 Y1 X2 Y2 in pixels; otherwise ``detector`` (a ``FaceDetector``) finds the largest
     face in each chosen frame and ``pads`` (top, bottom, left, right px) are added, as ``dub`` does.
-    fps: frame rate given to a still image (a video keeps its own). Frames without a face are left out;
-    raises NoFaceError when none has one.
+    fps: frame rate given to a still image (a video keeps its own). lead: the generator's audio/video lead in
+    frames (``model.mel_lead``): frame f gets the window ``dub`` gives it, ``audio.mel_start(f, fps, lead)``.
+    Frames without a face are left out; raises NoFaceError when none has one.
     """
-    from lipsync_cli.audio import load_audio, mel_chunk_starts, mel_windows, melspectrogram
+    from lipsync_cli.audio import load_audio, mel_start, mel_windows, melspectrogram, n_output_frames
     from lipsync_cli.blend import crop_face, prepare_batch
     from lipsync_cli.faces.track import TrackOptions, check_box, pad_box, select_faces, to_int_box
     from lipsync_cli.video import FrameReader, probe
@@ -64,8 +65,9 @@ def collect_faces(video: str | os.PathLike, audio: str | os.PathLike, *, n_frame
         raise BadOption("give a face box or a face detector")
     info = probe(video)
     rate = float(fps) if info.is_image else float(info.fps)
-    mel = melspectrogram(load_audio(audio))  # (80, T)
-    n_out = len(mel_chunk_starts(mel.shape[1], rate))
+    wav = load_audio(audio)
+    mel = melspectrogram(wav)  # (80, T)
+    n_out = n_output_frames(len(wav), rate)  # the frames a dub of this audio writes
     n_avail = n_out if info.is_image or not info.n_frames else min(n_out, info.n_frames)
     idx = pick_frames(n_avail, n_frames)
 
@@ -98,7 +100,7 @@ def collect_faces(video: str | os.PathLike, audio: str | os.PathLike, *, n_frame
     kept_boxes = [boxes[k] for k in keep]
     crops = np.stack([crop_face(frames[i], b) for i, b in zip(idx, kept_boxes, strict=True)])  # (N,96,96,3)
     faces = prepare_batch(crops)  # (N, 6, 96, 96)
-    mels = mel_windows(mel, idx, rate)[:, None]  # (N, 1, 80, 16)
+    mels = mel_windows(mel, mel_start(idx, rate, lead=lead, n_mel=mel.shape[1]))[:, None]  # (N, 1, 80, 16)
     return FaceSample(faces, np.ascontiguousarray(mels, dtype=np.float32), idx, kept_boxes)
 
 

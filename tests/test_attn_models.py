@@ -455,3 +455,38 @@ def test_inspect_attention_cli_writes_grid(fake_ckpt, tmp_path):
 
     res = CliRunner().invoke(app, args[:-4] + ["--blocks", "nope"])
     assert isinstance(res.exception, BadOption) and "enc0" in str(res.exception)
+
+
+@pytest.mark.parametrize("lead", [0, 2])
+def test_inspect_attention_feeds_each_frame_the_window_of_the_generators_lead(fake_ckpt, tmp_path, monkeypatch,
+                                                                               lead):
+    """A checkpoint trained with a lead of 2 frames sees, for frame f, the mel window of frame f - 2 (as dub
+    feeds it), not the window of frame f."""
+    from synth import make_audio, make_video
+    from typer.testing import CliRunner
+
+    from lipsync_cli import inspect_attention
+    from lipsync_cli.audio import load_audio, melspectrogram
+    from lipsync_cli.cli import app
+
+    ckpt = tmp_path / "attn.pth"
+    atomic_save(make_checkpoint(load_generator(fake_ckpt("wav2lip"), arch="attn_wav2lip"), mel_lead=lead), ckpt)
+    video = make_video(tmp_path / "clip.mp4", seconds=1.0, size=(160, 120), audio=False)
+    speech = make_audio(tmp_path / "speech.wav", seconds=1.0, sample_rate=16000, channels=1)
+    seen = {}
+
+    def capture(model, faces, mels, blocks=None, **kw):
+        seen["mels"] = np.asarray(mels)
+        return np.zeros((8, 8, 3), np.uint8)
+
+    monkeypatch.setattr(inspect_attention, "render_attention_grid", capture)
+    monkeypatch.setattr(inspect_attention, "pick_frames", lambda n_available, n: [0, 5, 13, 24][:n])
+    res = CliRunner().invoke(app, ["inspect", "attention", str(video), str(speech), "-o", str(tmp_path / "m.png"),
+                                   "-c", str(ckpt), "--box", "40", "10", "130", "110", "--frames", "4"])
+    assert res.exit_code == 0, res.output
+    mel = melspectrogram(load_audio(speech))  # (80, T)
+    assert seen["mels"].shape == (4, 1, 80, 16)
+    for k, f in enumerate([0, 5, 13, 24]):
+        s = min(max(0, int((f - lead) * 80 / 25)), mel.shape[1] - 16)  # frame f -> the window of f - lead,
+        # clamped to the audio as dub clamps it (frame 0 gets the first window, frame 24 the last)
+        np.testing.assert_array_equal(seen["mels"][k, 0], mel[:, s:s + 16], err_msg=f"frame {f}")

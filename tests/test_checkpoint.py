@@ -56,6 +56,53 @@ def test_detect_kind_raw_state_dicts_of_our_other_generators(arch):
     assert ckpt.detect_kind({"state_dict": {f"module.{k}": v for k, v in sd.items()}}) == arch
 
 
+def test_every_file_matches_exactly_one_registered_signature(compat_dir):
+    """The networks' own signatures do not overlap: every upstream key list and every architecture's state dict
+    matches one, its own; the generator kinds are the model registry's architectures."""
+    from lipsync_cli import checkpoint_kinds as kinds
+    from lipsync_cli.models import ARCHS, build_generator
+
+    key_sets = {name: set(_zeros_state_dict(compat_dir, name)) for name in UPSTREAM}
+    for arch in ARCHS:
+        with torch.device("meta"):
+            key_sets[arch] = set(build_generator(arch).state_dict())
+    for name, keys in key_sets.items():
+        matching = [k for k, sig in kinds.signatures().items() if sig.matches(frozenset(keys))]
+        assert matching == [name], name
+    assert set(kinds.generator_kinds()) == set(ARCHS) == set(ckpt.GENERATOR_KINDS)
+    assert set(ckpt.KIND_NAMES) == {*key_sets, "unknown"}
+
+
+def test_a_network_registers_its_kind_without_the_loader_knowing_it(tmp_path, monkeypatch):
+    """A new network only registers its signature: detect_kind, KIND_NAMES and the wrong-kind message know it."""
+    from lipsync_cli import checkpoint_kinds as kinds
+
+    monkeypatch.setattr(kinds, "_REGISTRY", dict(kinds.signatures()))  # undone after the test
+    kinds.register_kind(kinds.KindSignature("toy", "Toy network", requires=("toy_body.", "toy_head.")))
+    sd = {"toy_body.0.weight": torch.zeros(2), "toy_head.weight": torch.zeros(1)}
+    assert ckpt.detect_kind(sd) == "toy" and ckpt.detect_kind({"state_dict": sd}) == "toy"
+    assert ckpt.detect_kind({"toy_body.0.weight": torch.zeros(2)}) == "unknown"  # a required prefix is missing
+    assert ckpt.KIND_NAMES["toy"] == "Toy network"
+    torch.save(sd, tmp_path / "toy.pth")
+    with pytest.raises(CheckpointMismatch, match="found Toy network, this needs SyncNet lip-sync expert"):
+        ckpt.load_network(tmp_path / "toy.pth", torch.nn.Linear(1, 1), "syncnet_color", "hint")
+
+
+def test_the_loader_names_no_networks_keys():
+    """checkpoint.py / checkpoint_io.py hold no network's key prefixes: those live with the networks."""
+    from pathlib import Path
+
+    prefixes = ("face_encoder.", "audio_encoder.", "face_encoder_blocks.", "face_decoder_blocks.", "output_block.",
+                "face_encoder_stages.", "align_modules.", "binary_pred.", "netcnnaud.", "netcnnlip.",
+                "conv3_3_norm_mbox_conf", ".cbam.")
+    pkg = Path(ckpt.__file__).parent
+    for name in ("checkpoint.py", "checkpoint_io.py"):
+        path = pkg / name
+        if path.is_file():
+            src = path.read_text()
+            assert not [p for p in prefixes if f'"{p}' in src or f"'{p}" in src], name
+
+
 @pytest.mark.parametrize("name", UPSTREAM)
 def test_fake_upstream_checkpoints_load_and_are_recognised(fake_ckpt, name):
     obj = ckpt.load_file(fake_ckpt(name))

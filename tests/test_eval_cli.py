@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from synth import make_video, run_ffmpeg
 from typer.testing import CliRunner
 
@@ -389,3 +390,229 @@ def test_read_pcm16_equals_the_reference_extraction(clips, tmp_path, audio_delay
     else:
         assert pad == 0
     np.testing.assert_array_equal(got[pad:], want)
+
+
+# --- benchmark: alignment at gaps, the generator's lead, one bad clip in a batch
+
+
+class _PasteReference(torch.nn.Module):
+    """A stand-in generator: returns the reference face (channels 3-5) and records the mel windows it is fed."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.mels: list[np.ndarray] = []
+        mels = self.mels
+        self.record = lambda m: mels.append(m)  # a function: dub's deep copy of the model records here too
+
+    def forward(self, mel, face):
+        self.record(mel.detach().float().cpu().numpy())  # (B, 1, 80, 16)
+        return face[:, 3:6] + 0 * self.w
+
+
+class _CheapSyncNet(torch.nn.Module):
+    """Stands in for SyncNet v2 where only the bookkeeping is tested: pooled pixels and MFCCs as embeddings."""
+
+    def forward_lip(self, vid):  # (n, 3, 5, 224, 224) -> (n, 1024)
+        return vid.float().mean((1, 3, 4)).repeat(1, 205)[:, :1024] / 255
+
+    def forward_aud(self, win):  # (n, 1, 13, 20) -> (n, 1024)
+        return win.float().mean((1, 3)).repeat(1, 79)[:, :1024] / 100
+
+
+@pytest.fixture(scope="module")
+def one_clip(tmp_path_factory):
+    """One synthetic prepared clip of 0.6 s (frames 0..14 and audio.wav): its folder."""
+    from lipsync_cli.train.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("bench1")
+    make_synthetic_dataset(root / "data", n_speakers=1, clips_per_speaker=1, seconds=0.6, seed=5)
+    return root / "data" / "spk00" / "00000"
+
+
+def _copy_clip(src: Path, dst: Path, keep, offset: int = 0) -> None:
+    """Frames ``keep`` of ``src`` as frames ``i - offset`` of ``dst``; the audio from frame ``offset`` on."""
+    import shutil
+
+    import soundfile as sf
+
+    dst.mkdir(parents=True)
+    for i in keep:
+        shutil.copy(src / f"{i}.jpg", dst / f"{i - offset}.jpg")
+    wav, sr = sf.read(str(src / "audio.wav"), dtype="int16")
+    sf.write(str(dst / "audio.wav"), wav[offset * sr // 25:], sr, subtype="PCM_16")
+
+
+def _bench(data, clips, out, syncnet, generator=None, **opts):
+    from lipsync_cli.evaluate.benchmark import BenchmarkOptions, run_benchmark
+
+    test_list = out / "test.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    test_list.write_text("".join(f"{c}\n" for c in clips))
+    options = BenchmarkOptions(device="cpu", reconstruction=True, **opts)
+    return run_benchmark(data, test_list, out, options, generator=generator, syncnet_model=syncnet)
+
+
+def test_benchmark_scores_a_clip_with_a_missing_frame_aligned(one_clip, syncnet, tmp_path):
+    """Frame 3 has no face (prepare left it out): the clip is scored over frames 4-14 with the audio from 0.16 s,
+    exactly as a clip that holds only those frames and that audio; not frames 0-2 + 4-14 glued to the audio."""
+    data = tmp_path / "data"
+    _copy_clip(one_clip, data / "gap" / "c", [i for i in range(15) if i != 3])
+    _copy_clip(one_clip, data / "cut" / "c", range(4, 15), offset=4)
+    report = _bench(data, ["gap/c", "cut/c"], tmp_path / "out", syncnet, generator=_PasteReference())
+    gap, cut = report.real
+    assert gap.status == cut.status == "ok", (gap, cut)
+    assert gap.n_frames == cut.n_frames == 11 and gap.first_frame == 4
+    assert (gap.lse_d, gap.lse_c, gap.offset, gap.curve) == (cut.lse_d, cut.lse_c, cut.offset, cut.curve)
+    pg, pc = report.pairs
+    assert pg.status == pc.status == "ok", (pg, pc)
+    assert pg.lse.n_frames == pc.lse.n_frames == 11 and pg.first_frame == 4
+    assert pg.lse.offset == pc.lse.offset
+    assert pg.lse.lse_d == pytest.approx(pc.lse.lse_d, abs=1e-5)
+    assert pg.psnr == pytest.approx(pc.psnr, abs=1e-6)
+    assert any("gap/c" in n and "0-2, 4-14" in n and "4-14" in n.split("scored")[1] for n in report.notes)
+
+
+@pytest.mark.parametrize("stored_lead", [None, 2])
+def test_benchmark_dubs_with_the_lead_of_the_checkpoint(one_clip, fake_ckpt, tmp_path, monkeypatch,
+                                                         stored_lead):
+    """A checkpoint that stores mel_lead 2 gives frame f the mel window of frame f - 2 in the benchmark's dubs;
+    a generator passed in without mel_lead gets lead 0."""
+    from lipsync_cli.audio import load_audio, melspectrogram
+    from lipsync_cli.checkpoint import atomic_save, load_generator, make_checkpoint
+    from lipsync_cli.models.wav2lip import Wav2Lip
+
+    data = tmp_path / "data"
+    _copy_clip(one_clip, data / "a" / "c", range(15))
+    stub = _PasteReference()
+    if stored_lead is None:
+        kw, lead = {"generator": stub}, 0
+    else:
+        ckpt = tmp_path / "g.pth"
+        atomic_save(make_checkpoint(load_generator(fake_ckpt("wav2lip")), mel_lead=stored_lead), ckpt)
+        monkeypatch.setattr(Wav2Lip, "forward", lambda self, mel, face: stub(mel, face))
+        kw, lead = {"checkpoint": ckpt}, stored_lead
+    report = _bench(data, ["a/c"], tmp_path / "out", _CheapSyncNet(), **kw)
+    assert report.pairs[0].status == "ok", report.pairs
+    wav = load_audio(data / "a" / "c" / "audio.wav")
+    mel = melspectrogram(wav)
+    fed = np.concatenate(stub.mels)[:, 0]  # (frames, 80, 16)
+    assert len(fed) == 15  # 0.6 s at 25 fps
+
+    def window(f, lead):  # frame f -> the window of frame f - lead (80 mel steps/s), clamped to the audio
+        s = min(max(0, int((f - lead) * 80 / 25)), mel.shape[1] - 16)
+        return mel[:, s:s + 16]
+
+    np.testing.assert_array_equal(fed, np.stack([window(f, lead) for f in range(15)]))
+    if lead:
+        assert not np.array_equal(fed, np.stack([window(f, 0) for f in range(15)]))  # the lead matters here
+
+
+def test_benchmark_one_broken_clip_never_stops_the_batch(one_clip, tmp_path, monkeypatch):
+    """A corrupt jpg and an unexpected ValueError inside each become a row with a status and a one-line error;
+    the good clip is still scored."""
+    from lipsync_cli.evaluate import benchmark as B
+
+    data = tmp_path / "data"
+    for name in ("good", "jpg", "boom"):
+        _copy_clip(one_clip, data / name / "c", range(15))
+    (data / "jpg" / "c" / "5.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    real_read = B.read_pcm16
+
+    def read_pcm16(path):
+        if "boom" in str(path):
+            raise ValueError("operands could not be broadcast\ntogether with shapes (3,) (4,)")
+        return real_read(path)
+
+    monkeypatch.setattr(B, "read_pcm16", read_pcm16)
+    report = _bench(data, ["good/c", "jpg/c", "boom/c"], tmp_path / "out", _CheapSyncNet(),
+                    generator=_PasteReference())
+    good, jpg, boom = report.real
+    assert good.status == "ok" and good.lse_d > 0 and good.n_frames == 15
+    assert jpg.status == "unreadable" and "5.jpg" in jpg.error
+    assert boom.status == "error" and boom.error == "ValueError: together with shapes (3,) (4,)"
+    pgood, pjpg, pboom = report.pairs
+    assert pgood.status == "ok" and pgood.lse.lse_d > 0 and pgood.psnr > 0
+    assert pjpg.status == "unreadable" and "5.jpg" in pjpg.error and pjpg.lse is None
+    assert pboom.status == "error" and "ValueError" in pboom.error and "\n" not in pboom.error
+    real_row, gen_row = report.summary["rows"]
+    assert real_row["count"] == 1 and real_row["failed"] == 2
+    assert gen_row["count"] == 1 and gen_row["failed"] == 2
+
+
+class _TinyInception(torch.nn.Module):
+    """Stands in for torchvision's Inception-v3 (27 M parameters): a conv, a BatchNorm, a pool and ``fc``."""
+
+    def __init__(self, **kw):
+        super().__init__()
+        self.Conv2d_1a_3x3 = torch.nn.Conv2d(3, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.Conv2d_1a_3x3(x)).mean((2, 3)))
+
+
+def test_inception_weights_load_strictly(tmp_path, fake_ckpt, monkeypatch):
+    """The whole file loads (with or without BatchNorm's counters); one that lacks a tensor, has one too many,
+    one of the wrong shape, or another network's file, is refused in one line (a partly random Inception would
+    give an FID that looks real)."""
+    import torchvision.models
+
+    from lipsync_cli.errors import CheckpointMismatch
+    from lipsync_cli.evaluate.metrics import InceptionFeatures
+
+    monkeypatch.setattr(torchvision.models, "inception_v3", _TinyInception)
+    sd = _TinyInception().state_dict()
+    cases = {
+        "full": (sd, None),
+        "old": ({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, None),
+        "short": ({k: v for k, v in sd.items() if k != "bn.running_var"},
+                  "1 missing tensors (e.g. bn.running_var), 0 unexpected"),
+        "long": ({**sd, "AuxLogits.fc.weight": torch.zeros(1)}, "0 missing tensors, 1 unexpected (e.g. AuxLogits"),
+        "shape": ({**sd, "fc.weight": torch.zeros(10, 5)}, "fc.weight"),
+    }
+    for name, (weights, error) in cases.items():
+        torch.save(weights, tmp_path / f"{name}.pth")
+        if error is None:
+            feats = InceptionFeatures(tmp_path / f"{name}.pth")
+            assert feats([np.zeros((48, 96, 3), np.uint8)] * 2).shape == (2, 4), name  # fc dropped: pool features
+            continue
+        with pytest.raises(CheckpointMismatch) as exc:
+            InceptionFeatures(tmp_path / f"{name}.pth")
+        assert "does not fit torchvision's Inception-v3" in str(exc.value) and error in str(exc.value), name
+        assert "\n" not in str(exc.value), name
+    with pytest.raises(CheckpointMismatch, match="Inception-v3: 8 missing tensors .* unexpected") as exc:
+        InceptionFeatures(fake_ckpt("syncnet_v2"))
+    assert "\n" not in str(exc.value)
+
+
+def test_benchmark_report_that_cannot_be_written_is_a_write_error(tmp_path, monkeypatch):
+    """Disk full while the benchmark writes its table: a one-line WriteError (exit 3) naming benchmark.md, and
+    no benchmark.md, whole or partial, nor a temporary file, is left."""
+    import errno
+
+    from lipsync_cli.errors import WriteError
+    from lipsync_cli.evaluate import benchmark as B
+
+    rows = [{"method": "Real videos", "lse_d": 7.0, "lse_c": 6.0, "count": 1, "failed": 0},
+            {"method": "g.pth", "lse_d": 8.0, "lse_c": 5.0, "count": 1, "failed": 0}]
+    fake = B.BenchmarkReport(real=[], pairs=[], summary={"protocol": "pairs file", "test_clips": 1, "rows": rows})
+    monkeypatch.setattr(B, "run_benchmark", lambda *a, **k: fake)
+    real_write_text = Path.write_text
+
+    def write_text(self, data, *a, **k):
+        if "benchmark.md" in self.name:  # the disk fills up just then
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, data, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    out = tmp_path / "bench"
+    out.mkdir()
+    (tmp_path / "t.txt").write_text("a/b\n")
+    res = runner.invoke(app, ["eval", "benchmark", "--data", str(tmp_path), "--test-list", str(tmp_path / "t.txt"),
+                              "--checkpoint", str(tmp_path / "t.txt"), "--out", str(out), "-q"])
+    assert isinstance(res.exception, WriteError), res.output
+    assert res.exception.exit_code == 3 and "\n" not in str(res.exception)
+    assert str(res.exception).startswith(f"could not write {out / 'benchmark.md'}: No space left on device")
+    assert sorted(p.name for p in out.iterdir()) == ["benchmark.json"]  # written before; nothing of the table

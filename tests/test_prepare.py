@@ -133,3 +133,45 @@ def test_cli_prepare(lrs2, tmp_path):
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (out / "filelists").iterdir()) == ["train.txt"]
     assert (out / "spk01/00000/24.jpg").is_file()
+
+
+def test_a_full_disk_stops_prepare_with_a_write_error_and_no_half_clip(lrs2, tmp_path, monkeypatch):
+    """The disk fills up at the 4th face crop: prepare stops with a one-line WriteError (exit 3) naming the crop
+    (a full disk is no fault of the clip, so no clip is marked failed and none after it is tried), and neither
+    the clip's folder nor its temporary folder is left. cv2.imwrite only returns False then, Python raises ENOSPC:
+    both are simulated."""
+    import errno
+    from pathlib import Path
+
+    import cv2
+    from typer.testing import CliRunner
+
+    from lipsync_cli.cli.app import app
+    from lipsync_cli.errors import WriteError
+
+    crops = []
+    real_write_bytes = Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.suffix == ".jpg":
+            crops.append(self.name)
+            if len(crops) > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    monkeypatch.setattr(cv2, "imwrite", lambda path, img, params=None: len(crops.append(path) or crops) <= 3)
+    out = tmp_path / "out"
+    with pytest.raises(WriteError) as exc:
+        prepare(lrs2, out, _opts(), limit=2)
+    first = find_clips(lrs2)[0].name
+    assert str(exc.value).startswith(f"could not write {out / first / '3.jpg'}: No space left on device")
+    assert "\n" not in str(exc.value) and exc.value.exit_code == 3
+    assert len(crops) == 4  # stopped at once: the second clip was never started
+    assert not [p for p in out.rglob("*") if p.is_file() or ".tmp-" in p.name], list(out.rglob("*"))
+
+    crops.clear()
+    res = CliRunner().invoke(app, ["prepare", str(lrs2), str(tmp_path / "cli"), "--box", *map(str, FACE_BOX),
+                                   "--limit", "2", "-q"])
+    assert isinstance(res.exception, WriteError) and "No space left on device" in str(res.exception)
+    assert not (tmp_path / "cli" / first).exists()

@@ -198,7 +198,7 @@ def benchmark(
 ) -> None:
     """The papers' protocol: dub every test video with another's audio (or its own), score it, tabulate."""
     from lipsync_cli.evaluate.benchmark import BenchmarkOptions, markdown_table, run_benchmark
-    from lipsync_cli.evaluate.report import write_json
+    from lipsync_cli.evaluate.report import write_json, write_text
 
     options = BenchmarkOptions(
         checkpoint=checkpoint,
@@ -223,7 +223,7 @@ def benchmark(
     report = run_benchmark(data, test_list, out, options, progress=progress)
     write_json(out / "benchmark.json", report.to_dict())
     md = markdown_table(report)
-    (out / "benchmark.md").write_text(md)
+    write_text(out / "benchmark.md", md)
     if plot:
         from lipsync_cli.evaluate.plots import plot_lse_c_hist, write_plots
 

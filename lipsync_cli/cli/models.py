@@ -77,7 +77,8 @@ def attention_cmd(
         opts = DubOptions(detector=detector, detector_weights=detector_weights,
                           offline=True if offline else None)
         det = load_dub_detector(opts, device)
-    sample = collect_faces(video, audio, n_frames=frames, box=box, detector=det, pads=pads, fps=fps)
+    sample = collect_faces(video, audio, n_frames=frames, box=box, detector=det, pads=pads, fps=fps,
+                           lead=getattr(model, "mel_lead", 0))  # the windows dub would feed these frames
     grid = render_attention_grid(model, sample.faces, sample.mels, _split_blocks(blocks))
     save_png(grid, output)
     shown = ", ".join(map(str, sample.frame_indices))

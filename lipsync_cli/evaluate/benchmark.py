@@ -74,6 +74,7 @@ class PairResult:
     ssim: float | None = None
     lpips: float | None = None
     n_frames: int = 0
+    first_frame: int = 0  # the video clip's first scored frame (see clip_run)
     status: str = "ok"
     error: str | None = None
 
@@ -127,21 +128,67 @@ def read_test_list(path: str | os.PathLike, data: str | os.PathLike | None = Non
     return names
 
 
-def _frame_files(folder: Path) -> list[Path]:
-    files = [f for f in folder.glob("*.jpg") if f.stem.isdigit()]
-    return sorted(files, key=lambda f: int(f.stem))
+def frame_indices(folder: Path) -> list[int]:
+    """The frame indices ``i`` of the ``<i>.jpg`` files in ``folder``, ascending."""
+    return sorted(int(f.stem) for f in folder.glob("*.jpg") if f.stem.isdigit())
 
 
-def clip_frames(data: Path, clip: str) -> list[np.ndarray]:
-    """The clip's frames (BGR uint8) in order."""
+def longest_run(indices: Sequence[int]) -> range:
+    """The longest run of consecutive values in ascending ``indices`` (the first of equal ones); empty for none.
+
+    ``lipsync prepare`` leaves out the frames where it found no face, so frame ``i`` of a clip belongs to
+    ``i / fps`` s of its audio whatever is missing before it: only a run without gaps is one piece of video."""
+    best = range(0)
+    start = prev = None
+    for i in [*indices, None]:
+        if start is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None and prev + 1 - start > len(best):
+            best = range(start, prev + 1)
+        start = prev = i
+    return best
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    """'0-2, 4-14' for ascending indices."""
+    parts, run = [], []
+    for i in [*indices, None]:
+        if run and i == run[-1] + 1:
+            run.append(i)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
+        run = [i]
+    return ", ".join(parts)
+
+
+def clip_run(data: Path, clip: str) -> range:
+    """The frame indices of ``clip`` that are scored: its longest run without a missing frame."""
+    idx = frame_indices(data / clip)
+    if not idx:
+        raise InputNotFound(f"no frames (<i>.jpg) in {data / clip}")
+    return longest_run(idx)
+
+
+def clip_frames(data: Path, clip: str, run: range | None = None) -> list[np.ndarray]:
+    """The frames (BGR uint8) of ``run`` (default: :func:`clip_run`), read by index: element k is frame
+    ``run.start + k``. Raises MediaError for a frame that does not decode or differs in size."""
     import cv2
 
-    files = _frame_files(data / clip)
-    if not files:
-        raise InputNotFound(f"no frames (<i>.jpg) in {data / clip}")
-    frames = [cv2.imread(str(f)) for f in files]
-    if any(f is None for f in frames):
-        raise InputNotFound(f"unreadable frame in {data / clip}")
+    from lipsync_cli.errors import MediaError
+
+    run = clip_run(data, clip) if run is None else run
+    frames = []
+    for i in run:
+        f = data / clip / f"{i}.jpg"
+        img = cv2.imread(str(f))
+        if img is None:
+            raise MediaError(f"cannot decode frame {f}")
+        if frames and img.shape != frames[0].shape:
+            raise MediaError(f"frame {f} is {img.shape[1]}x{img.shape[0]} px, frame {run.start} "
+                             f"{frames[0].shape[1]}x{frames[0].shape[0]}")
+        frames.append(img)
     return frames
 
 
@@ -152,15 +199,23 @@ def clip_audio(data: Path, clip: str) -> Path:
     return p
 
 
+def audio_offset(run: range, fps: float = DEFAULT_FPS) -> int:
+    """The 16 kHz sample where frame ``run.start`` begins."""
+    from lipsync_cli.constants import SAMPLE_RATE
+
+    return int(round(run.start * SAMPLE_RATE / fps))
+
+
 def clip_durations(
     data: Path, clips: Sequence[str], fps: float = DEFAULT_FPS
 ) -> dict[str, tuple[float, float]]:
-    """(video seconds, audio seconds) per clip; clips whose files are missing are left out."""
+    """(video seconds, audio seconds) per clip: the video is its scored run (:func:`clip_run`), the audio the
+    whole audio.wav; clips whose files are missing are left out."""
     import soundfile as sf
 
     out = {}
     for c in clips:
-        n = len(_frame_files(data / c))
+        n = len(longest_run(frame_indices(data / c)))
         a = data / c / "audio.wav"
         if n and a.is_file():
             info = sf.info(str(a))
@@ -225,6 +280,30 @@ def _write_clip_video(frames: list[np.ndarray], out: Path, fps: float = DEFAULT_
     return out
 
 
+def _write_pcm16(pcm: np.ndarray, out: Path) -> Path:
+    """16 kHz mono int16 samples as a wav file."""
+    import soundfile as sf
+
+    from lipsync_cli.constants import SAMPLE_RATE
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(out), np.asarray(pcm, dtype=np.int16), SAMPLE_RATE, subtype="PCM_16")
+    return out
+
+
+def _status(err: Exception) -> str:
+    return status_of(err) if isinstance(err, LipsyncError) else "error"
+
+
+def _message(err: Exception) -> str:
+    """One line for a row's error column: ours as they are, anything else with its type (a cv2 or numpy
+    error's own text may span lines)."""
+    if isinstance(err, LipsyncError):
+        return str(err)
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[-1][:300] if lines else 'no message'}"
+
+
 def _mean(xs) -> float:
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     return float(np.mean(xs)) if xs else math.nan
@@ -268,7 +347,20 @@ def run_benchmark(
     notes: list[str] = []
     say = notes.append
 
-    def score(frames, pcm, name) -> LSEResult:
+    # the metric networks first: a wrong weight file is reported before any clip is scored
+    lpips_metric = inception = None
+    if options.reconstruction:
+        try:
+            lpips_metric = metrics.LPIPSMetric(device)
+        except WeightsNotFound as err:
+            say(f"LPIPS skipped: {err}")
+        wts = metrics.find_inception(options.inception)
+        if wts is None:
+            say("FID skipped: Inception-v3 weights are not available locally (pass --inception PATH)")
+        else:
+            inception = metrics.InceptionFeatures(wts, device)
+
+    def score(frames, pcm, name, first_frame: int = 0) -> LSEResult:
         try:
             s = score_clip(
                 syncnet_model, to_syncnet_frames(frames), pcm, batch_size=options.batch_size, device=device
@@ -282,8 +374,23 @@ def run_benchmark(
             offset=s.offset,
             n_frames=len(frames),
             n_windows=s.n_windows,
+            first_frame=first_frame,
             curve=list(s.curve),
         )
+
+    runs: dict[str, range] = {}
+
+    def run_of(clip: str) -> range:
+        """The clip's scored frames; a gap (a frame without a face) is said once in the notes."""
+        if clip not in runs:
+            runs[clip] = clip_run(data, clip)
+            idx = frame_indices(data / clip)
+            if len(idx) != len(runs[clip]) or idx[0] != 0:
+                r = runs[clip]
+                say(f"{clip}: frames {_ranges(idx)} exist (prepare found no face in the others); "
+                    f"scored frames {r.start}-{r.stop - 1}, the longest run, with the audio from "
+                    f"{r.start / DEFAULT_FPS:.2f} s")
+        return runs[clip]
 
     # --- the reference row: real videos with their own audio ---
     real: list[LSEResult] = []
@@ -291,9 +398,11 @@ def run_benchmark(
         if progress:
             progress("real", 1, len(clips))
         try:
-            real.append(score(clip_frames(data, clip), read_pcm16(clip_audio(data, clip)), clip))
-        except LipsyncError as err:
-            real.append(LSEResult(video=clip, status=status_of(err), error=str(err)))
+            run = run_of(clip)
+            pcm = read_pcm16(clip_audio(data, clip))[audio_offset(run):]  # frame run.start at sample 0
+            real.append(score(clip_frames(data, clip, run), pcm, clip, first_frame=run.start))
+        except Exception as err:  # noqa: BLE001  one bad clip is a row, never the end of the batch
+            real.append(LSEResult(video=clip, status=_status(err), error=_message(err)))
 
     # --- pairs ---
     if options.reconstruction:
@@ -303,17 +412,6 @@ def run_benchmark(
     else:
         pairs = random_pairs(clip_durations(data, clips), clips, options.seed)
 
-    lpips_metric = inception = None
-    if options.reconstruction:
-        try:
-            lpips_metric = metrics.LPIPSMetric(device)
-        except WeightsNotFound as err:
-            say(f"LPIPS skipped: {err}")
-        wts = metrics.find_inception(options.inception)
-        if wts is None:
-            say("FID skipped: Inception-v3 weights are not available locally (pass --inception PATH)")
-        else:
-            inception = metrics.InceptionFeatures(wts, device)
     mouths_real: list[np.ndarray] = []
     mouths_fake: list[np.ndarray] = []
 
@@ -339,21 +437,20 @@ def run_benchmark(
             row.status, row.error = "no_pair", "no other test clip has audio no longer than this video"
             continue
         try:
-            frames = clip_frames(data, video_clip)
+            run = run_of(video_clip)
+            row.first_frame = run.start
+            frames = clip_frames(data, video_clip, run)
             h, w = frames[0].shape[:2]
             src = _write_clip_video(frames, work / f"{_safe(video_clip)}.mp4")
+            speech = clip_audio(data, audio_clip)
+            if audio_clip == video_clip and run.start:  # its own audio, from the first scored frame on
+                speech = _write_pcm16(read_pcm16(speech)[audio_offset(run):], work / f"{_safe(video_clip)}.wav")
             out = videos / f"{_safe(video_clip)}__{_safe(audio_clip)}.mp4"
             generated: dict[int, np.ndarray] = {}
             sink = (lambda i, f, g=generated: g.__setitem__(i, f.copy())) if options.reconstruction else None
-            # the clips are face crops: the face box is the whole frame
-            dub(
-                src,
-                clip_audio(data, audio_clip),
-                out,
-                replace(dub_opts, box=(0, 0, w, h)),
-                model=generator,
-                frame_sink=sink,
-            )
+            # the clips are face crops: the face box is the whole frame; dub gives each frame the mel window
+            # of the generator's own lead (generator.mel_lead, from its checkpoint)
+            dub(src, speech, out, replace(dub_opts, box=(0, 0, w, h)), model=generator, frame_sink=sink)
             row.output = str(out)
             row.lse = score(read_frames(out), read_pcm16(out), str(out))
             if row.lse.status != "ok":
@@ -368,12 +465,16 @@ def run_benchmark(
                 if inception is not None:
                     mouths_real += [metrics.mouth_crop(frames[i]) for i in range(n)]
                     mouths_fake += [metrics.mouth_crop(generated[i]) for i in range(n)]
-        except LipsyncError as err:
-            row.status, row.error = status_of(err), str(err)
+        except Exception as err:  # noqa: BLE001  one bad clip is a row, never the end of the batch
+            row.status, row.error = _status(err), _message(err)
+            row.lse = row.psnr = row.ssim = row.lpips = None
 
     fid = None
     if inception is not None and len(mouths_real) >= 2:
-        fid = metrics.fid(mouths_real, mouths_fake, inception)
+        try:
+            fid = metrics.fid(mouths_real, mouths_fake, inception)
+        except Exception as err:  # noqa: BLE001  the other metrics still stand
+            say(f"FID failed: {_message(err)}")
 
     name = options.name or (Path(options.checkpoint).name if options.checkpoint else "generator")
     ok = [r for r in results if r.status == "ok"]

@@ -84,20 +84,17 @@ def _hub_file(name: str) -> Path | None:
 class LPIPSMetric:
     """LPIPS distance (lower: more alike) with the AlexNet backbone; only when its ImageNet weights are local.
 
-    The linear calibration layers ship inside the ``lpips`` package; the backbone is torchvision's AlexNet,
-    looked for in the torch hub cache (``{torch.hub.get_dir()}/checkpoints/alexnet-owt-7be5be79.pth``).
+    The linear calibration layers ship inside the ``lpips`` package; the backbone is torchvision's AlexNet, the
+    registry file ``lpips-alex`` (``alexnet-owt-7be5be79.pth``), found like every weight file (our weights
+    folders, then the torch hub cache ``{torch.hub.get_dir()}/checkpoints``) and never downloaded here: without
+    it, WeightsNotFound names ``lipsync weights download lpips-alex``.
     """
 
     def __init__(self, device: str = "cpu"):
-        if _hub_file(ALEXNET_FILE) is None:
-            raise WeightsNotFound(
-                "LPIPS needs torchvision's AlexNet weights, which are not available locally",
-                f"put {ALEXNET_FILE} in the torch hub cache (checkpoints/) to enable LPIPS",
-            )
-        import lpips
+        from lipsync_cli.train.losses import make_lpips
 
         self.device = device
-        self.net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
+        self.net = make_lpips("alex", True, device, download=False)
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
         import torch
@@ -136,17 +133,21 @@ def find_inception(explicit: str | os.PathLike | None = None) -> Path | None:
 
 
 class InceptionFeatures:
-    """2048-d pool features of torchvision's Inception-v3 (ImageNet weights from a local file)."""
+    """2048-d pool features of torchvision's Inception-v3 (ImageNet weights from a local file).
+
+    The file must hold exactly torchvision's tensors (``inception_v3_google-0cc3c7bd.pth``): a missing, extra or
+    misshapen one raises CheckpointMismatch, since a partly random network would give an FID that looks real.
+    """
 
     def __init__(self, weights: str | os.PathLike, device: str = "cpu"):
         import torch
         from torchvision.models import inception_v3
 
-        from lipsync_cli.checkpoint import load_file, unwrap_state_dict
+        from lipsync_cli.checkpoint_io import load_file, unwrap_state_dict
 
         net = inception_v3(weights=None, aux_logits=True, init_weights=False)
         sd = unwrap_state_dict(load_file(weights))
-        net.load_state_dict(sd, strict=False)
+        _load_strict(net, sd, weights)
         net.fc = torch.nn.Identity()
         self.net = net.to(device).eval()
         self.device = device
@@ -171,6 +172,26 @@ class InceptionFeatures:
                 x = ((x - mean) / std).to(self.device)  # (b, 3, 299, 299)
                 out.append(self.net(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 2048))
+
+
+def _load_strict(net, sd: dict, path) -> None:
+    """Load ``sd`` into ``net`` requiring every tensor with its shape (BatchNorm's ``num_batches_tracked``
+    counters, absent from older files and unused in eval mode, excepted); one-line CheckpointMismatch otherwise."""
+    from lipsync_cli.errors import CheckpointMismatch
+
+    what = f"{path} does not fit torchvision's Inception-v3"
+    hint = f"pass torchvision's ImageNet Inception-v3 weights ({INCEPTION_FILE})"
+    try:
+        res = net.load_state_dict(sd, strict=False)
+    except RuntimeError as err:  # a tensor of the wrong shape
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise CheckpointMismatch(f"{what}: {(lines[1] if len(lines) > 1 else lines[0])[:200]}", hint) from None
+    missing = [k for k in res.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or res.unexpected_keys:
+        raise CheckpointMismatch(
+            f"{what}: {len(missing)} missing tensors" + (f" (e.g. {missing[0]})" if missing else "")
+            + f", {len(res.unexpected_keys)} unexpected"
+            + (f" (e.g. {res.unexpected_keys[0]})" if res.unexpected_keys else ""), hint)
 
 
 def fid(real: list[np.ndarray], fake: list[np.ndarray], features: InceptionFeatures) -> float:

@@ -1,4 +1,7 @@
-"""Result files: JSON (everything, curves included) and CSV (one row per video) for ``lipsync eval``."""
+"""Result files: JSON (everything, curves included), CSV (one row per video) and text for ``lipsync eval``.
+
+Every file is written atomically (``files.atomic_path``): one that cannot be written (disk full, no permission)
+raises WriteError naming it, and nothing of it is left."""
 
 from __future__ import annotations
 
@@ -29,6 +32,12 @@ def _clean(obj):
 
 def _atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, text)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text report (e.g. the benchmark's Markdown table) atomically: WriteError when it cannot be written,
+    and then no file, not even a partial one."""
+    return _atomic_write_text(path, text)
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> Path:

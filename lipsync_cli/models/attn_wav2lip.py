@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lipsync_cli.checkpoint_kinds import KindSignature, register_kind
 from lipsync_cli.models.cbam import (
     DEFAULT_MIN_HIDDEN,
     DEFAULT_REDUCTION,
@@ -27,6 +28,7 @@ from lipsync_cli.models.wav2lip import (
     build_face_encoder,
     build_output_block,
     fold_time,
+    has_attention_keys,
     unfold_time,
 )
 
@@ -34,8 +36,15 @@ ENCODER_CHANNELS = (16, 32, 64, 128, 256, 512, 512)  # output channels of Wav2Li
 DECODER_CHANNELS = (512, 512, 512, 384, 256, 128, 64)  # output channels of its face-decoder blocks (pre-skip)
 
 
+# Wav2Lip's layers plus attention slots (checkpoint.detect_kind)
+register_kind(KindSignature(
+    "attn_wav2lip", "AttnWav2Lip generator",
+    requires=("face_encoder_blocks.", "face_decoder_blocks.", "output_block."), test=has_attention_keys,
+    generator=True))
+
+
 def _slot(channels: int, reduction: int, spatial_kernel: int, min_hidden: int) -> nn.ModuleDict:
-    # the ".cbam." in the key is how checkpoint.detect_kind tells AttnWav2Lip from Wav2Lip
+    # the ".cbam." in the key is how an AttnWav2Lip file is told from a Wav2Lip one (wav2lip.has_attention_keys)
     return nn.ModuleDict({"cbam": ResidualCBAM(channels, reduction, spatial_kernel, min_hidden)})
 
 

@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lipsync_cli.checkpoint_kinds import KindSignature, register_kind
 from lipsync_cli.models.blocks import NoNormConv2d
+
+# visual_quality_disc.pth (checkpoint.detect_kind)
+register_kind(KindSignature(
+    "disc_qual", "Wav2Lip visual-quality discriminator", requires=("face_encoder_blocks.", "binary_pred.")))
 
 
 class Wav2LipDiscQual(nn.Module):
@@ -70,7 +75,7 @@ def load_discriminator(path: str | os.PathLike, device: str | torch.device = "cp
     """Load ``visual_quality_disc.pth`` (``{'state_dict': ...}``, optionally ``module.``-prefixed) or our
     re-save; eval mode, on ``device`` (call ``.train()`` to fine-tune). Other kinds raise
     CheckpointMismatch."""
-    from lipsync_cli.checkpoint import load_network
+    from lipsync_cli.checkpoint_io import load_network
 
     net = load_network(path, Wav2LipDiscQual(), "disc_qual", "pass the released visual_quality_disc.pth")
     return net.to(device).eval()

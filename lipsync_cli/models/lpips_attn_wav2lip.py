@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lipsync_cli.checkpoint_kinds import KindSignature, register_kind
 from lipsync_cli.models.blocks import Conv2d, Conv2dTranspose
 from lipsync_cli.models.cbam import (
     DEFAULT_MIN_HIDDEN,
@@ -48,6 +49,12 @@ CBAM_PLACEMENTS = ("layer", "stage")
 
 def _res(c: int) -> Conv2d:
     return Conv2d(c, c, 3, 1, 1, residual=True)
+
+
+# U-Net stages + FFC/AdaIN audio alignment (checkpoint.detect_kind)
+register_kind(KindSignature(
+    "lpips_attn_wav2lip", "LPIPS-AttnWav2Lip generator",
+    requires=("face_encoder_stages.", "output_block.", "align_modules."), generator=True))
 
 
 class AttentiveStage(nn.Module):

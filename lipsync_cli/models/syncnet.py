@@ -13,10 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lipsync_cli.checkpoint_kinds import KindSignature, register_kind
 from lipsync_cli.constants import FACE_HALF, FACE_SIZE, MEL_WINDOW, N_MELS, SYNC_T
 from lipsync_cli.models.blocks import Conv2d
 
 EMBED_DIM = 512  # size of both embeddings
+
+
+# lipsync_expert.pth and our experts (checkpoint.detect_kind); a generator also has audio/face encoders
+register_kind(KindSignature(
+    "syncnet_color", "SyncNet lip-sync expert (lipsync_expert.pth)", requires=("face_encoder.", "audio_encoder."),
+    excludes=("face_decoder_blocks.",)))
 
 
 class SyncNetColor(nn.Module):
@@ -100,7 +107,7 @@ def sync_loss_from_generated(expert: SyncNetColor, mel: torch.Tensor, g: torch.T
 def load_expert(path: str | os.PathLike, device: str | torch.device = "cpu") -> SyncNetColor:
     """Load ``lipsync_expert.pth`` (``{'state_dict': ...}``, optionally ``module.``-prefixed) or our re-save;
     eval mode, on ``device``. Other kinds of weights raise CheckpointMismatch naming both kinds."""
-    from lipsync_cli.checkpoint import load_network
+    from lipsync_cli.checkpoint_io import load_network
 
     net = load_network(path, SyncNetColor(), "syncnet_color",
                        "pass the released lipsync_expert.pth or an expert trained by lipsync")

@@ -16,6 +16,8 @@ import os
 import torch
 from torch import nn
 
+from lipsync_cli.checkpoint_kinds import KindSignature, register_kind
+
 EMBED_DIM = 1024  # output size of both branches (``num_layers_in_fc_layers``)
 MFCC_STEPS = 20  # audio window: 20 MFCC steps = 0.2 s = 5 video frames at 25 fps
 N_MFCC = 13
@@ -34,6 +36,11 @@ def _conv_bn_relu(cin: int, cout: int, kernel, stride=1, padding=0, dims: int = 
 
 def _fc_head(dim_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, dim_out))
+
+
+# syncnet_v2.model (checkpoint.detect_kind)
+register_kind(KindSignature(
+    "syncnet_v2", "SyncNet v2 evaluation model (syncnet_v2.model)", requires=("netcnnaud.", "netcnnlip.")))
 
 
 class SyncNetV2(nn.Module):
@@ -95,7 +102,7 @@ def load_syncnet_v2(path: str | os.PathLike, device: str = "cpu") -> SyncNetV2:
     The released file predates BatchNorm's ``num_batches_tracked`` buffers, so those may be absent (they are
     unused in eval mode); every other key must be present with its shape.
     """
-    from lipsync_cli.checkpoint import expect_kind, load_file, unwrap_state_dict
+    from lipsync_cli.checkpoint_io import expect_kind, load_file, unwrap_state_dict
     from lipsync_cli.errors import CheckpointMismatch
 
     obj = load_file(path)

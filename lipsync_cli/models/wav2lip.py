@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lipsync_cli.checkpoint_kinds import KindSignature, register_kind
 from lipsync_cli.models.blocks import Conv2d, Conv2dTranspose
 
 
@@ -90,6 +91,18 @@ def unfold_time(out: torch.Tensor, batch: int | None) -> torch.Tensor:
         return out
     t = out.shape[0] // batch
     return out.reshape(t, batch, *out.shape[1:]).permute(1, 2, 0, 3, 4)  # (B, C, T, H, W)
+
+
+def has_attention_keys(keys) -> bool:
+    """True when a state dict holds attention modules (AttnWav2Lip's residual CBAM slots): plain Wav2Lip has
+    none, which is what tells the two apart."""
+    return any(".cbam." in k or ".attention." in k for k in keys)
+
+
+# what a Wav2Lip state dict looks like (checkpoint.detect_kind); upstream wav2lip.pth / wav2lip_gan.pth included
+register_kind(KindSignature(
+    "wav2lip", "Wav2Lip generator", requires=("face_encoder_blocks.", "face_decoder_blocks.", "output_block."),
+    test=lambda keys: not has_attention_keys(keys), generator=True))
 
 
 class Wav2Lip(nn.Module):

@@ -12,11 +12,14 @@ collide with ``main`` clips of the same name.
 
 Each clip is written into a temporary folder beside its destination and renamed when complete, so a rerun
 skips finished clips and never sees half-written ones. Failed clips (no face, no audio, undecodable) are
-reported, not fatal: ``OUT/prepare_failures.tsv`` lists them with the reason.
+reported, not fatal: ``OUT/prepare_failures.tsv`` lists them with the reason. An output that cannot be written
+(disk full, no permission) is no fault of a clip: it stops the run with a WriteError, the unfinished clip's
+folder removed.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -29,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from lipsync_cli.constants import DEFAULT_FPS, DEFAULT_PADS, SAMPLE_RATE, SYNC_T
-from lipsync_cli.errors import BadOption, InputNotFound, LipsyncError
-from lipsync_cli.files import atomic_write
+from lipsync_cli.errors import BadOption, InputNotFound, LipsyncError, MediaError, WriteError
+from lipsync_cli.files import atomic_write, write_error
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +168,31 @@ def _extract_audio(src: Path, dst: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0 or not dst.is_file() or dst.stat().st_size <= 44:
         msg = proc.stderr.decode(errors="replace").strip().splitlines()
+        if any("No space left on device" in m for m in msg):
+            raise write_error(dst, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         raise LipsyncError(f"no audio extracted ({msg[-1] if msg else 'empty audio stream'})")
+
+
+def _write_jpeg(path: Path, image: np.ndarray, quality: int, name: Path) -> None:
+    """``image`` (BGR uint8) as a JPEG at ``path``. cv2.imwrite only returns False when the disk is full, so
+    the bytes are encoded first and written here: the OSError says why. ``name``: the output a WriteError names.
+    """
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise MediaError(f"cannot encode a {image.shape[1]}x{image.shape[0]} face crop as JPEG")
+    try:
+        path.write_bytes(buf.tobytes())
+    except OSError as err:
+        raise write_error(name, err) from None
 
 
 def prepare_clip(job: ClipJob, out_root: Path, detector, options: PrepareOptions) -> int:
     """Write one clip's face crops and audio.wav under ``out_root/job.name``; return the number of crops.
 
-    Raises LipsyncError (or a media error) naming why the clip cannot be used."""
-    import cv2
-
+    Raises LipsyncError (or a media error) naming why the clip cannot be used, WriteError when an output
+    cannot be written (nothing of the clip is left then)."""
     from lipsync_cli.faces.track import TrackOptions, face_boxes, track_video
     from lipsync_cli.video import FrameReader, has_audio
 
@@ -182,9 +201,11 @@ def prepare_clip(job: ClipJob, out_root: Path, detector, options: PrepareOptions
     if not has_audio(job.src):
         raise LipsyncError("no audio stream")
     final = out_root / job.name
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        raise write_error(final, err) from None
     try:
         track = track_video(job.src, detector, fps=options.fps, det_size=options.det_size)
         topts = TrackOptions(
@@ -200,16 +221,13 @@ def prepare_clip(job: ClipJob, out_root: Path, detector, options: PrepareOptions
                 if i >= len(boxes) or boxes[i] is None:
                     continue
                 x1, y1, x2, y2 = boxes[i]
-                ok = cv2.imwrite(
-                    str(tmp / f"{i}.jpg"),
-                    frame[y1:y2, x1:x2],
-                    [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality],
-                )
-                if not ok:
-                    raise LipsyncError(f"cannot write {tmp / f'{i}.jpg'}")
+                _write_jpeg(tmp / f"{i}.jpg", frame[y1:y2, x1:x2], options.jpeg_quality, final / f"{i}.jpg")
                 written += 1
         _extract_audio(job.src, tmp / "audio.wav")
-        os.replace(tmp, final)  # the clip appears complete or not at all
+        try:
+            os.replace(tmp, final)  # the clip appears complete or not at all
+        except OSError as err:
+            raise write_error(final, err) from None
         return written
     finally:
         if tmp.exists():
@@ -255,6 +273,8 @@ def _run_job(job: ClipJob, out_root: Path) -> tuple[str, int, str | None]:
     try:
         n = prepare_clip(job, out_root, _WORKER["detector"], _WORKER["options"])
         return job.name, n, None
+    except WriteError:  # the output's fault, not the clip's: every later clip would fail the same way
+        raise
     except Exception as err:  # noqa: BLE001  any failure of one clip is reported, not fatal
         return job.name, 0, f"{type(err).__name__}: {err}" if not isinstance(err, LipsyncError) else str(err)
 
@@ -330,8 +350,12 @@ def prepare(
             options.workers, mp_context=ctx, initializer=_init_worker, initargs=(options, q, threads)
         ) as pool:
             futures = [pool.submit(_run_job, job, out_root) for job in todo]
-            for fut in as_completed(futures):
-                record(*fut.result())
+            try:
+                for fut in as_completed(futures):
+                    record(*fut.result())
+            except BaseException:  # a WriteError (or Ctrl-C): start no further clip
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
     # filelists of every finished clip, in list order
     finished = set(report.prepared) | set(report.skipped)
