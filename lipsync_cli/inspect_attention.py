@@ -58,7 +58,7 @@ def collect_faces(video: str | os.PathLike, audio: str | os.PathLike, *, n_frame
     """
     from lipsync_cli.audio import load_audio, mel_start, mel_windows, melspectrogram, n_output_frames
     from lipsync_cli.blend import crop_face, prepare_batch
-    from lipsync_cli.faces.track import TrackOptions, check_box, pad_box, select_faces, to_int_box
+    from lipsync_cli.faces.track import TrackOptions, check_box, pad_box, to_int_box
     from lipsync_cli.video import FrameReader, probe
 
     if box is None and detector is None:
@@ -89,7 +89,9 @@ def collect_faces(video: str | os.PathLike, audio: str | os.PathLike, *, n_frame
         boxes: list[tuple[int, int, int, int] | None] = [fixed] * len(idx)
     else:
         dets = detector.detect([frames[i] for i in idx])
-        chosen = select_faces(dets, TrackOptions(max_gap=0))  # the largest face of each frame
+        # sampled frames far apart: no tracking, the largest confident face of each frame
+        dets = [d[d[:, 4] >= TrackOptions().min_score] if len(d) else d for d in dets]
+        chosen = [max(d, key=lambda r: (r[2] - r[0]) * (r[3] - r[1])) if len(d) else None for d in dets]
         boxes = [None if b is None else to_int_box(pad_box(b, pads, info.width, info.height), info.width,
                                                    info.height) for b in chosen]
     keep = [k for k, b in enumerate(boxes) if b is not None]
