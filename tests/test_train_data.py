@@ -192,6 +192,24 @@ def test_config_files_and_precedence(tmp_path):
         load_config_file(bad)
 
 
+def test_toml_config_on_python_310_uses_tomli(tmp_path, monkeypatch):
+    """Python 3.10 has no tomllib: `--config x.toml` then reads the file with tomli (the same parser)."""
+    import importlib
+    import sys
+    import types
+
+    real = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    parsed = []
+    tomli = types.ModuleType("tomli")
+    tomli.loads = lambda text: parsed.append(text) or real.loads(text)
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` fails, as on 3.10
+    monkeypatch.setitem(sys.modules, "tomli", tomli)
+    path = tmp_path / "run.toml"
+    path.write_text("[train]\nsteps = 7\nbatch-size = 3\n")
+    assert load_config_file(path) == {"steps": 7, "batch_size": 3}
+    assert parsed == [path.read_text()]
+
+
 def test_validate_rules(synth, tmp_path):
     root, lists = synth
     base = dict(data=str(root), train_list=str(lists["train"]), val_list=str(lists["val"]), out=str(tmp_path))

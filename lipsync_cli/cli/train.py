@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -99,11 +100,18 @@ def prepare(
 # --- train -------------------------------------------------------------------------------------------------
 
 
+def _show_progress(quiet: bool) -> bool:
+    """A progress bar only on a terminal, and under torchrun only in rank 0 (every rank shares the terminal)."""
+    from lipsync_cli.train.core import process_rank
+
+    return not quiet and sys.stderr.isatty() and process_rank() == 0
+
+
 def _run_training(kind: str, **flags) -> None:
     """Build the config (defaults < --config file < flags), run it with a progress line, report where it
-    went."""
+    went. Under torchrun only rank 0 prints."""
     from lipsync_cli.train.config import make_config
-    from lipsync_cli.train.core import train
+    from lipsync_cli.train.core import process_rank, train
 
     config_file = flags.pop("config", None)
     quiet = flags.pop("quiet", False)
@@ -119,7 +127,9 @@ def _run_training(kind: str, **flags) -> None:
     else:
         cfg = make_config(config_file, kind=kind, **flags)
     console = _console()
-    show = not quiet and sys.stderr.isatty()
+    main_rank = process_rank() == 0
+    quiet = quiet or not main_rank
+    show = _show_progress(quiet)
     state: dict = {}
 
     def on_event(ev: dict) -> None:
@@ -158,10 +168,12 @@ def _run_training(kind: str, **flags) -> None:
     else:
         result = train(cfg, on_event)
     if result.interrupted:
-        console.print(
-            f"interrupted at step {result.step}: saved {result.last}; continue with --resume {result.run_dir}"
-        )
-        raise typer.Exit(130)
+        if main_rank:
+            console.print(
+                f"stopped at step {result.step}: saved {result.last}; continue with --resume {result.run_dir}"
+            )
+        # as a shell reports the signal: 143 for SIGTERM (torchrun's agent, a scheduler), 130 for Ctrl-C
+        raise typer.Exit(128 + int(result.signal or signal.SIGINT))
     if not quiet:
         console.print(f"done: step {result.step}, best eval loss {result.best_loss:.4f}")
         console.print(f"  {result.last}\n  {result.best}\n  {result.run_dir / 'metrics.jsonl'}")

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lipsync_cli.device import PRECISIONS
 from lipsync_cli.errors import BadOption, InputNotFound
 
 KINDS = ("syncnet", "generator")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 LPIPS_NETS = ("alex", "vgg")
 
 # Wav2Lip's loss weights: L = (1 - a - b) * L1 + a * sync + b * (GAN or LPIPS).
@@ -50,7 +50,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
     workers: int = 4  # DataLoader worker processes (JPEG decoding); 0 decodes in the main process
-    precision: str = "auto"  # "auto" (bf16 on GPU if supported, fp16 otherwise; fp32 on CPU) or fp32/fp16/bf16
+    precision: str = "auto"  # see device.resolve_precision(training=True): bf16/fp16 on CUDA, fp32 elsewhere
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     sync_weight: str | float = "auto"  # "auto" or a number used from step 0
     sync_weight_value: float = DEFAULT_SYNC_WEIGHT  # ``a`` once auto switches on
@@ -137,6 +137,19 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def _tomllib():
+    """The TOML parser: ``tomllib`` (Python 3.11+), or ``tomli`` (the same parser; a dependency on 3.10)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise BadOption("reading a .toml config needs Python 3.11+ or the tomli package",
+                            "pip install tomli, or pass a YAML config") from None
+    return tomllib
+
+
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a TOML (``.toml``) or YAML (anything else) file of TrainConfig fields; dashes in keys become
     underscores.
@@ -147,11 +160,10 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise InputNotFound(f"config file not found: {path}")
     text = path.read_text(encoding="utf-8")
+    toml = _tomllib() if path.suffix.lower() == ".toml" else None
     try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            raw = tomllib.loads(text)
+        if toml is not None:
+            raw = toml.loads(text)
         else:
             import yaml
 

@@ -5,9 +5,18 @@ optimizers -> eval -> loop -> checkpoints. What differs between the expert and a
 training step, one eval batch) lives in two small task classes; the loop, precision, clipping, DDP,
 checkpoints, metrics and resume are shared.
 
-Exactness of resume: the sample order is a function of (seed, step) (see ``data.py``), and a checkpoint holds
-the model(s), optimizer(s), grad scaler(s), step, the sync-weight switch and every RNG state, so a run killed
-at step k and resumed continues the curve of the uninterrupted run.
+Exactness of resume: the sample order is a function of (seed, step, batch size, world size) (see ``data.py``),
+and a checkpoint holds the model(s), optimizer(s), grad scaler(s), step, the sync-weight switch and every RNG
+state, so a run stopped at step k and resumed continues the curve of the uninterrupted run. A resume with
+another batch size or number of processes is refused, since it would read other samples.
+
+Stopping: SIGTERM (what torchrun's agent sends on Ctrl-C or pre-emption) and a first Ctrl-C only ask the loop
+to stop; it finishes the optimizer step in progress, every rank agrees at the next step boundary, rank 0 saves
+``last.pt`` and the run returns ``interrupted``. A second Ctrl-C interrupts at once; inside a step that saves
+nothing (the last checkpoint stands), so no checkpoint ever holds half a step.
+
+Generator checkpoints store ``mel_lead``: the audio/video lead of the dataset they were trained on
+(``GeneratorDataset.lead``), which ``lipsync dub`` reads back (``checkpoint.generator_mel_lead``).
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -28,7 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lipsync_cli.errors import CheckpointMismatch, LipsyncError
+from lipsync_cli.device import autocast, device_type, resolve_device, resolve_precision
+from lipsync_cli.errors import BadOption, CheckpointMismatch, LipsyncError
 from lipsync_cli.files import atomic_path, atomic_write
 from lipsync_cli.train import losses as L
 from lipsync_cli.train.config import TrainConfig, save_config, sync_weight_mode, validate
@@ -60,6 +72,7 @@ class TrainResult:
     best_loss: float
     interrupted: bool = False
     metrics: list[dict] = field(default_factory=list)
+    signal: int | None = None  # the signal (SIGTERM, SIGINT...) that stopped the run, if one did
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -77,22 +90,29 @@ class Dist:
         return self.rank == 0
 
 
+def process_rank() -> int:
+    """This process' rank under torchrun (0 outside it): only rank 0 reports progress and writes files."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _setup_distributed(device_opt: str) -> tuple[Dist, torch.device]:
+    """The process group (under torchrun) and this process' device: ``--device`` resolved by
+    ``device.resolve_device``; under torchrun a GPU run uses GPU ``LOCAL_RANK`` (one per process, NCCL),
+    anything else the CPU (gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = device_opt.startswith("cuda") or (device_opt == "auto" and torch.cuda.is_available())
+    device = resolve_device(device_opt)
     if world > 1:
         import torch.distributed as dist
 
-        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        rank, local = process_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+        on_cuda = device_type(device) == "cuda"
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if want_cuda else "gloo")
-        if want_cuda:
+            dist.init_process_group(backend="nccl" if on_cuda else "gloo")
+        if on_cuda:
             torch.cuda.set_device(local)
             return Dist(rank, world, local), torch.device("cuda", local)
         return Dist(rank, world, local), torch.device("cpu")
-    if device_opt == "auto":
-        return Dist(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return Dist(), torch.device(device_opt)
+    return Dist(), torch.device(device)
 
 
 def _all_reduce_sum(values: dict[str, float], d: Dist, device: torch.device) -> dict[str, float]:
@@ -110,18 +130,53 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-# ------------------------------------------------------------------------------------------------------------
-# precision
+class _StopRequests:
+    """SIGTERM, SIGHUP and a first Ctrl-C (SIGINT) ask the loop to stop at the next step boundary; a second
+    Ctrl-C raises KeyboardInterrupt at once. Installed only from the main thread, never over a signal ignored
+    on entry (``nohup``); the previous handlers come back on exit."""
 
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
-def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for float32."""
-    p = cfg.precision
-    if p == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[p]
+    def __init__(self) -> None:
+        self.reason: str | None = None  # the signal's name, "KeyboardInterrupt" or "another rank"
+        self.signum: int | None = None  # the signal this process received, if any
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._old[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._old.clear()
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self.reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+        self.request(signal.Signals(signum).name)
+
+    def request(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+    def agreed(self, d: Dist, device: torch.device) -> bool:
+        """True on every rank when any rank was asked to stop: a collective, so all ranks stop at the same
+        step (one that stopped alone would leave the others waiting in their next all-reduce)."""
+        mine = self.reason is not None
+        if d.world == 1:
+            return mine
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if mine else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0 and self.reason is None:
+            self.reason = "another rank"
+        return flag.item() > 0
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -134,6 +189,7 @@ class SyncNetTask:
 
     kind = SYNCNET_KIND
     loss_names = ("loss",)
+    eval_keys = ("loss", "acc", "n")  # what eval_batch returns: the same keys on every rank, for the all-reduce
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         from lipsync_cli.models.syncnet import SyncNetColor
@@ -167,7 +223,7 @@ class SyncNetTask:
     def eval_batch(self, batch, amp) -> dict[str, float]:
         x, mel, y = (t.to(self.device) for t in batch)
         with amp():
-            a, v = self.model(mel, x)
+            a, v = _unwrap(self.model)(mel, x)  # no DDP: ranks may see different numbers of eval batches
         loss, d = L.cosine_bce(a, v, y)
         n = len(y)
         correct = ((d > 0.5).float() == y.view(-1)).float().sum().item()
@@ -216,6 +272,8 @@ class GeneratorTask:
             self.lpips = L.make_lpips(cfg.lpips_net, cfg.lpips_pretrained, device)
         extra = "gan" if self.use_gan else "lpips" if self.use_lpips else None
         self.loss_names = ("loss", "l1", "sync") + ((extra,) if extra else ()) + (("disc",) if self.use_gan else ())
+        self.eval_keys = ("l1", "sync", "n") + ((extra,) if extra else ())
+        self.mel_lead = GeneratorDataset.lead  # set from the dataset actually built, see dataset()
 
     @staticmethod
     def _load_expert(path: str, device: torch.device) -> torch.nn.Module:
@@ -228,7 +286,9 @@ class GeneratorTask:
         return expert
 
     def dataset(self, store: ClipStore, seed: int):
-        return GeneratorDataset(store, seed)
+        ds = GeneratorDataset(store, seed)
+        self.mel_lead = int(ds.lead)  # the lead the checkpoints record: the one the samples were built with
+        return ds
 
     def init_from(self, sd: dict) -> None:
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
@@ -260,11 +320,11 @@ class GeneratorTask:
         a = self.a if self.sync_active else 0.0
         return 1.0 - a - self.b, a, self.b
 
-    def _forward(self, batch, amp):
+    def _forward(self, batch, amp, model: torch.nn.Module | None = None):
         x, indiv, mel, y = (t.to(self.device, non_blocking=True) for t in batch)
         # x (B,6,T,96,96) indiv (B,T,1,80,16) mel (B,1,80,16) y (B,3,T,96,96)
         with amp():
-            g = self.model(indiv, x)  # (B,3,T,96,96)
+            g = (model or self.model)(indiv, x)  # (B,3,T,96,96)
         return x, mel, y, g.float()
 
     def step(self, batch, amp, backward) -> dict[str, float]:
@@ -302,7 +362,8 @@ class GeneratorTask:
 
     @torch.no_grad()
     def eval_batch(self, batch, amp) -> dict[str, float]:
-        _x, mel, y, g = self._forward(batch, amp)
+        # no DDP: ranks may see different numbers of eval batches
+        _x, mel, y, g = self._forward(batch, amp, _unwrap(self.model))
         n = len(y)
         out = {"l1": F.l1_loss(g, y).item() * n, "n": n}
         with amp():
@@ -329,12 +390,18 @@ class GeneratorTask:
             )
 
     def checkpoint_extras(self) -> dict:
-        extras: dict[str, Any] = {"sync_weight_active": self.sync_active}
+        extras: dict[str, Any] = {"sync_weight_active": self.sync_active, "mel_lead": self.mel_lead}
         if self.disc is not None:
             extras["disc_state_dict"] = {k: v.detach().cpu() for k, v in _unwrap(self.disc).state_dict().items()}
         return extras
 
     def load_extras(self, ckpt: dict) -> None:
+        if "mel_lead" in ckpt and int(ckpt["mel_lead"]) != self.mel_lead:
+            raise CheckpointMismatch(
+                f"cannot resume: the run was trained with a mel lead of {ckpt['mel_lead']} frames, this version "
+                f"trains with {self.mel_lead}",
+                "start a new run from its weights with --init",
+            )
         self.sync_active = bool(ckpt.get("sync_weight_active", self.sync_active))
         if self.disc is not None and "disc_state_dict" in ckpt:
             _unwrap(self.disc).load_state_dict(ckpt["disc_state_dict"])
@@ -345,11 +412,12 @@ class GeneratorTask:
         frame 0."""
         from torchvision.utils import make_grid
 
-        was_training = self.model.training
-        self.model.eval()
+        model = _unwrap(self.model)  # rank 0 alone draws samples: no DDP collectives here
+        was_training = model.training
+        model.eval()
         x, indiv, _mel, y = (t[:4].to(self.device) for t in batch)
-        g = self.model(indiv, x).float()
-        self.model.train(was_training)
+        g = model(indiv, x).float()
+        model.train(was_training)
         rows = [x[:, :3, 0], x[:, 3:, 0], g[:, :, 0], y[:, :, 0]]  # each (n, 3, 96, 96) BGR
         grid = make_grid(torch.cat(rows).flip(1).clamp(0, 1).cpu(), nrow=len(x))
         return grid
@@ -469,18 +537,53 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     """Train the expert (``cfg.kind == "syncnet"``) or a generator; return where the checkpoints are.
 
     ``progress`` receives dicts: ``{"event": "start"|"step"|"eval"|"end", "step", "steps", "losses",
-    "samples_per_s", ...}`` (rank 0 only). KeyboardInterrupt saves ``last.pt`` and returns with
-    ``interrupted``.
+    "samples_per_s", ...}`` (rank 0 only); a KeyboardInterrupt raised in it asks the run to stop, as Ctrl-C
+    does. SIGTERM or Ctrl-C: the step in progress is finished, ``last.pt`` saved, and the result has
+    ``interrupted`` (see the module docstring). A checkpoint or metrics file that cannot be written raises
+    WriteError.
     """
+    with _StopRequests() as stop:
+        return _train(cfg, progress, stop)
+
+
+def _check_same_samples(ckpt: dict, cfg: TrainConfig, world: int, path: Path) -> None:
+    """Refuse a resume that would not read the samples the uninterrupted run reads: the samples of a step
+    depend on the batch size and the number of processes (``data.StepBatchSampler``)."""
+    saved_bs = (ckpt.get("train_config") or {}).get("batch_size")
+    saved_world = ckpt.get("world_size")  # absent in checkpoints from before it was stored: not checked
+    diffs = []
+    if saved_bs is not None and int(saved_bs) != cfg.batch_size:
+        diffs.append(f"--batch-size {cfg.batch_size} (it was trained with {saved_bs})")
+    if saved_world is not None and int(saved_world) != world:
+        diffs.append(f"{world} process(es) (it was trained on {saved_world})")
+    if diffs:
+        raise BadOption(
+            f"cannot resume {path} with {' and '.join(diffs)}: the sample order depends on both",
+            f"resume with --batch-size {saved_bs or cfg.batch_size} on {saved_world or world} process(es), or "
+            "start a new run from its weights with --init",
+        )
+
+
+def _train(cfg: TrainConfig, progress: ProgressFn | None, stop: _StopRequests) -> TrainResult:
     # --- config --------------------------------------------------------------------------------------------
     cfg = validate(cfg)
     run_dir = Path(cfg.out)
     dist, device = _setup_distributed(cfg.device)
-    emit = progress if (progress is not None and dist.main) else (lambda ev: None)
+    precision = resolve_precision(cfg.precision, device, training=True)  # "fp32" | "bf16" | "fp16"
+
+    def emit(ev: dict) -> None:
+        if progress is None or not dist.main:
+            return
+        try:
+            progress(ev)
+        except KeyboardInterrupt:  # Ctrl-C while the callback drew, or a caller asking to stop
+            stop.request("KeyboardInterrupt")
+
     resume_ckpt = None
     if cfg.resume:
         resume_path = _resolve_resume(cfg.resume)
         resume_ckpt = _load_train_checkpoint(resume_path)
+        _check_same_samples(resume_ckpt, cfg, dist.world, resume_path)
     seed = cfg.seed
     random.seed(seed + dist.rank)
     np.random.seed((seed + dist.rank) % 2**32)
@@ -521,8 +624,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
 
     # --- optimizers, precision ------------------------------------------------------------------------------
     optimizers = task.optimizers()
-    amp_dtype = _precision(cfg, device)
-    scalers = {k: torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16) for k in optimizers}
+    scalers = {k: torch.amp.GradScaler(device.type, enabled=precision == "fp16") for k in optimizers}
     if resume_ckpt is not None:
         for k, opt in optimizers.items():
             opt.load_state_dict(resume_ckpt["optimizers"][k])
@@ -532,7 +634,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
         _set_rng_state(resume_ckpt.get("rng", {}).get(str(dist.rank)) or resume_ckpt.get("rng", {}).get("0"))
 
     def amp():
-        return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+        return autocast(device, precision)
 
     def backward(name: str, loss: torch.Tensor) -> None:
         opt, scaler = optimizers[name], scalers[name]
@@ -572,11 +674,13 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
         task.model.eval()
         if getattr(task, "disc", None) is not None:
             task.disc.eval()
-        sums: dict[str, float] = {}
+        # the same keys on every rank, zeros where a rank has no eval batch (fewer batches than processes):
+        # every rank takes part in the all-reduce with a tensor of the same size
+        sums = dict.fromkeys(task.eval_keys, 0.0)
         grid_batch = None
         for batch in val_loader:
             for k, v in task.eval_batch(batch, amp).items():
-                sums[k] = sums.get(k, 0.0) + v
+                sums[k] += v
             grid_batch = grid_batch if grid_batch is not None else batch
         sums = _all_reduce_sum(sums, dist, device)
         task.model.train()
@@ -628,6 +732,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
             train_config=cfg.to_dict(),
             metrics=records[-2:],
             best_loss=best_loss,
+            world_size=dist.world,
             rng={"0": _rng_state()},
             running={"sums": dict(running), "n": n_running},  # the train averages of the next eval
             **task.checkpoint_extras(),
@@ -661,10 +766,19 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
         running = {k: float(v) for k, v in resume_ckpt["running"]["sums"].items()}
         n_running = int(resume_ckpt["running"]["n"])
     t_last, step_last = time.perf_counter(), step
+    saved_at = None  # the step of the last checkpoint this run wrote
+    in_step = False  # True from the first backward of a step until its counter moves
+    batches = iter(loader)
     try:
-        for batch in loader:
+        while step < cfg.steps:
+            if stop.agreed(dist, device):  # every rank, every step: they all stop at the same boundary
+                interrupted = True
+                break
+            batch = next(batches)
+            in_step = True
             out = task.step(batch, amp, backward)
             step += 1
+            in_step = False
             for k, v in out.items():
                 running[k] = running.get(k, 0.0) + v
             n_running += 1
@@ -681,21 +795,32 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
                 running, n_running = {}, 0
                 res = evaluate(avg)
                 checkpoint(res["is_best"])
-    except KeyboardInterrupt:
+                saved_at = step
+    except KeyboardInterrupt:  # a second Ctrl-C: at once
+        if in_step:  # the optimizers may have stepped without the counter: such a state is never saved
+            if dist.main:
+                log.warning("interrupted inside step %d: nothing saved (%s holds the last checkpoint)",
+                            step + 1, run_dir / "last.pt")
+            raise
         interrupted = True
-        log.warning("interrupted at step %d: saving %s", step, run_dir / "last.pt")
-        checkpoint(False)
     finally:
         if writer is not None:
             writer.close()
-    if not (run_dir / "last.pt").exists() and dist.main:
+    if interrupted:
+        if dist.main:
+            log.warning("stopped at step %d (%s): saving %s", step, stop.reason or "KeyboardInterrupt",
+                        run_dir / "last.pt")
+        if saved_at != step:
+            checkpoint(False)
+    elif not (run_dir / "last.pt").exists() and dist.main:
         checkpoint(False)
     if dist.world > 1:
         import torch.distributed as tdist
 
         tdist.barrier()
     emit({"event": "end", "step": step, "steps": cfg.steps, "interrupted": interrupted})
-    return TrainResult(run_dir, step, run_dir / "last.pt", run_dir / "best.pt", best_loss, interrupted, new_records)
+    return TrainResult(run_dir, step, run_dir / "last.pt", run_dir / "best.pt", best_loss, interrupted, new_records,
+                       stop.signum if interrupted else None)
 
 
 def resume_config(run_or_ckpt: str, **overrides: Any) -> TrainConfig:
