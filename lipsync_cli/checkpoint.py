@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from lipsync_cli.checkpoint_io import (  # noqa: F401  re-exported: the loading 
 )
 from lipsync_cli.checkpoint_kinds import GENERATOR_KINDS, generator_kinds  # noqa: F401  GENERATOR_KINDS re-exported
 from lipsync_cli.errors import CheckpointError, CheckpointMismatch
+from lipsync_cli.files import atomic_path
 
 
 def _mismatch(path, arch: str, err: RuntimeError) -> CheckpointMismatch:
@@ -106,19 +106,18 @@ LEGACY_MEL_LEAD = 2  # our checkpoints from before the lead was stored were all 
 def generator_mel_lead(obj: Any) -> int:
     """The audio/video lead (video frames) a generator file was trained with, for ``audio.mel_start``.
 
-    Ours store it as ``mel_lead``; ours from the first release carry none and were trained with 2; upstream
-    Wav2Lip files keep Wav2Lip's inference indexing (0)."""
-    if not is_ours(obj):
-        return 0
-    lead = obj.get("mel_lead")
-    return LEGACY_MEL_LEAD if lead is None else int(lead)
+    Any file that stores ``mel_lead`` (ours; ``lipsync train export`` files in the upstream layout) gives it;
+    ours from the first release carry none and were trained with 2; upstream Wav2Lip files keep Wav2Lip's
+    inference indexing (0)."""
+    lead = obj.get("mel_lead") if isinstance(obj, dict) else None
+    if lead is not None:
+        return int(lead)
+    return LEGACY_MEL_LEAD if is_ours(obj) else 0
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, then rename: readers never see half a file."""
     import torch
-
-    from lipsync_cli.files import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -171,8 +170,8 @@ def to_ours(obj: Any, path: str | os.PathLike = "<checkpoint>", arch: str | None
     if isinstance(obj, dict):
         extra = {"step": _plain_int(obj.get("global_step")), "epoch": _plain_int(obj.get("global_epoch"))}
         extra = {k: v for k, v in extra.items() if v is not None}
-    if kind in generator_kinds():
-        return make_checkpoint(build_loaded(kind, {}, sd, path), **extra)
+    if kind in generator_kinds():  # an upstream generator keeps its lead (0: Wav2Lip's inference indexing)
+        return make_checkpoint(build_loaded(kind, {}, sd, path), mel_lead=generator_mel_lead(obj), **extra)
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": kind, "arch": kind, "config": {},
             "state_dict": {k: (v.detach().cpu() if hasattr(v, "detach") else v) for k, v in sd.items()},
             **extra}
@@ -184,8 +183,11 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> dict:
 
 
 def inference_only(ckpt: dict) -> dict:
-    """Strip a checkpoint of ours to what inference needs: format, kind, arch, config, state_dict."""
-    keep = ("format", "format_version", "kind", "arch", "config", "state_dict")
+    """Strip a checkpoint of ours to what inference needs: format, kind, arch, config, state_dict, and a
+    generator's ``mel_lead`` (written out, so that a file of the first release keeps meaning 2)."""
+    keep = ("format", "format_version", "kind", "arch", "config", "state_dict", "mel_lead")
+    if ckpt.get("kind") in generator_kinds():
+        ckpt = {**ckpt, "mel_lead": generator_mel_lead(ckpt)}
     return {k: ckpt[k] for k in keep if k in ckpt}
 
 
@@ -206,15 +208,10 @@ def save_safetensors(ckpt: dict, path: str | os.PathLike) -> None:
         "arch": str(ckpt.get("arch") or ""),
         "config": json.dumps(ckpt.get("config") or {}, sort_keys=True),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if ckpt.get("kind") in generator_kinds():
+        meta["mel_lead"] = str(generator_mel_lead(ckpt))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:

@@ -91,7 +91,7 @@ def _load_safetensors(path: Path) -> dict:
         config = json.loads(meta.get("config") or "{}")
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: its config metadata is not valid JSON") from None
-    return {
+    out = {
         "format": FORMAT_NAME,
         "format_version": int(meta.get("format_version") or FORMAT_VERSION),
         "kind": meta.get("kind") or meta.get("arch"),
@@ -99,6 +99,9 @@ def _load_safetensors(path: Path) -> dict:
         "config": config,
         "state_dict": sd,
     }
+    if meta.get("mel_lead") not in (None, ""):
+        out["mel_lead"] = int(meta["mel_lead"])
+    return out
 
 
 def unwrap_state_dict(obj: Any) -> dict:

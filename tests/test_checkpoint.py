@@ -258,7 +258,9 @@ def test_training_checkpoint_keeps_state_and_export_strips_it(tmp_path, fake_ckp
 
     small = tmp_path / "small.pt"
     ckpt.export_checkpoint(path, small)
-    assert set(ckpt.load_file(small)) == {"format", "format_version", "kind", "arch", "config", "state_dict"}
+    assert set(ckpt.load_file(small)) == {"format", "format_version", "kind", "arch", "config", "state_dict",
+                                          "mel_lead"}
+    assert ckpt.load_file(small)["mel_lead"] == 2  # no lead stored in the source: our legacy 2, written out
     assert torch.equal(_run(ckpt.load_generator(small), mel, face), expected)
 
 

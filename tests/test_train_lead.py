@@ -160,10 +160,24 @@ def test_train_export_keeps_the_lead(tmp_path, stored, exported):
     assert obj["optimizer"] is None and obj["global_step"] == 5 and "format" not in obj
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint.generator_mel_lead reads mel_lead of our files only (lead's)")
 def test_exported_generator_dubs_with_its_lead(tmp_path):
     from lipsync_cli.checkpoint import load_generator
 
     out = tmp_path / "wav2lip.pth"
     assert _cli(["train", "export", str(_our_generator_file(tmp_path / "last.pt", mel_lead=1)), str(out)]) == 0
     assert load_generator(out).mel_lead == 1
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_weights_import_and_export_keep_the_lead(tmp_path, suffix, fake_ckpt):
+    """An upstream file imported stays at Wav2Lip's indexing (0), not our legacy 2; an export of ours keeps its
+    lead, also through safetensors metadata; a first-release file of ours (no key) stays at 2."""
+    from lipsync_cli.checkpoint import export_checkpoint, import_checkpoint, load_generator
+
+    imported = tmp_path / f"imported{suffix}"
+    import_checkpoint(fake_ckpt("wav2lip"), imported)
+    assert load_generator(imported).mel_lead == 0
+    for lead, expect in ((1, 1), (None, 2)):
+        exported = tmp_path / f"exported_{lead}{suffix}"
+        export_checkpoint(_our_generator_file(tmp_path / f"ours_{lead}.pt", mel_lead=lead), exported)
+        assert load_generator(exported).mel_lead == expect
