@@ -1,13 +1,17 @@
-"""Known weight files: registry, where they live, download (resume, mirrors, sha256) and verification.
+"""Known weight files: registry, where they live, download (resume, mirrors, sha256, a lock) and verification.
 
-Where a weight file is looked for, first match wins:
+Every registry file is found by one resolver (:func:`resolve`, :func:`find`); first match wins:
     1. an explicit path (``--checkpoint``, ``--detector-weights``), see :func:`resolve`;
     2. the project's ``weights/`` folder (the checkout's, beside the package, then ``./weights`` of the CWD);
-    3. the user cache: ``$LIPSYNC_HOME``, else ``$XDG_CACHE_HOME/lipsync``, else ``~/.cache/lipsync``.
-insightface's ``buffalo_l`` pack additionally lives where insightface expects it (``~/.insightface/models``).
+    3. the user cache: ``$LIPSYNC_HOME``, else ``$XDG_CACHE_HOME/lipsync``, else ``~/.cache/lipsync``;
+    4. where the file's own library keeps it, which is also where a download of it goes: insightface's
+       ``buffalo_l`` pack in ``$INSIGHTFACE_HOME/models/buffalo_l`` (default ``~/.insightface``), torchvision's
+       LPIPS trunks in torch's hub cache ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch``).
 
 Downloads stream into ``<file>.part`` beside the target while hashing; an interrupted download resumes with an
-HTTP ``Range`` request; the file is renamed into place only when its size and sha256 match the registry.
+HTTP ``Range`` request; the file is renamed into place only when its size and sha256 match the registry. A lock
+(``<file>.lock`` beside the target, removed afterwards) serialises processes downloading the same file: the
+second one waits, then finds the finished file.
 Environment: ``LIPSYNC_OFFLINE=1`` never touches the network; ``LIPSYNC_WEIGHTS_MIRROR=URL`` replaces every
 registry URL by ``URL/<file name>``.
 
@@ -21,16 +25,24 @@ import http.client
 import logging
 import os
 import shutil
-import tempfile
+import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from lipsync_cli.errors import DownloadError, WeightsNotFound
+from lipsync_cli.files import atomic_path, write_error
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent downloads of one file are not serialised there
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +58,19 @@ NON_COMMERCIAL = "non-commercial research use only (Wav2Lip licence; trained on 
 
 _HF = "https://huggingface.co/Nekochu/Wav2Lip/resolve/main/"
 _HF2 = "https://huggingface.co/numz/wav2lip_studio/resolve/main/Wav2lip/"
+TORCHVISION_LICENCE = "torchvision release (BSD-3-Clause code); trained on ImageNet, check its terms"
 
 
 @dataclass(frozen=True)
 class WeightSpec:
     """One known weight file.
 
-    ``kind`` is its role (generator / detector / expert / discriminator / eval); ``arch`` the
-    checkpoint kind it holds (a ``checkpoint.KIND_NAMES`` key, or ``"insightface"``). ``size`` is in bytes.
-    ``urls`` lists the original first, then mirrors. When ``archive_member`` is set, the URLs serve a zip
-    (``archive_name``) and the registry file is that member of it; size and sha256 are the member's.
-    ``home`` names a non-default download folder (``"insightface"``: ``~/.insightface/models/<pack>``).
+    ``kind`` is its role (generator / detector / expert / discriminator / eval / lpips); ``arch`` the
+    checkpoint kind it holds (a ``checkpoint.KIND_NAMES`` key, ``"insightface"`` or ``"torchvision"``). ``size``
+    is in bytes. ``urls`` lists the original first, then mirrors. When ``archive_member`` is set, the URLs serve
+    a zip (``download_name``) and the registry file is that member of it; size and sha256 are the member's.
+    ``home`` names the library that also keeps the file, where it is looked for and downloaded to:
+    ``"insightface"`` (``$INSIGHTFACE_HOME/models/<pack>``) or ``"torch"`` (``$TORCH_HOME/hub/checkpoints``).
     """
 
     name: str
@@ -132,6 +146,22 @@ REGISTRY: dict[str, WeightSpec] = {
         "insightface buffalo_l pack: SCRFD-10G face detector (det_10g.onnx)",
         archive_member="det_10g.onnx", home="insightface", pack="buffalo_l",
     ),
+    # torchvision's ImageNet trunks of LPIPS (the lpips package ships only its linear layers); the 8 hex digits
+    # in each name are the sha256 prefix torchvision checks.
+    "lpips-alex": WeightSpec(
+        "lpips-alex", "lpips", "torchvision", "alexnet-owt-7be5be79.pth", 244408911,
+        "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02", TORCHVISION_LICENCE,
+        ("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",),
+        "torchvision AlexNet: the LPIPS trunk of `--lpips-net alex` and of the evaluate LPIPS metric",
+        home="torch",
+    ),
+    "lpips-vgg": WeightSpec(
+        "lpips-vgg", "lpips", "torchvision", "vgg16-397923af.pth", 553433881,
+        "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0", TORCHVISION_LICENCE,
+        ("https://download.pytorch.org/models/vgg16-397923af.pth",),
+        "torchvision VGG16: the LPIPS trunk of `--lpips-net vgg`",
+        home="torch",
+    ),
 }
 
 DEFAULT_GENERATOR = "wav2lip_gan"
@@ -179,9 +209,37 @@ def weights_dirs() -> list[Path]:
     return dirs
 
 
+def insightface_home() -> Path:
+    """insightface's root: ``$INSIGHTFACE_HOME``, else ``~/.insightface`` (its default ``root``)."""
+    return Path(os.environ.get("INSIGHTFACE_HOME") or "~/.insightface").expanduser()
+
+
 def insightface_root() -> Path:
-    """Where insightface keeps its model packs (its default ``root='~/.insightface'``)."""
-    return Path("~/.insightface").expanduser() / "models"
+    """Where insightface keeps its model packs: ``<insightface_home()>/models``."""
+    return insightface_home() / "models"
+
+
+def torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()`` without importing torch: ``$TORCH_HOME/hub``, else ``$XDG_CACHE_HOME/torch/hub``,
+    else ``~/.cache/torch/hub`` (a folder set with ``torch.hub.set_dir`` wins once torch is imported)."""
+    hub = sys.modules.get("torch.hub")
+    if hub is not None:
+        return Path(hub.get_dir())
+    home = os.environ.get("TORCH_HOME")
+    if home:
+        return Path(home).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "torch" / "hub"
+
+
+def library_dir(spec: WeightSpec) -> Path | None:
+    """The folder of the library that also keeps ``spec`` (see ``WeightSpec.home``), or None."""
+    if spec.home == "insightface":
+        return insightface_root() / (spec.pack or spec.name)
+    if spec.home == "torch":
+        return torch_hub_dir() / "checkpoints"
+    return None
 
 
 def get_spec(name: str) -> WeightSpec:
@@ -194,10 +252,9 @@ def get_spec(name: str) -> WeightSpec:
 
 
 def default_dir(spec: WeightSpec) -> Path:
-    """Folder a download of ``spec`` goes to when no ``dest_dir`` is given."""
-    if spec.home == "insightface":
-        return insightface_root() / (spec.pack or spec.name)
-    return user_cache_dir()
+    """Folder a download of ``spec`` goes to when no ``dest_dir`` is given: its library's folder, else the user
+    cache."""
+    return library_dir(spec) or user_cache_dir()
 
 
 def candidate_paths(name: str) -> list[Path]:
@@ -208,8 +265,9 @@ def candidate_paths(name: str) -> list[Path]:
         if spec.pack:
             out.append(d / spec.pack / spec.file)
         out.append(d / spec.file)
-    if spec.home == "insightface":
-        out.append(default_dir(spec) / spec.file)
+    lib = library_dir(spec)
+    if lib is not None:
+        out.append(lib / spec.file)
     seen: list[Path] = []
     for p in out:
         if p not in seen:
@@ -249,10 +307,10 @@ def download_command(names: Iterable[str]) -> str:
     return "lipsync weights download " + " ".join(names)
 
 
-def _not_found(spec: WeightSpec, why: str, target: Path) -> WeightsNotFound:
+def _not_found(spec: WeightSpec, why: str | None, target: Path) -> WeightsNotFound:
     urls = " ".join(urls_for(spec))
     return WeightsNotFound(
-        f"{spec.name} weights ({spec.file}, {human_size(spec.size)}) not found and {why}",
+        f"{spec.name} weights ({spec.file}, {human_size(spec.size)}) not found" + (f" and {why}" if why else ""),
         f"run `{download_command([spec.name])}` when online, or download {urls} into {target}; "
         f"licence: {spec.licence}",
     )
@@ -385,7 +443,11 @@ def _fetch(url: str, part: Path, size: int | None, sha256: str | None,
         done = have
         if progress:
             progress(done, total)
-        with open(part, mode) as f:
+        try:
+            f = open(part, mode)  # noqa: SIM115  (closed by the with below)
+        except OSError as err:
+            raise write_error(part, err) from None
+        with f:
             while True:
                 try:
                     chunk = resp.read(CHUNK_BYTES)
@@ -398,7 +460,10 @@ def _fetch(url: str, part: Path, size: int | None, sha256: str | None,
                     f.close()
                     part.unlink()
                     raise _AttemptFailed(f"server sent more than the expected {size} B: not the right file")
-                f.write(chunk)
+                try:
+                    f.write(chunk)
+                except OSError as err:  # disk full: keep the good prefix for a resume, stop trying mirrors
+                    raise write_error(part, err) from None
                 h.update(chunk)
                 done += len(chunk)
                 if progress:
@@ -423,45 +488,109 @@ def _extract_member(spec: WeightSpec, archive: Path, target: Path) -> None:
             names = [n for n in zf.namelist() if Path(n).name == member]
             if not names:
                 raise DownloadError(f"{archive.name} does not contain {member}")
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            with os.fdopen(fd, "wb") as out, zf.open(names[0]) as src:
-                shutil.copyfileobj(src, out, CHUNK_BYTES)
+            with atomic_path(target) as tmp:
+                with open(tmp, "wb") as out, zf.open(names[0]) as src:
+                    shutil.copyfileobj(src, out, CHUNK_BYTES)
+                result = verify_file(spec, tmp)
+                if not result.ok:
+                    raise DownloadError(f"{member} from {archive.name}: {result.reason}",
+                                        "the mirror serves a different file")
     except zipfile.BadZipFile as err:
         archive.unlink(missing_ok=True)
         raise DownloadError(f"{archive.name} is not a valid zip ({err})") from None
-    result = verify_file(spec, tmp)
-    if not result.ok:
-        os.unlink(tmp)
+    except DownloadError:
         archive.unlink(missing_ok=True)
-        raise DownloadError(f"{member} from {archive.name}: {result.reason}",
-                            "the mirror serves a different file")
-    os.replace(tmp, target)
+        raise
     archive.unlink(missing_ok=True)
 
 
+LOCK_POLL_S = 0.2  # how often a waiting process checks the lock (and notifies once that it waits)
+
+
+@contextmanager
+def download_lock(target: Path, notify: NotifyFn | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``<target>.lock`` (``fcntl.flock``) while ``target`` is being downloaded.
+
+    A second process blocks here until the first is done (``notify`` is told once that it waits), so it never
+    writes the same ``.part``. The lock file is deleted on release; a waiter that then holds the lock of a
+    deleted file takes the lock again on a fresh file (checked by inode), so two processes never both believe
+    they hold it. Without ``fcntl`` (Windows) nothing is locked.
+    """
+    if fcntl is None:
+        yield
+        return
+    lock = target.with_name(target.name + ".lock")
+    told = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise write_error(lock, err) from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not told:
+                        told = True
+                        msg = f"another process is downloading {target.name}; waiting for it to finish"
+                        log.info(msg)
+                        if notify:
+                            notify(msg)
+                    time.sleep(LOCK_POLL_S)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # the holder before us deleted this file: lock the new one
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
 def download(name: str, dest_dir: str | os.PathLike | None = None, *,
-             progress: ProgressFn | None = None) -> Path:
+             progress: ProgressFn | None = None, notify: NotifyFn | None = None) -> Path:
     """Download a registry file into ``dest_dir`` (default: :func:`default_dir`) and return its path.
 
     Tries each URL in turn (``LIPSYNC_WEIGHTS_MIRROR`` replaces them); resumes ``<file>.part`` with HTTP
     Range; checks the announced size before streaming and the sha256 after; renames into place only when
     both match.
-    A present, correct file is returned without downloading. Raises DownloadError when every URL fails
-    (``.network_only`` is True when no host could be reached), WeightsNotFound for an unknown name.
+    A present, correct file is returned without downloading. Another process downloading the same file is
+    waited for (:func:`download_lock`; ``notify`` says so once), then its file is returned. Raises
+    DownloadError when every URL fails (``.network_only`` is True when no host could be reached),
+    WeightsNotFound for an unknown name, WriteError when the folder or file cannot be written.
     """
-    return _download(name, dest_dir, progress)
+    return _download(name, dest_dir, progress, notify)
 
 
-def _download(name: str, dest_dir: str | os.PathLike | None, progress: ProgressFn | None) -> Path:
+def _download(name: str, dest_dir: str | os.PathLike | None, progress: ProgressFn | None,
+              notify: NotifyFn | None = None) -> Path:
     spec = get_spec(name)
     dest = Path(dest_dir) if dest_dir is not None else default_dir(spec)
-    dest.mkdir(parents=True, exist_ok=True)
     target = dest / spec.file
-    if target.is_file():
-        if verify_file(spec, target).ok:
-            return target
-        log.warning("%s exists but does not match the registry; downloading it again", target)
+    if target.is_file() and verify_file(spec, target).ok:
+        return target
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(dest, err) from None
+    with download_lock(target, notify):
+        if target.is_file():  # finished by the process we waited for, or an old copy
+            if verify_file(spec, target).ok:
+                return target
+            log.warning("%s exists but does not match the registry; downloading it again", target)
+        return _download_locked(spec, dest, target, progress)
 
+
+def _download_locked(spec: WeightSpec, dest: Path, target: Path, progress: ProgressFn | None) -> Path:
     fetched_name = spec.download_name
     part = dest / f"{fetched_name}.part"
     size, sha = (None, None) if spec.archive_member else (spec.size, spec.sha256)
@@ -482,12 +611,16 @@ def _download(name: str, dest_dir: str | os.PathLike | None, progress: ProgressF
                 if spec.archive_member:
                     _extract_member(spec, part, target)
                 else:
-                    os.replace(part, target)
+                    try:
+                        os.replace(part, target)
+                    except OSError as err:
+                        raise write_error(target, err) from None
                 return target
     if not urls_for(spec):
         failures.append("no URL known")
+    kept = part.is_file() and part.stat().st_size > 0  # a good prefix; a wrong file is never kept
     err = DownloadError(f"could not download {spec.name} ({spec.file}): " + "; ".join(failures),
-                        f"a partial file, if any, is kept as {part} and resumed next time")
+                        f"the partial file {part} is kept and resumed next time" if kept else None)
     err.network_only = all_network and bool(failures)  # type: ignore[attr-defined]
     raise err
 
@@ -499,8 +632,8 @@ def resolve(name: str, explicit: str | os.PathLike | None = None, *, offline: bo
 
     ``explicit`` (a user-given path) wins and must exist. Otherwise the first copy :func:`find` sees.
     Otherwise, unless offline (``offline`` true, or ``LIPSYNC_OFFLINE=1``) or ``download`` is False, download
-    it into the user cache, announcing it through ``notify`` (name, size, URL, licence) first. When offline,
-    or when no download host can be reached, raise WeightsNotFound naming the exact
+    it into :func:`default_dir`, announcing it through ``notify`` (name, size, URL, licence) first. When
+    offline, not downloading, or when no download host can be reached, raise WeightsNotFound naming the exact
     ``lipsync weights download NAME`` command, the URLs and the target folder.
     """
     from lipsync_cli.errors import InputNotFound
@@ -517,7 +650,7 @@ def resolve(name: str, explicit: str | os.PathLike | None = None, *, offline: bo
     target = default_dir(spec)
     offline = bool(offline) or is_offline()  # the environment variable applies even when the arg is False
     if offline or not download:
-        why = "offline mode is on (--offline or LIPSYNC_OFFLINE=1)" if offline else "downloads are disabled"
+        why = "offline mode is on (--offline or LIPSYNC_OFFLINE=1)" if offline else None
         raise _not_found(spec, why, target)
     if notify:
         urls = urls_for(spec)
@@ -525,7 +658,7 @@ def resolve(name: str, explicit: str | os.PathLike | None = None, *, offline: bo
         notify(f"downloading {spec.name} ({spec.file}, {human_size(spec.size)}) from {source} "
                f"into {target}; licence: {spec.licence}")
     try:
-        return _download(name, target, progress)
+        return _download(name, target, progress, notify)
     except DownloadError as err:
         if getattr(err, "network_only", False):
             raise _not_found(spec, "the download hosts cannot be reached", target) from None

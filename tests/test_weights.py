@@ -8,13 +8,15 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lipsync_cli import weights
-from lipsync_cli.errors import DownloadError, InputNotFound, WeightsNotFound
+from lipsync_cli.errors import CheckpointError, DownloadError, InputNotFound, WeightsNotFound, WriteError
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = bytes(range(256)) * 600  # 153.6 kB of "weights"
@@ -24,7 +26,8 @@ BODY_SHA = hashlib.sha256(BODY).hexdigest()
 class _Handler(BaseHTTPRequestHandler):
     """Routes: /good/<f> (honours Range), /norange/<f> (ignores it), /trunc/<f> (first answer cut in half),
     /bad/<f> (same size, wrong bytes), /short/<f> (a smaller file), /zeros/<f> (the registry size of the s3fd
-    entry, all zeros, streamed), anything else 404."""
+    entry, all zeros, streamed), /slow/<f> (the first half, then the rest once ``server.release`` is set),
+    anything else 404."""
 
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
@@ -36,7 +39,7 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "zeros":
             return self._send_zeros(weights.REGISTRY["s3fd"].size)
         body = {"good": BODY, "norange": BODY, "trunc": BODY, "bad": bytes(len(BODY)),
-                "short": BODY[:1000]}.get(kind)
+                "short": BODY[:1000], "slow": BODY}.get(kind)
         if body is None:
             self.send_error(404)
             return
@@ -60,6 +63,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if kind == "slow":
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            srv.release.wait(timeout=60)
+            self.wfile.write(payload[len(payload) // 2:])
+            return
         self.wfile.write(payload)
 
     def _send_zeros(self, n: int) -> None:
@@ -79,6 +88,7 @@ def server():
     srv.daemon_threads = True
     srv.requests = []
     srv.truncations = 1
+    srv.release = threading.Event()
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
@@ -97,6 +107,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("LIPSYNC_HOME", str(home))
     monkeypatch.delenv("LIPSYNC_WEIGHTS_MIRROR", raising=False)
     monkeypatch.delenv("LIPSYNC_OFFLINE", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("INSIGHTFACE_HOME", str(tmp_path / "insightface"))
     monkeypatch.chdir(tmp_path)
     return home
 
@@ -130,6 +142,11 @@ def test_registry_facts():
                        "961e8696f888fce4f3f3a6c3d5b3267cf5b343100b238e79b2659bff2c605442"),
         "buffalo_l": ("det_10g.onnx", 16923827,
                       "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91"),
+        # torchvision's released files (AlexNet_Weights / VGG16_Weights.IMAGENET1K_V1)
+        "lpips-alex": ("alexnet-owt-7be5be79.pth", 244408911,
+                       "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02"),
+        "lpips-vgg": ("vgg16-397923af.pth", 553433881,
+                      "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"),
     }
     assert set(weights.REGISTRY) == set(expected)
     for name, (file, size, sha) in expected.items():
@@ -143,9 +160,14 @@ def test_registry_facts():
         assert "numz/wav2lip_studio" in spec.urls[1]
     assert weights.REGISTRY["s3fd"].urls[0] == "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"
     assert weights.REGISTRY["syncnet_v2"].urls[0].endswith("/lipsync/data/syncnet_v2.model")
+    for name in ("lpips-alex", "lpips-vgg"):
+        spec = weights.REGISTRY[name]
+        assert spec.urls == (f"https://download.pytorch.org/models/{spec.file}",)
+        assert spec.sha256.startswith(spec.file.rsplit("-", 1)[1].removesuffix(".pth"))  # torchvision's prefix
     from lipsync_cli.checkpoint import KIND_NAMES
 
-    assert all(s.arch in KIND_NAMES for s in weights.REGISTRY.values() if s.arch != "insightface")
+    assert all(s.arch in KIND_NAMES for s in weights.REGISTRY.values()
+               if s.arch not in ("insightface", "torchvision"))
 
 
 def test_weights_dirs_order_and_env(tmp_path, monkeypatch):
@@ -227,9 +249,10 @@ def test_server_ignoring_range_restarts_cleanly(server, isolated, tmp_path, monk
 
 def test_wrong_hash_leaves_nothing_then_next_mirror(server, isolated, tmp_path, monkeypatch):
     _add_fake(monkeypatch, [f"{server.url}/bad/fake.pth"])
-    with pytest.raises(DownloadError, match="sha256 mismatch"):
+    with pytest.raises(DownloadError, match="sha256 mismatch") as info:
         weights.download("fake", tmp_path)
     assert _files(tmp_path) == []
+    assert ".part" not in str(info.value) and "kept" not in str(info.value)  # nothing is kept: say nothing
     # a corrupt part from an earlier run is not trusted either: its hash fails, it is dropped
     _add_fake(monkeypatch, [f"{server.url}/good/fake.pth"])
     (tmp_path / "fake.pth.part").write_bytes(bytes(1000))
@@ -240,6 +263,83 @@ def test_wrong_hash_leaves_nothing_then_next_mirror(server, isolated, tmp_path, 
     _add_fake(monkeypatch, [f"{server.url}/bad/fake.pth", f"{server.url}/good/fake.pth"])
     assert weights.download("fake", tmp_path).read_bytes() == BODY
     assert _files(tmp_path) == ["fake.pth"]
+
+
+def test_partial_file_kept_only_when_it_is_a_good_prefix(server, isolated, tmp_path, monkeypatch):
+    """A download cut short on every attempt keeps its good prefix and says so; a wrong file keeps nothing and
+    the message does not claim otherwise."""
+    server.truncations = 99  # every answer is cut in half
+    _add_fake(monkeypatch, [f"{server.url}/trunc/fake.pth"])
+    with pytest.raises(DownloadError) as info:
+        weights.download("fake", tmp_path / "d")
+    part = tmp_path / "d" / "fake.pth.part"
+    assert _files(tmp_path / "d") == ["fake.pth.part"] and 0 < part.stat().st_size < len(BODY)
+    assert part.read_bytes() == BODY[: part.stat().st_size]
+    assert f"the partial file {part} is kept" in str(info.value)
+    _add_fake(monkeypatch, [f"{server.url}/bad/fake.pth"])
+    with pytest.raises(DownloadError, match="sha256 mismatch") as info:
+        weights.download("fake", tmp_path / "e")
+    assert _files(tmp_path / "e") == []
+    assert "partial" not in str(info.value) and ".part" not in str(info.value)
+
+
+def test_unwritable_folder_is_a_write_error(server, isolated, tmp_path, monkeypatch):
+    _add_fake(monkeypatch, [f"{server.url}/good/fake.pth"])
+    (tmp_path / "afile").write_bytes(b"x")
+    with pytest.raises(WriteError, match="could not write .*afile"):  # a folder inside a plain file
+        weights.download("fake", tmp_path / "afile" / "sub")
+    assert server.requests == []
+
+
+_DOWNLOADER = """
+import sys
+from lipsync_cli import weights
+url, dest, size, sha = sys.argv[1:]
+weights.REGISTRY["fake"] = weights.WeightSpec("fake", "generator", "wav2lip", "fake.pth", int(size), sha,
+                                              "test only", (url,))
+path = weights.download("fake", dest, notify=lambda msg: print("NOTE", msg, flush=True))
+print("DONE", path, flush=True)
+"""
+
+
+def test_two_processes_downloading_one_file(server, isolated, tmp_path):
+    """The second process waits on the lock while the first streams (slowly), then finds the finished file:
+    one request, both succeed, one intact file, no .part or .lock left."""
+    dest = tmp_path / "dest"
+    env = {**_cli_env(isolated), "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-c", _DOWNLOADER, f"{server.url}/slow/fake.pth", str(dest), str(len(BODY)), BODY_SHA]
+    outs = [tmp_path / "a.out", tmp_path / "b.out"]
+
+    def start(out: Path) -> subprocess.Popen:
+        with open(out, "w") as f:
+            return subprocess.Popen(args, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    def wait_for(cond, timeout=60.0) -> None:
+        end = time.monotonic() + timeout
+        while not cond() and time.monotonic() < end:
+            time.sleep(0.05)
+
+    procs = [start(outs[0])]
+    try:
+        wait_for(lambda: len(server.requests) == 1)  # A is half-way through and held there
+        assert len(server.requests) == 1, outs[0].read_text()
+        procs.append(start(outs[1]))
+        # B either waits on the lock (it says so) or, without one, sends its own request
+        wait_for(lambda: "NOTE" in outs[1].read_text() or len(server.requests) > 1 or procs[1].poll() is not None)
+        server.release.set()
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:
+        server.release.set()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    texts = [o.read_text() for o in outs]
+    assert codes == [0, 0], texts
+    assert all(f"DONE {dest / 'fake.pth'}" in t for t in texts), texts
+    assert "another process is downloading fake.pth" in texts[1]
+    assert server.requests == [("/slow/fake.pth", None)]
+    assert (dest / "fake.pth").read_bytes() == BODY
+    assert _files(dest) == ["fake.pth"]
 
 
 def test_wrong_size_is_refused_before_streaming(server, isolated, tmp_path, monkeypatch):
@@ -393,3 +493,182 @@ def test_cli_offline_download_refused(isolated, monkeypatch):
                           cwd=isolated.parent, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 5 and "LIPSYNC_OFFLINE" in proc.stderr
     assert not isolated.exists()
+
+
+# --- one resolver: torchvision's hub cache, insightface's home, the detectors ------------------------------
+
+def test_lpips_trunks_are_found_in_torch_hub_and_weights_folders(isolated, tmp_path, monkeypatch):
+    hub = tmp_path / "torch" / "hub" / "checkpoints"  # torch.hub.get_dir() is $TORCH_HOME/hub
+    for name, file in (("lpips-alex", "alexnet-owt-7be5be79.pth"), ("lpips-vgg", "vgg16-397923af.pth")):
+        spec = weights.get_spec(name)
+        assert weights.default_dir(spec) == hub  # downloads go where torchvision itself looks
+        assert weights.find(name) is None
+        hub.mkdir(parents=True, exist_ok=True)
+        (hub / file).write_bytes(b"t")
+        assert weights.find(name) == hub / file
+        (tmp_path / "weights").mkdir(exist_ok=True)
+        (tmp_path / "weights" / file).write_bytes(b"w")
+        assert weights.find(name) == tmp_path / "weights" / file  # our folders first
+    monkeypatch.setenv("LIPSYNC_WEIGHTS_MIRROR", "http://mirror.local/w")
+    assert weights.urls_for(weights.get_spec("lpips-vgg")) == ["http://mirror.local/w/vgg16-397923af.pth"]
+
+
+def test_cli_download_lpips_trunks_into_torch_hub(server, isolated, tmp_path, monkeypatch):
+    """`lipsync weights download lpips-alex lpips-vgg` through the mirror variable lands both files, under
+    torchvision's names, in $TORCH_HOME/hub/checkpoints (registry sizes stand in for the real 0.8 GB)."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from lipsync_cli.cli import app
+
+    for name in ("lpips-alex", "lpips-vgg"):
+        monkeypatch.setitem(weights.REGISTRY, name,
+                            dataclasses.replace(weights.REGISTRY[name], size=len(BODY), sha256=BODY_SHA))
+    monkeypatch.setenv("LIPSYNC_WEIGHTS_MIRROR", f"{server.url}/good")
+    res = CliRunner().invoke(app, ["weights", "download", "lpips-alex", "lpips-vgg", "--quiet"])
+    assert res.exit_code == 0, res.output
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    assert _files(hub) == ["alexnet-owt-7be5be79.pth", "vgg16-397923af.pth"]
+    assert all((hub / f).read_bytes() == BODY for f in _files(hub))
+    assert [r[0] for r in server.requests] == ["/good/alexnet-owt-7be5be79.pth", "/good/vgg16-397923af.pth"]
+
+
+def test_insightface_home_and_weights_folders_for_the_scrfd_pack(isolated, tmp_path):
+    from lipsync_cli.faces.scrfd import resolve_weights
+
+    spec = weights.get_spec("buffalo_l")
+    pack = tmp_path / "insightface" / "models" / "buffalo_l"
+    assert weights.default_dir(spec) == pack  # $INSIGHTFACE_HOME, not ~/.insightface
+    with pytest.raises(WeightsNotFound) as info:
+        resolve_weights(None)
+    msg = str(info.value)
+    assert "lipsync weights download buffalo_l" in msg and str(pack) in msg
+    assert str(tmp_path / "weights" / "buffalo_l") in msg and "\n" not in msg
+    ours = tmp_path / "weights" / "buffalo_l" / "det_10g.onnx"  # a folder `lipsync weights list` reports
+    ours.parent.mkdir(parents=True)
+    ours.write_bytes(b"onnx")
+    assert resolve_weights(None) == ours == weights.find("buffalo_l")
+    other = tmp_path / "weights" / "antelopev2" / "det_10g.onnx"  # any pack name: same folders
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"onnx")
+    assert resolve_weights("antelopev2") == other
+
+
+def test_s3fd_detector_is_looked_up_in_the_weights_folders(isolated, tmp_path):
+    from lipsync_cli.faces import load_detector
+
+    with pytest.raises(WeightsNotFound, match="lipsync weights download s3fd"):
+        load_detector("s3fd")
+    found = tmp_path / "weights" / "s3fd-619a316812.pth"
+    found.parent.mkdir()
+    found.write_bytes(b"not a checkpoint")  # found, then refused for what it holds
+    with pytest.raises(CheckpointError, match=str(found)):
+        load_detector("s3fd")
+
+
+# --- LPIPS trunks built from the resolved file ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fake_alexnet(tmp_path_factory) -> tuple[Path, dict]:
+    """A file in the exact format of torchvision's alexnet-owt-7be5be79.pth: the state dict of ``alexnet()``
+    (every key, shape and dtype), random conv weights; the classifier (unused by LPIPS) zeros to write fast.
+    Returns (path, the state dict's ``features.*`` tensors)."""
+    import torch
+    from torchvision.models import alexnet
+
+    with torch.device("meta"):
+        keys = alexnet().state_dict()
+    gen = torch.Generator().manual_seed(0)
+    sd = {k: (torch.randn(v.shape, generator=gen) * 0.05 if k.startswith("features.") else torch.zeros(v.shape))
+          for k, v in keys.items()}
+    path = tmp_path_factory.mktemp("trunk") / "alexnet-owt-7be5be79.pth"
+    torch.save(sd, path)
+    return path, {k: v for k, v in sd.items() if k.startswith("features.")}
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a URL (ours, or torchvision's own download through torch.hub) is recorded and fails."""
+    import urllib.request
+
+    import torch.hub
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args[0] if args else kwargs)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "urlopen", refuse)  # torch.hub imported the name itself
+    return calls
+
+
+def test_lpips_trunk_from_torch_hub_and_weights_folder_without_download(isolated, tmp_path, fake_alexnet,
+                                                                       no_network):
+    import torch
+    from torchvision.models import vgg16
+
+    from lipsync_cli.evaluate.metrics import LPIPSMetric
+    from lipsync_cli.train.losses import make_lpips
+
+    alex_file, want = fake_alexnet
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / alex_file.name).symlink_to(alex_file)
+    net = make_lpips("alex", True, "cpu")
+    trunk = net.net.state_dict()  # lpips' slices keep torchvision's layer indices
+    assert torch.equal(trunk["slice1.0.weight"], want["features.0.weight"])
+    assert torch.equal(trunk["slice5.10.bias"], want["features.10.bias"])
+    assert not any(p.requires_grad for p in net.parameters()) and not net.training
+    metric = LPIPSMetric("cpu")
+    assert torch.equal(metric.net.net.state_dict()["slice3.6.weight"], want["features.6.weight"])
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2))
+    assert metric(a, a) == 0.0 and metric(a, b) > 0.0
+
+    # vgg: torchvision's features.* in our ./weights folder (a trunk without the classifier loads too)
+    torch.manual_seed(1)
+    features = {f"features.{k}": v for k, v in vgg16().features.state_dict().items()}
+    (tmp_path / "weights").mkdir()
+    torch.save(features, tmp_path / "weights" / "vgg16-397923af.pth")
+    net = make_lpips("vgg", True, "cpu")
+    assert torch.equal(net.net.state_dict()["slice5.28.weight"], features["features.28.weight"])
+    assert no_network == []  # nothing was downloaded, by us or by torchvision
+    assert _files(hub) == [alex_file.name]
+
+
+def test_lpips_offline_without_trunk_names_the_download(isolated, tmp_path, monkeypatch, no_network):
+    from lipsync_cli.evaluate.metrics import LPIPSMetric
+    from lipsync_cli.train.losses import make_lpips
+
+    monkeypatch.setenv("LIPSYNC_OFFLINE", "1")
+    for net in ("alex", "vgg"):
+        with pytest.raises(WeightsNotFound) as info:
+            make_lpips(net, True, "cpu")
+        msg = str(info.value)
+        assert f"lipsync weights download lpips-{net}" in msg and "offline" in msg and "\n" not in msg
+        assert str(tmp_path / "torch" / "hub" / "checkpoints") in msg
+    monkeypatch.delenv("LIPSYNC_OFFLINE")
+    with pytest.raises(WeightsNotFound, match="lipsync weights download lpips-alex"):
+        LPIPSMetric("cpu")  # evaluate never downloads, online or not
+    assert no_network == []
+    assert not (tmp_path / "torch").exists()
+
+
+def test_lpips_trunk_of_the_wrong_file_is_refused(isolated, tmp_path, no_network):
+    import torch
+
+    from lipsync_cli.errors import CheckpointMismatch
+    from lipsync_cli.train.losses import make_lpips
+
+    (tmp_path / "weights").mkdir()
+    path = tmp_path / "weights" / "alexnet-owt-7be5be79.pth"
+    torch.save({"conv.weight": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointMismatch, match="not torchvision's alex weights"):
+        make_lpips("alex", True, "cpu")
+    # every key of alexnet's trunk, none of its shapes (e.g. another network's file under this name)
+    torch.save({f"features.{i}.{p}": torch.zeros(2) for i in (0, 3, 6, 8, 10) for p in ("weight", "bias")}, path)
+    with pytest.raises(CheckpointMismatch, match="does not fit the LPIPS alex trunk"):
+        make_lpips("alex", True, "cpu")

@@ -41,7 +41,10 @@ def list_cmd() -> None:
     out = _console()
     out.print(table)
     out.print("searched, in order: " + ", ".join(str(d) for d in weights.weights_dirs())
-              + f" (downloads go to {weights.user_cache_dir()}; set LIPSYNC_HOME to change it)")
+              + f" (downloads go to {weights.user_cache_dir()}; set LIPSYNC_HOME to change it); "
+              + f"insightface packs also in {weights.insightface_root()} ($INSIGHTFACE_HOME), "
+              + f"torchvision files also in {weights.torch_hub_dir() / 'checkpoints'} ($TORCH_HOME), "
+              + "where they are downloaded to")
     out.print("Wav2Lip weights and models trained on LRS2 are for non-commercial research use only.")
 
 
@@ -49,7 +52,8 @@ def list_cmd() -> None:
 def download_cmd(
     names: Annotated[list[str], typer.Argument(help="Registry names (see `lipsync weights list`).")],
     dir: Annotated[Path | None, typer.Option(
-        "--dir", help="Folder to write into (default: the user cache; insightface: ~/.insightface/models)."
+        "--dir", help="Folder to write into (default: the user cache; insightface: $INSIGHTFACE_HOME/models/"
+                      "<pack>; torchvision's LPIPS trunks: $TORCH_HOME/hub/checkpoints)."
     )] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -83,7 +87,7 @@ def download_cmd(
             def progress(done: int, total: int | None, _task=task, _bar=bar) -> None:
                 _bar.update(_task, completed=done, total=total)
 
-            path = weights.download(spec.name, target, progress=progress)
+            path = weights.download(spec.name, target, progress=progress, notify=err.print)
         err.print(f"  [green]ok[/] {path} (sha256 verified)")
 
 

@@ -63,21 +63,62 @@ def lpips_loss(lpips_net: torch.nn.Module, g: torch.Tensor, y: torch.Tensor) -> 
         return lpips_net(g2.float(), y2.float()).mean()
 
 
-def make_lpips(net: str, pretrained: bool, device: torch.device) -> torch.nn.Module:
-    """The LPIPS metric network, frozen and in eval mode. ``pretrained=False`` uses a random trunk (tests)."""
+LPIPS_TRUNKS = {"alex": "lpips-alex", "vgg": "lpips-vgg"}  # --lpips-net -> registry name of its torchvision trunk
+
+
+def make_lpips(net: str, pretrained: bool, device: torch.device | str, *, offline: bool | None = None,
+               download: bool = True, notify=None) -> torch.nn.Module:
+    """The LPIPS metric network (``net``: alex | vgg), frozen and in eval mode.
+
+    ``pretrained``: the trunk is torchvision's ImageNet file, resolved through the weights registry
+    (``lpips-alex`` / ``lpips-vgg``: our weights folders, then torch's hub cache ``$TORCH_HOME/hub/checkpoints``;
+    downloaded there unless ``offline``, ``LIPSYNC_OFFLINE=1`` or ``download=False``, when WeightsNotFound names
+    the ``lipsync weights download`` command) and loaded with ``weights_only=True``: torchvision never fetches
+    anything itself. The linear layers ship inside the ``lpips`` package. ``pretrained=False``: a random trunk
+    (tests). Raises WeightsNotFound, CheckpointError / CheckpointMismatch for a file that is not the trunk.
+    """
+    import warnings
+
     import lpips
 
-    from lipsync_cli.errors import WeightsNotFound
+    from lipsync_cli import weights
 
-    try:
-        m = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained, verbose=False)
-    except Exception as err:  # noqa: BLE001  torchvision fetches the ImageNet trunk on first use
-        raise WeightsNotFound(
-            f"cannot load the LPIPS {net} trunk: {str(err).splitlines()[0][:160]}",
-            "torchvision downloads it into ~/.cache/torch/hub/checkpoints on first use; "
-            "copy it there on an offline machine",
-        ) from None
+    if net not in LPIPS_TRUNKS:
+        from lipsync_cli.errors import BadOption
+
+        raise BadOption(f"unknown LPIPS net {net!r}", f"choose one of: {', '.join(LPIPS_TRUNKS)}")
+    trunk = (weights.resolve(LPIPS_TRUNKS[net], None, offline=offline, download=download, notify=notify)
+             if pretrained else None)
+    with warnings.catch_warnings():  # lpips calls torchvision's deprecated `alexnet(pretrained=False)`
+        warnings.simplefilter("ignore", UserWarning)
+        m = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)  # random trunk, no download
+    if trunk is not None:
+        load_lpips_trunk(m, trunk)
     m = m.to(device).eval()
     for p in m.parameters():
         p.requires_grad_(False)
     return m
+
+
+def load_lpips_trunk(m: torch.nn.Module, path) -> None:
+    """Load torchvision's ``alexnet()`` / ``vgg16()`` state dict (``features.<i>.weight`` ...) into the trunk of
+    an ``lpips.LPIPS``, whose ``slice<k>`` Sequentials keep torchvision's layer indices
+    (``slice2.3.weight`` is ``features.3.weight``). The classifier, if present, is ignored."""
+    from lipsync_cli.checkpoint import load_file, unwrap_state_dict
+    from lipsync_cli.errors import CheckpointMismatch
+
+    sd = unwrap_state_dict(load_file(path))
+    mapped = {}
+    for key in m.net.state_dict():  # "slice2.3.weight"
+        _, index, param = key.split(".")
+        mapped[key] = sd.get(f"features.{index}.{param}")
+    missing = [k for k, v in mapped.items() if v is None]
+    if missing:
+        raise CheckpointMismatch(
+            f"{path} is not torchvision's {m.pnet_type} weights: no features.* tensors for {len(missing)} of "
+            f"{len(mapped)} trunk parameters", f"`lipsync weights download {LPIPS_TRUNKS[m.pnet_type]}`")
+    try:
+        m.net.load_state_dict(mapped, strict=True)
+    except RuntimeError as err:
+        raise CheckpointMismatch(f"{path} does not fit the LPIPS {m.pnet_type} trunk: "
+                                 f"{str(err).splitlines()[-1].strip()[:200]}") from None
