@@ -445,7 +445,9 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     fps = float(options.fps) if info.is_image else float(info.fps)
     wav = load_audio(audio)
     mel = melspectrogram(wav)  # (80, T)
-    n_out = n_output_frames(len(wav), fps)
+    n_samples = len(wav)
+    del wav  # only the mel is needed from here: 19 MB less held per 5 minutes of audio
+    n_out = n_output_frames(n_samples, fps)
 
     import torch  # after the cheap checks, so user mistakes are reported at once
 
@@ -565,7 +567,7 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     if i == 0:
         raise BadOption(f"{video} produced no frames")
     return DubResult(
-        output=out, frames=i, fps=fps, faces=n_faces, no_face_frames=no_face, audio_seconds=len(wav) / SAMPLE_RATE,
+        output=out, frames=i, fps=fps, faces=n_faces, no_face_frames=no_face, audio_seconds=n_samples / SAMPLE_RATE,
         wall_seconds=time.perf_counter() - t_start, stage_seconds=stage_s, stage_frames=stage_n, device=device,
         precision=precision, batch_size=gen["batch"], decoded_frames=decode_stats.get("decoded", 0),
     )
