@@ -433,9 +433,11 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     ``model`` bypasses checkpoint loading (tests, the benchmark protocol); ``frame_sink(i, frame)`` sees every
     output frame before encoding; ``notify`` receives one-line messages for the user (downloads, warnings).
     """
+    from lipsync_cli.heap import tune_malloc
     from lipsync_cli.video import VideoWriter, probe
 
     t_start = time.perf_counter()
+    tune_malloc()  # freed frames go back to the system: peak RSS does not creep with the video's length
     video, audio, out = Path(video), Path(audio), Path(out)
     options.validate()
     _check_paths(video, audio, out)

@@ -66,7 +66,19 @@ def _cli(args: list[str]) -> int:
 def test_ctrl_c_inside_a_step_saves_only_whole_steps(data, tmp_path, fake_ckpt, monkeypatch):
     """Ctrl-C right after the generator's optimizer step of step 3 (before the discriminator's step and the
     step counter): the run finishes step 3, saves it and stops. Every optimizer in last.pt has taken exactly 3
-    steps, and the resumed run ends with the weights of the uninterrupted one."""
+    steps, and the resumed run ends with the weights of the uninterrupted one.
+
+    One thread: oneDNN's multi-threaded kernels on AMX/AVX-512 CPUs do not add in a fixed order, so two identical
+    uninterrupted runs differ by ~6e-5 with two threads (bitwise equal with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _ctrl_c_inside_a_step(data, tmp_path, fake_ckpt, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _ctrl_c_inside_a_step(data, tmp_path, fake_ckpt, monkeypatch):
     common = dict(kind="generator", arch="wav2lip", gan=True, syncnet=str(fake_ckpt("syncnet_color")))
     common.update(sync_weight=0.03, steps=4, batch_size=1, lr=1e-3, eval_every=4)
     full = train(_cfg(data, tmp_path / "full", **common))
