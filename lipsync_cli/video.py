@@ -44,6 +44,8 @@ from lipsync_cli.errors import (
     WriteError,
 )
 from lipsync_cli.files import remove_stale_temps, temp_path, write_error
+from lipsync_cli.output_format import MUXERS as VIDEO_SUFFIX_MUXERS
+from lipsync_cli.output_format import EncodePlan, simple_plan
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -54,7 +56,6 @@ FFMPEG_ENV = "LIPSYNC_FFMPEG"  # environment override: path of the ffmpeg execut
 QUEUE_FRAMES = 4  # decoded frames buffered between the decode thread and the consumer
 STDERR_TAIL = 2000  # characters of ffmpeg's stderr kept in error messages
 IMAGE_FORMATS = ("image2",)  # demuxers of still images (besides the "*_pipe" ones: png_pipe, jpeg_pipe...)
-VIDEO_SUFFIX_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -179,6 +180,35 @@ def _check_input(path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Colour:
+    """Colour tags of a video stream, with ffmpeg's names ('' when the file does not say).
+
+    ``range`` 'tv' (limited) or 'pc' (full); ``space`` the YUV matrix ('bt709', 'bt2020nc', 'smpte170m'...);
+    ``primaries`` ('bt709', 'bt2020'...); ``trc`` the transfer ('bt709', 'smpte2084' for PQ, 'arib-std-b67' HLG).
+    """
+
+    range: str = ""
+    space: str = ""
+    primaries: str = ""
+    trc: str = ""
+
+    def tagged(self) -> bool:
+        return any((self.range, self.space, self.primaries, self.trc))
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """One stream of a file as ``ffmpeg -i`` lists it: ``kind`` 'Video', 'Audio', 'Subtitle', 'Data'...;
+    ``language`` its ISO 639-2 tag ('' when none); ``default``: the default track of its kind."""
+
+    index: int
+    kind: str
+    codec: str
+    language: str = ""
+    default: bool = False
+
+
+@dataclass(frozen=True)
 class AudioInfo:
     """The first audio stream of a file.
 
@@ -205,7 +235,9 @@ class VideoInfo:
     timestamp relative to the start of the file (audio may start earlier). ``stream_duration``: seconds from the
     first video frame to the end of the last (None when not counted). ``rotation``: degrees from the display
     matrix (0 when none). ``is_vfr``: frame durations vary (then ``n_frames`` is what resampling to ``fps``
-    gives, see ``frames_at``).
+    gives, see ``frames_at``). ``pix_fmt``: the decoder's pixel format ('yuv420p10le'...); ``colour``: its colour
+    tags; ``timecode``: the start timecode ('01:00:00:00'; None when none); ``streams``: every stream of the file;
+    ``chapters``: how many chapters it has.
     """
 
     path: Path
@@ -224,6 +256,16 @@ class VideoInfo:
     stream_index: int = 0
     format_name: str = ""
     audio: AudioInfo | None = None
+    pix_fmt: str = ""
+    colour: Colour = Colour()
+    timecode: str | None = None
+    streams: tuple[StreamInfo, ...] = ()
+    chapters: int = 0
+
+    @property
+    def rate(self) -> Fraction:
+        """``fps`` as the exact rational ffmpeg uses (30000/1001 for 29.97)."""
+        return Fraction(_fps_arg(self.fps))
 
     def frames_at(self, fps: float) -> int | None:
         """Frames ``FrameReader`` yields when it resamples this video to ``fps`` (None when unknown).
@@ -256,6 +298,11 @@ class _Stream:
     sample_rate: int | None = None
     channels: int | None = None
     start: float | None = None
+    pix_fmt: str = ""
+    colour: Colour | None = None
+    language: str = ""
+    default: bool = False
+    timecode: str | None = None
 
 
 @dataclass
@@ -264,11 +311,16 @@ class _Header:
     duration: float | None
     start: float
     streams: list[_Stream]
+    chapters: int = 0
+    timecode: str | None = None
 
 
 _INPUT_RE = re.compile(r"^Input #0, (.+?), from '")
 _DURATION_RE = re.compile(r"Duration: (N/A|(\d+):(\d+):(\d+(?:\.\d+)?))(?:, start: (-?\d+(?:\.\d+)?))?")
-_STREAM_RE = re.compile(r"^\s*Stream #0:(\d+)[^:]*: (\w+): (\S+)(.*)$")
+_STREAM_RE = re.compile(r"^\s*Stream #0:(\d+)(?:\[\w+\])?(?:\((\w+)\))?[^:]*: (\w+): (\S+)(.*)$")
+_PIXFMT_RE = re.compile(r", (\w+)(?:\(([^)]*)\))?, \d+x\d+")  # ", yuv420p10le(tv, bt709, progressive), 64x48"
+_TIMECODE_RE = re.compile(r"^\s+timecode\s*: (\S+)")
+_CHAPTER_RE = re.compile(r"^\s+Chapter #0:\d+: start")
 _SIZE_RE = re.compile(r", (\d+)x(\d+)(?=[ ,\[]|$)")
 _RATE_RE = re.compile(r"([\d.]+)(k?) (fps|tbr)\b")
 _HZ_RE = re.compile(r", (\d+) Hz")
@@ -283,6 +335,8 @@ def _parse_header(text: str) -> _Header | None:
     duration: float | None = None
     start = 0.0
     streams: list[_Stream] = []
+    chapters = 0
+    timecode: str | None = None
     for line in text.splitlines():
         if fmt is None:
             m = _INPUT_RE.match(line)
@@ -298,11 +352,24 @@ def _parse_header(text: str) -> _Header | None:
             if m.group(5):
                 start = float(m.group(5))
             continue
+        if _CHAPTER_RE.match(line):
+            chapters += 1
+            continue
+        m = _TIMECODE_RE.match(line)
+        if m:
+            if streams and streams[-1].timecode is None:
+                streams[-1].timecode = m.group(1)
+            timecode = timecode or m.group(1)
+            continue
         m = _STREAM_RE.match(line)
         if m:
-            rest = m.group(4)
-            st = _Stream(index=int(m.group(1)), kind=m.group(2), codec=m.group(3).rstrip(","), line=line)
+            rest = m.group(5)
+            st = _Stream(index=int(m.group(1)), kind=m.group(3), codec=m.group(4).rstrip(","), line=line,
+                         language=m.group(2) or "", default="(default)" in rest)
             if st.kind == "Video":
+                pf = _PIXFMT_RE.search(rest)
+                if pf:
+                    st.pix_fmt, st.colour = pf.group(1), _parse_colour(pf.group(2) or "")
                 size = _SIZE_RE.search(rest)
                 if size:
                     st.width, st.height = int(size.group(1)), int(size.group(2))
@@ -333,7 +400,27 @@ def _parse_header(text: str) -> _Header | None:
             streams[-1].rotation = float(m.group(1))
     if fmt is None:
         return None
-    return _Header(format_name=fmt, duration=duration, start=start, streams=streams)
+    return _Header(format_name=fmt, duration=duration, start=start, streams=streams, chapters=chapters,
+                   timecode=timecode)
+
+
+_FIELD_ORDERS = ("progressive", "top first", "bottom first", "top coded first (swapped)",
+                 "bottom coded first (swapped)")
+
+
+def _parse_colour(text: str) -> Colour:
+    """The colour tags in the brackets after a pixel format: 'tv, bt709' (matrix, primaries and transfer all
+    bt709), 'tv, bt2020nc/bt2020/smpte2084, progressive', 'pc' ('unknown' parts are left empty)."""
+    rng = space = prim = trc = ""
+    for part in (p.strip() for p in text.split(",")):
+        if part in ("tv", "pc"):
+            rng = part
+        elif "/" in part:
+            space, prim, trc = ([*part.split("/"), "", ""])[:3]
+        elif part and part not in _FIELD_ORDERS and not part.startswith(("left", "center", "top", "bottom")):
+            space = prim = trc = part
+    known = lambda v: "" if v in ("unknown", "reserved", "unspecified") else v  # noqa: E731
+    return Colour(range=rng, space=known(space), primaries=known(prim), trc=known(trc))
 
 
 def _run_header(path: Path, ffmpeg: str) -> tuple[_Header, str]:
@@ -441,10 +528,14 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
         width, height = height, width
     audio = _audio_info(p, header)
     is_image = header.format_name in IMAGE_FORMATS or header.format_name.endswith("_pipe")
+    described = dict(pix_fmt=st.pix_fmt, colour=st.colour or Colour(), chapters=header.chapters,
+                     timecode=None if is_image else st.timecode or header.timecode,
+                     streams=tuple(StreamInfo(s.index, s.kind, s.codec, s.language, s.default)
+                                   for s in sorted(header.streams, key=lambda s: s.index)))
     if is_image:
         return VideoInfo(path=p, width=width, height=height, fps=DEFAULT_FPS, n_frames=1, duration=0.0,
                          has_audio=audio is not None, is_image=True, codec=st.codec, rotation=rotation,
-                         stream_index=st.index, format_name=header.format_name, audio=audio)
+                         stream_index=st.index, format_name=header.format_name, audio=audio, **described)
 
     fps = st.fps or st.tbr
     scan = _scan_packets(p, st.index, ffmpeg) if count_frames else None
@@ -463,7 +554,7 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
                      rotation=rotation, is_vfr=scan is not None and scan.is_vfr,
                      start_time=float(scan.first) if scan is not None else max(0.0, start),
                      stream_duration=float(scan.end - scan.first) if scan is not None else None,
-                     stream_index=st.index, format_name=header.format_name, audio=audio)
+                     stream_index=st.index, format_name=header.format_name, audio=audio, **described)
     if scan is not None and not scan.is_vfr:
         n_frames = scan.n_packets  # one packet per frame: exact
     else:  # what FrameReader's resampling to a constant rate gives
@@ -502,7 +593,8 @@ _END = object()  # sentinel from the decode thread: no more frames
 
 
 class FrameReader:
-    """Iterate the frames of a video (or a still image) as BGR uint8 arrays of shape (height, width, 3).
+    """Iterate the frames of a video (or a still image) as BGR uint8 arrays of shape (height, width, 3)
+    (uint16, 0..65535, with ``depth=16``: for sources of more than 8 bits per channel).
 
     Video is decoded by one ffmpeg subprocess per pass (``-f rawvideo -pix_fmt bgr24``), read by a background
     thread into a queue of ``QUEUE_FRAMES`` frames; an error in that thread is re-raised in the consumer.
@@ -524,7 +616,9 @@ class FrameReader:
 
     def __init__(self, path: str | os.PathLike, fps: float | None = None, still_frames: int | None = None,
                  *, size: tuple[int, int] | None = None, max_frames: int | None = None, loop: bool = False,
-                 info: VideoInfo | None = None, queue_frames: int = QUEUE_FRAMES):
+                 info: VideoInfo | None = None, queue_frames: int = QUEUE_FRAMES, depth: int = 8):
+        if depth not in (8, 16):
+            raise BadOption(f"depth must be 8 or 16 bits per channel, got {depth}")
         if fps is not None and not fps > 0:
             raise BadOption(f"fps must be > 0, got {fps}")
         if still_frames is not None and still_frames < 0:
@@ -541,6 +635,9 @@ class FrameReader:
         self.width, self.height = self.size if self.size else (self.info.width, self.info.height)
         self.max_frames = max_frames
         self.loop = loop
+        self.depth = depth
+        self.dtype = np.dtype(np.uint16 if depth == 16 else np.uint8)
+        self._pipe_fmt = "bgr48le" if depth == 16 else "bgr24"
         self.frames_read = 0
         self._queue_frames = max(1, queue_frames)
         self._ffmpeg = find_ffmpeg()
@@ -605,13 +702,13 @@ class FrameReader:
     def _decode_still(self) -> np.ndarray:
         cmd = [self._ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(self.path),
                "-map", f"0:{self.info.stream_index}", "-frames:v", "1", *self._filters(),
-               "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
+               "-f", "rawvideo", "-pix_fmt", self._pipe_fmt, "-"]
         proc = run_child(cmd, check=False, capture_output=True)
-        size = self.width * self.height * 3
+        size = self.width * self.height * 3 * self.dtype.itemsize
         if proc.returncode != 0 or len(proc.stdout) < size:
             raise VideoOpenError(f"could not decode image {self.path}: "
                                  f"{_last_line(proc.stderr.decode(errors='replace'))}")
-        return np.frombuffer(proc.stdout[:size], np.uint8).reshape(self.height, self.width, 3).copy()
+        return np.frombuffer(proc.stdout[:size], self.dtype).reshape(self.height, self.width, 3).copy()
 
     def _filters(self) -> list[str]:
         chain = []
@@ -628,7 +725,7 @@ class FrameReader:
         if limit is not None:
             cmd += ["-frames:v", str(limit)]
         # passthrough: the muxer must not duplicate frames to fill a late video start (rawvideo defaults to cfr)
-        cmd += ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
+        cmd += ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", self._pipe_fmt, "-"]
         return cmd
 
     def _iter_video(self) -> Iterator[np.ndarray]:
@@ -683,11 +780,11 @@ class FrameReader:
     def _decode_loop(self, proc: subprocess.Popen, q: queue.Queue, stderr: IO[bytes]) -> None:
         """Decode thread: read whole frames from ffmpeg's stdout into the queue; errors go into the queue too."""
         h, w = self.height, self.width
-        size = h * w * 3
+        size = h * w * 3 * self.dtype.itemsize
         try:
             assert proc.stdout is not None
             while not self._stop.is_set():
-                frame = np.empty((h, w, 3), np.uint8)  # (H, W, 3) BGR, writable
+                frame = np.empty((h, w, 3), self.dtype)  # (H, W, 3) BGR, writable
                 buf = memoryview(frame).cast("B")
                 got = 0
                 while got < size:
@@ -837,9 +934,11 @@ def _incomplete(path: Path, muxer: str) -> str | None:
 
 
 class VideoWriter:
-    """Encode BGR frames to H.264 (yuv420p) and mux an audio track (AAC) with one ffmpeg process.
+    """Encode BGR frames and mux an audio track with one ffmpeg process: H.264 yuv420p + AAC by default, or what
+    ``plan`` (``output_format.plan_output``: codec, pixel format, colour tags, kept streams) says.
 
-    Frames go to ffmpeg's stdin as raw bgr24. The output is written to a hidden temporary file beside
+    Frames go to ffmpeg's stdin as raw bgr24 (bgr48le, uint16 frames, when ``plan.depth`` is 16).
+    The output is written to a hidden temporary file beside
     ``out_path`` (same folder, so the final rename is atomic) and renamed to ``out_path`` only when ffmpeg
     exits 0 on ``close()`` and the file is a whole container, flushed to disk. An exception inside the ``with``
     block (Ctrl-C, SIGTERM through the CLI), ``abort()``, or a failed ffmpeg kills ffmpeg and deletes the
@@ -850,7 +949,7 @@ class VideoWriter:
     or in the final rename, raises ``WriteError`` naming ``out_path`` and the cause; other ffmpeg failures raise
     ``EncodeError``. Both carry ffmpeg's stderr in ``.stderr`` when there is one.
 
-    Odd sizes: yuv420p needs even sides, so an odd width/height is *padded* by one pixel column/row that
+    Odd sizes without a plan: yuv420p needs even sides, so an odd width/height is *padded* by one pixel column/row that
     repeats the edge pixels (``pad`` + ``fillborders=smear``); no source pixel is lost or resampled.
     ``out_width``/``out_height`` give the encoded size.
 
@@ -863,7 +962,8 @@ class VideoWriter:
     def __init__(self, out_path: str | os.PathLike, width: int, height: int, fps: float,
                  audio_path: str | os.PathLike | None = None, audio_start: float = 0.0,
                  audio_duration: float | None = None, crf: int = 18, preset: str = "medium",
-                 codec: str = "libx264", *, audio_bitrate: str = "192k", shortest: bool = False):
+                 codec: str = "libx264", *, audio_bitrate: str = "192k", shortest: bool = False,
+                 plan: EncodePlan | None = None):
         self.out_path = Path(out_path)
         if width <= 0 or height <= 0:
             raise BadOption(f"frame size must be positive, got {width}x{height}")
@@ -882,9 +982,14 @@ class VideoWriter:
             raise BadOption(f"output {self.out_path} must end in {', '.join(VIDEO_SUFFIX_MUXERS)}")
         self.audio = probe_audio(audio_path) if audio_path is not None else None
         self.width, self.height, self.fps = int(width), int(height), float(fps)
-        self.out_width, self.out_height = self.width + self.width % 2, self.height + self.height % 2
+        muxer = self._muxer = VIDEO_SUFFIX_MUXERS[suffix]
+        if plan is None:
+            plan = simple_plan(self.width, self.height, codec, crf, preset, muxer, audio_bitrate)
+        self.plan = plan
+        self.out_width, self.out_height = plan.encoded_size
         self.frames_written = 0
         self._frame_shape = (self.height, self.width, 3)
+        self._dtype = np.dtype(np.uint16 if plan.depth == 16 else np.uint8)
         self._done = False
 
         folder = self.out_path.parent
@@ -894,9 +999,8 @@ class VideoWriter:
             raise write_error(self.out_path, err) from None
         remove_stale_temps(folder)
         self.tmp_path = temp_path(self.out_path, f".tmp{suffix}")
-        muxer = self._muxer = VIDEO_SUFFIX_MUXERS[suffix]
-        cmd = [find_ffmpeg(), "-hide_banner", "-nostats", "-loglevel", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{self.width}x{self.height}",
+        cmd = [find_ffmpeg(), "-hide_banner", "-nostats", "-loglevel", "error", "-y", *plan.pipe_args,
+               "-f", "rawvideo", "-pix_fmt", plan.pipe_pix_fmt, "-s", f"{self.width}x{self.height}",
                "-framerate", _fps_arg(self.fps), "-i", "pipe:0"]
         if self.audio is not None:
             if audio_start > 0:
@@ -904,22 +1008,13 @@ class VideoWriter:
             if audio_duration is not None:
                 cmd += ["-t", f"{audio_duration:.6f}"]
             cmd += ["-i", str(self.audio.path)]
-        cmd += ["-map", "0:v:0"]
-        if self.audio is not None:
-            cmd += ["-map", f"1:{self.audio.stream_index}"]
-        if (self.out_width, self.out_height) != (self.width, self.height):
-            cmd += ["-vf", (f"pad={self.out_width}:{self.out_height}:0:0,fillborders=right={self.width % 2}"
-                            f":bottom={self.height % 2}:mode=smear")]
-        cmd += ["-c:v", codec]
-        if preset:
-            cmd += ["-preset", preset]
-        if codec in ("libx264", "libx265"):
-            cmd += ["-crf", str(crf)]
-        cmd += ["-pix_fmt", "yuv420p"]
-        if self.audio is not None:
-            cmd += ["-c:a", "aac", "-b:a", audio_bitrate]
-            if shortest:
-                cmd += ["-shortest"]
+        source_input = None
+        if plan.source is not None and plan.keep_args:
+            source_input = 2 if self.audio is not None else 1
+            cmd += ["-i", str(plan.source)]
+        cmd += plan.output_args(f"1:{self.audio.stream_index}" if self.audio is not None else None, source_input)
+        if self.audio is not None and shortest:
+            cmd += ["-shortest"]
         if muxer in ("mp4", "mov"):
             cmd += ["-movflags", "+faststart"]
         cmd += ["-f", muxer, str(self.tmp_path)]
@@ -935,11 +1030,11 @@ class VideoWriter:
             raise EncodeError(f"could not start ffmpeg to write {self.out_path}: {err}") from err
 
     def write(self, frame: np.ndarray) -> None:
-        """Append one BGR uint8 frame of shape (height, width, 3)."""
+        """Append one BGR frame of shape (height, width, 3): uint8, or uint16 when ``plan.depth`` is 16."""
         if self._done:
             raise RuntimeError("VideoWriter is closed")
-        if frame.shape != self._frame_shape or frame.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 frame of shape {self._frame_shape}, "
+        if frame.shape != self._frame_shape or frame.dtype != self._dtype:
+            raise ValueError(f"expected a {self._dtype} frame of shape {self._frame_shape}, "
                              f"got {frame.dtype} {frame.shape}")
         data = np.ascontiguousarray(frame)
         try:
