@@ -3,6 +3,10 @@
 ``prepare_batch`` builds the generator input exactly as Wav2Lip's inference does; ``paste`` is Wav2Lip's blend
 (the whole 96x96 prediction resized into the box); ``feather`` blends only the lower face through a soft mask so
 no box edge shows.
+
+Frames are uint8, or uint16 (0..65535) for sources of more than 8 bits per channel: the generator always sees
+8-bit crops (``crop_face`` rounds 16-bit ones to the 8-bit equivalent) and its 8-bit mouths are blended into a
+16-bit frame at 16 bits, so the pixels outside the mouth keep their depth.
 """
 
 from __future__ import annotations
@@ -19,9 +23,18 @@ BLEND_MODES = ("feather", "paste")
 
 
 def crop_face(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
-    """The box's pixels resized to FACE_SIZE x FACE_SIZE (bilinear, as Wav2Lip). (96, 96, 3) uint8 BGR."""
+    """The box's pixels resized to FACE_SIZE x FACE_SIZE (bilinear, as Wav2Lip). (96, 96, 3) uint8 BGR, also
+    from a uint16 frame (v16 / 257, rounded: the 8-bit value the same colour has)."""
     x1, y1, x2, y2 = box
-    return cv2.resize(frame[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE))
+    crop = cv2.resize(frame[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE))
+    if crop.dtype == np.uint16:
+        crop = ((crop.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return crop
+
+
+def _scale_of(frame: np.ndarray) -> float:
+    """What one 8-bit step is worth in ``frame``'s dtype: 1 for uint8, 257 for uint16 (255 * 257 = 65535)."""
+    return 257.0 if frame.dtype == np.uint16 else 1.0
 
 
 def prepare_batch(faces: np.ndarray) -> np.ndarray:
@@ -43,7 +56,8 @@ def to_uint8(pred: np.ndarray) -> np.ndarray:
 def paste(frame: np.ndarray, face: np.ndarray, box: Sequence[int]) -> None:
     """Wav2Lip's blend, in place: the (96, 96, 3) prediction resized to the box and pasted over it."""
     x1, y1, x2, y2 = box
-    frame[y1:y2, x1:x2] = cv2.resize(face, (x2 - x1, y2 - y1))
+    resized = cv2.resize(face, (x2 - x1, y2 - y1))
+    frame[y1:y2, x1:x2] = resized if frame.dtype == np.uint8 else resized.astype(frame.dtype) * np.uint16(257)
 
 
 @lru_cache(maxsize=8)
@@ -67,9 +81,11 @@ def feather(frame: np.ndarray, face: np.ndarray, box: Sequence[int]) -> None:
     x1, y1, x2, y2 = box
     w, h = x2 - x1, y2 - y1
     pred = cv2.resize(face, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    if frame.dtype != np.uint8:
+        pred *= np.float32(_scale_of(frame))
     roi = frame[y1:y2, x1:x2]
     m = _feather_mask(w, h)
-    roi[:] = (roi.astype(np.float32) * (1.0 - m) + pred * m + 0.5).astype(np.uint8)
+    roi[:] = (roi.astype(np.float32) * (1.0 - m) + pred * m + 0.5).astype(frame.dtype)
 
 
 def blend(frame: np.ndarray, face: np.ndarray, box: Sequence[int], mode: str = "feather") -> None:

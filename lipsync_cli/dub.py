@@ -23,6 +23,7 @@ from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, MEL_WINDOW, SAMPLE
 from lipsync_cli.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video
+from lipsync_cli.output_format import EncodeOptions
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,11 @@ class DubOptions:
     preset: str = "veryfast"
     max_pending_bytes: int = 384 << 20  # full frames held between decode and encode: caps the batch at 1080p
     offline: bool | None = None  # None -> LIPSYNC_OFFLINE
+    encode: EncodeOptions = field(default_factory=EncodeOptions)  # codecs, pixel format, kept streams
 
-    def validate(self) -> None:
-        """One place for every cross-option rule."""
+    def validate(self, output: str | Path | None = None) -> None:
+        """One place for every cross-option rule; with ``output``, also what the encoder and its container take
+        (``EncodeOptions.validate``)."""
         if self.device not in DEVICES:
             raise BadOption(f"--device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
@@ -93,6 +96,8 @@ class DubOptions:
             if x2 <= x1 or y2 <= y1 or min(self.box) < 0:
                 raise BadOption(f"--box {x1} {y1} {x2} {y2} is empty or negative",
                                 "give X1 Y1 X2 Y2 with X2 > X1, Y2 > Y1")
+        if output is not None:
+            self.encode.validate(output)
 
 
 @dataclass
@@ -110,6 +115,7 @@ class DubResult:
     precision: str = "fp32"
     batch_size: int = 0  # the generator batch at the end of the run (smaller than asked after out-of-memory)
     decoded_frames: int = 0  # frames decoded from the source (looping costs at most one per output frame)
+    encoding: str = ""  # what was written: 'libx265 yuv420p10le (10-bit) in mov'
 
     @property
     def realtime_factor(self) -> float:
@@ -143,11 +149,12 @@ class FrameSpool:
     comes back when the process ends, even on SIGKILL. Frames are raw (H, W, 3) uint8, one fixed-size slot each.
     """
 
-    def __init__(self, frame_shape: tuple[int, ...], folder: str | None = None):
+    def __init__(self, frame_shape: tuple[int, ...], folder: str | None = None, dtype=np.uint8):
         import tempfile
 
         self.shape = tuple(frame_shape)
-        self.nbytes = int(np.prod(self.shape))
+        self.dtype = np.dtype(dtype)
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.n = 0
         self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (closed by close())
 
@@ -160,7 +167,7 @@ class FrameSpool:
         """A fresh writable copy of frame ``i``."""
         if not 0 <= i < self.n:
             raise IndexError(f"frame {i} not in the spool of {self.n}")
-        frame = np.empty(self.shape, np.uint8)
+        frame = np.empty(self.shape, self.dtype)
         self._file.seek(i * self.nbytes)
         got = self._file.readinto(memoryview(frame).cast("B"))
         if got != self.nbytes:
@@ -186,7 +193,8 @@ def _spool_fits(n_frames: int | None, frame_bytes: int, folder: str | None) -> b
 
 
 def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str, info=None,
-                  spool_dir: str | None = None, stats: dict | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                  spool_dir: str | None = None, stats: dict | None = None,
+                  depth: int = 8) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (source frame index, frame copy) for each of ``n_out`` output frames, streaming.
 
     The video is decoded forwards once. When the audio outlasts it, ``forward`` decodes it again from the start
@@ -194,14 +202,15 @@ def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str
     (:class:`FrameSpool`, in ``spool_dir`` or the system temp folder): either way each output frame costs at
     most one decoded frame, so decoding is linear in the output length. Without room on disk for the spool,
     backward runs are decoded again in chunks (slower, same frames). ``info`` (from ``probe``) saves probing the
-    file again per pass. ``stats["decoded"]`` counts the frames decoded from the file.
+    file again per pass. ``stats["decoded"]`` counts the frames decoded from the file. ``depth``: 8 (uint8
+    frames) or 16 bits per channel (uint16, see ``output_format``).
     """
     from lipsync_cli.video import FrameReader
 
     stats = stats if stats is not None else {}
     stats.setdefault("decoded", 0)
     if is_image:
-        with FrameReader(video, info=info) as reader:
+        with FrameReader(video, info=info, depth=depth) as reader:
             still = next(iter(reader))
         stats["decoded"] += 1
         for _ in range(n_out):
@@ -210,7 +219,7 @@ def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str
     produced = 0
     spool: FrameSpool | None = None
     try:
-        with FrameReader(video, fps=fps, info=info, max_frames=n_out) as reader:
+        with FrameReader(video, fps=fps, info=info, max_frames=n_out, depth=depth) as reader:
             expected = reader.n_frames
             want_spool = loop == "pingpong" and (expected is None or expected < n_out)
             for j, frame in enumerate(reader):
@@ -218,7 +227,7 @@ def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str
                 if want_spool and spool is None:
                     want_spool = _spool_fits(expected, frame.nbytes, spool_dir)
                     if want_spool:
-                        spool = FrameSpool(frame.shape, spool_dir)
+                        spool = FrameSpool(frame.shape, spool_dir, frame.dtype)
                     else:
                         log.warning("no room on disk to spool %s for looping; decoding backward runs again", video)
                 if spool is not None:
@@ -238,21 +247,21 @@ def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str
                 src = loop_index(i, n, loop)
                 yield src, spool.read(src)
             return
-        yield from _redecode_loop(video, fps, n, produced, n_out, loop, info, stats)
+        yield from _redecode_loop(video, fps, n, produced, n_out, loop, info, stats, depth=depth)
     finally:
         if spool is not None:
             spool.close()
 
 
 def _redecode_loop(video: Path, fps: float, n: int, produced: int, n_out: int, loop: str, info, stats: dict,
-                   max_chunk_bytes: int = 256 << 20) -> Iterator[tuple[int, np.ndarray]]:
+                   max_chunk_bytes: int = 256 << 20, depth: int = 8) -> Iterator[tuple[int, np.ndarray]]:
     """Output frames ``produced .. n_out - 1`` of a looped video of ``n`` frames by decoding it again: forward
     runs once per repeat; backward runs (pingpong without a spool) in reversed chunks of ``max_chunk_bytes``."""
     from lipsync_cli.video import FrameReader
 
     def read_range(start: int, stop: int) -> list[np.ndarray]:
         out = []
-        with FrameReader(video, fps=fps, max_frames=stop, info=info) as reader:
+        with FrameReader(video, fps=fps, max_frames=stop, info=info, depth=depth) as reader:
             for j, frame in enumerate(reader):
                 stats["decoded"] += 1
                 if j >= start:
@@ -264,7 +273,8 @@ def _redecode_loop(video: Path, fps: float, n: int, produced: int, n_out: int, l
         src = loop_index(i, n, loop)
         backward = loop == "pingpong" and n > 1 and (i % (2 * n - 2)) >= n
         if not backward:  # a forward run from src to the end of the video
-            with FrameReader(video, fps=fps, info=info, max_frames=min(n, src + n_out - produced)) as reader:
+            with FrameReader(video, fps=fps, info=info, max_frames=min(n, src + n_out - produced),
+                             depth=depth) as reader:
                 for j, frame in enumerate(reader):
                     stats["decoded"] += 1
                     if j < src:
@@ -434,16 +444,21 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     output frame before encoding; ``notify`` receives one-line messages for the user (downloads, warnings).
     """
     from lipsync_cli.heap import tune_malloc
-    from lipsync_cli.video import VideoWriter, probe
+    from lipsync_cli.output_format import describe, plan_output
+    from lipsync_cli.video import VideoWriter, probe, probe_audio
 
     t_start = time.perf_counter()
     tune_malloc()  # freed frames go back to the system: peak RSS does not creep with the video's length
     video, audio, out = Path(video), Path(audio), Path(out)
-    options.validate()
+    options.validate(out)
     _check_paths(video, audio, out)
     say = notify or (lambda msg: log.info(msg))
 
     info = probe(video)
+    plan = plan_output(info, options.encode, out, crf=options.crf, preset=options.preset,
+                       audio=probe_audio(audio) if options.encode.acodec == "copy" else None)
+    for note in plan.notes:
+        say(note)
     fps = float(options.fps) if info.is_image else float(info.fps)
     wav = load_audio(audio)
     mel = melspectrogram(wav)  # (80, T)
@@ -502,7 +517,7 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     n_faces = 0
     height, width = (info.height, info.width)
     # frames in flight are bounded in bytes: a batch holds at most max_batch_frames full frames
-    frame_bytes = height * width * 3
+    frame_bytes = height * width * 3 * (2 if plan.depth == 16 else 1)
     max_batch_frames = max(1, min(batch_size, options.max_pending_bytes // frame_bytes))
     gen = {"batch": batch_size}  # the generator's micro-batch; halved for good on out-of-memory
     pending: list[tuple[int, np.ndarray, Box | None]] = []
@@ -536,9 +551,10 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
             sink.put(frame)
 
     decode_stats: dict = {}
-    with VideoWriter(out, width, height, fps, audio_path=audio, crf=options.crf, preset=options.preset) as writer:
+    with VideoWriter(out, width, height, fps, audio_path=audio, plan=plan) as writer:
         sink = _ThreadedWriter(writer, max_bytes=options.max_pending_bytes // 2, frame_bytes=frame_bytes)
-        frames = output_frames(video, info.is_image, fps, n_out, options.loop, info=info, stats=decode_stats)
+        frames = output_frames(video, info.is_image, fps, n_out, options.loop, info=info, stats=decode_stats,
+                               depth=plan.depth)
         try:
             i = 0
             while True:
@@ -572,6 +588,7 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
         output=out, frames=i, fps=fps, faces=n_faces, no_face_frames=no_face, audio_seconds=n_samples / SAMPLE_RATE,
         wall_seconds=time.perf_counter() - t_start, stage_seconds=stage_s, stage_frames=stage_n, device=device,
         precision=precision, batch_size=gen["batch"], decoded_frames=decode_stats.get("decoded", 0),
+        encoding=describe(plan),
     )
 
 

@@ -55,7 +55,8 @@ def _cut_threshold(value: float) -> float | None:
 def dub(
     video: Path = typer.Argument(..., help="Video (any format ffmpeg reads) or still image (jpg/png/webp)."),
     audio: Path = typer.Argument(..., help="Speech: any audio file ffmpeg reads, or a video's audio track."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output video (.mp4), written only on success."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output video (.mp4, .mov, .mkv: the container), "
+                                                            "written only on success."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
                                               help="Generator weights (default: wav2lip_gan from the registry)."),
     arch: Optional[str] = typer.Option(None, help="wav2lip | attn_wav2lip | lpips_attn_wav2lip (default: from "
@@ -91,14 +92,27 @@ def dub(
     loop: str = typer.Option("pingpong", help="When the audio outlasts the video: pingpong (no jump cut) | "
                                              "forward (as Wav2Lip)."),
     fps: float = typer.Option(DEFAULT_FPS, help="Frame rate of the video made from a still image."),
-    crf: int = typer.Option(18, help="H.264 quality (0 lossless .. 51 worst)."),
-    preset: str = typer.Option("veryfast", help="x264 preset (ultrafast .. veryslow)."),
+    crf: int = typer.Option(18, help="Quality of libx264/libx265/libvpx-vp9/nvenc (0 lossless .. 51 worst)."),
+    preset: str = typer.Option("veryfast", help="x264/x265 preset (ultrafast .. veryslow)."),
+    vcodec: str = typer.Option("libx264", help="libx264 | libx265 | prores_ks | dnxhd (DNxHR) | libvpx-vp9 | a "
+                                               "hardware encoder of this ffmpeg (h264_nvenc, hevc_nvenc, "
+                                               "h264_videotoolbox...)."),
+    pix_fmt: Optional[str] = typer.Option(None, help="Output pixel format, e.g. yuv420p, yuv422p10le (default: "
+                                                     "the source's subsampling and bit depth)."),
+    profile: Optional[str] = typer.Option(None, help="Codec profile: ProRes proxy|lt|standard|hq|4444|4444xq, "
+                                                     "DNxHR dnxhr_lb|sq|hq|hqx|444, x264/x265 profiles."),
+    acodec: str = typer.Option("aac", help="New audio track: aac | pcm | flac | copy (the audio file's own)."),
+    keep_streams: bool = typer.Option(False, "--keep-streams", help="Also copy the source's audio tracks, "
+                                                                    "subtitles and chapters (after the new "
+                                                                    "audio, which stays first and default)."),
+    language: Optional[str] = typer.Option(None, help="ISO 639-2 language of the new audio track (eng, fra...)."),
     offline: bool = typer.Option(False, "--offline", help="Never download weights (also LIPSYNC_OFFLINE=1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Re-draw the speaker's mouth in VIDEO to match AUDIO and write the result to -o."""
     from lipsync_cli.dub import DubOptions
     from lipsync_cli.dub import dub as run_dub
+    from lipsync_cli.output_format import EncodeOptions
 
     opts = DubOptions(
         checkpoint=checkpoint, arch=arch, detector=detector, detector_weights=detector_weights, det_size=det_size,
@@ -106,7 +120,10 @@ def dub(
         track=track, track_options=_track_options(pads, no_smooth, ref_box, max_gap),
         strict=strict, batch_size=batch_size, device=device, precision=precision, blend=blend, loop=loop, fps=fps,
         crf=crf, preset=preset, offline=True if offline else None,
+        encode=EncodeOptions(vcodec=vcodec, pix_fmt=pix_fmt, profile=profile, acodec=acodec,
+                             keep_streams=keep_streams, language=language),
     )
+    opts.validate(output)  # every option mistake is reported before the video is opened
     console = _console()
 
     def notify(msg: str) -> None:
@@ -121,7 +138,7 @@ def dub(
     rate = result.stage_fps()
     stages = "  ".join(f"{k} {v:.1f}" for k, v in rate.items() if result.stage_frames.get(k))
     console.print(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps "
-                  f"({result.frames / result.fps:.2f} s), {result.faces} faces redrawn")
+                  f"({result.frames / result.fps:.2f} s), {result.faces} faces redrawn; {result.encoding}")
     console.print(f"{result.device}/{result.precision} batch {result.batch_size}: {result.wall_seconds:.1f} s, "
                   f"{result.frames / result.wall_seconds:.1f} frames/s end to end, "
                   f"{result.realtime_factor:.2f}x real time; stage frames/s: {stages}", highlight=False)
