@@ -149,8 +149,14 @@ def _fps_arg(fps: float) -> str:
     return f"{frac.numerator}/{frac.denominator}"
 
 
-def _snap_rate(fps: float) -> float:
-    """Snap a measured rate onto a small rational (25.0000001 -> 25, 29.97002997 -> 30000/1001)."""
+def _snap_rate(fps: float, rel_tol: float = 1e-4) -> float:
+    """Snap a measured rate onto a usual rate (25.0000001 -> 25, 29.97002997 -> 30000/1001), else onto a small
+    rational; ``rel_tol``: how far off the measure may be (a 1 ms time base over 12 frames of 29.97 fps
+    measures 29.973, which is 11000/367 exactly)."""
+    nominal = min((round(fps), 24000 / 1001, 30000 / 1001, 60000 / 1001, 120000 / 1001),
+                  key=lambda r: abs(r - fps))
+    if nominal and abs(nominal - fps) <= rel_tol * fps:
+        return float(nominal)
     frac = Fraction(fps).limit_denominator(1001)
     return float(frac) if abs(float(frac) - fps) <= 1e-4 * fps else fps
 
@@ -319,7 +325,7 @@ _INPUT_RE = re.compile(r"^Input #0, (.+?), from '")
 _DURATION_RE = re.compile(r"Duration: (N/A|(\d+):(\d+):(\d+(?:\.\d+)?))(?:, start: (-?\d+(?:\.\d+)?))?")
 _STREAM_RE = re.compile(r"^\s*Stream #0:(\d+)(?:\[\w+\])?(?:\((\w+)\))?[^:]*: (\w+): (\S+)(.*)$")
 _PIXFMT_RE = re.compile(r", (\w+)(?:\(([^)]*)\))?, \d+x\d+")  # ", yuv420p10le(tv, bt709, progressive), 64x48"
-_TIMECODE_RE = re.compile(r"^\s+timecode\s*: (\S+)")
+_TIMECODE_RE = re.compile(r"^\s+timecode\s*: (\S+)", re.IGNORECASE)  # Matroska tags are upper case
 _CHAPTER_RE = re.compile(r"^\s+Chapter #0:\d+: start")
 _SIZE_RE = re.compile(r", (\d+)x(\d+)(?=[ ,\[]|$)")
 _RATE_RE = re.compile(r"([\d.]+)(k?) (fps|tbr)\b")
@@ -443,6 +449,7 @@ class _Scan:
     end: Fraction  # s, when the last frame stops being shown
     is_vfr: bool
     cfr_rate: Fraction | None  # frames per second from the frame spacing, when constant
+    tick: Fraction = Fraction(0)  # s, the time base: how precise first/end are
 
 
 def _scan_packets(path: Path, stream_index: int, ffmpeg: str) -> _Scan | None:
@@ -488,7 +495,7 @@ def _scan_packets(path: Path, stream_index: int, ffmpeg: str) -> _Scan | None:
     end_ticks = last_pts + (last_dur if last_dur > 0 else med)
     span = int(pts[-1] - pts[0])
     cfr_rate = None if is_vfr else Fraction(len(pts) - 1) / (span * tb)
-    return _Scan(n_packets=n, first=pts[0] * tb, end=end_ticks * tb, is_vfr=is_vfr, cfr_rate=cfr_rate)
+    return _Scan(n_packets=n, first=pts[0] * tb, end=end_ticks * tb, is_vfr=is_vfr, cfr_rate=cfr_rate, tick=tb)
 
 
 def _round_near(x: Fraction) -> int:
@@ -541,8 +548,8 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
     scan = _scan_packets(p, st.index, ffmpeg) if count_frames else None
     if scan is not None:
         stream_duration = float(scan.end - scan.first)
-        if scan.cfr_rate is not None:
-            fps = _snap_rate(float(scan.cfr_rate))
+        if scan.cfr_rate is not None:  # the spacing is known to a tick or two over the whole span
+            fps = _snap_rate(float(scan.cfr_rate), max(1e-4, float(2 * scan.tick / (scan.end - scan.first))))
         else:  # variable: decode at the average rate
             fps = _snap_rate(scan.n_packets / stream_duration)
     if not fps:
