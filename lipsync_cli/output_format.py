@@ -22,6 +22,7 @@ The rules, in one place:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
@@ -78,8 +79,26 @@ _SCALE_MATRIX = {"bt709": "bt709", "bt470bg": "bt601", "smpte170m": "smpte170m",
                  "bt2020c": "bt2020", "smpte240m": "smpte240m", "fcc": "fcc"}
 
 
+HARDWARE = "hardware"  # --vcodec hardware: the first of HARDWARE_H264 that works here
+HARDWARE_H264 = ("h264_nvenc", "h264_videotoolbox", "h264_qsv", "h264_amf", "h264_vaapi", "h264_mf")
+
+
 def is_hardware(vcodec: str) -> bool:
     return vcodec.endswith(HARDWARE_SUFFIXES)
+
+
+def resolve_vcodec(vcodec: str) -> str:
+    """``vcodec``, or for 'hardware' the first H.264 hardware encoder this ffmpeg has that opens on this machine
+    (``BadOption`` naming those it tried when none does)."""
+    if vcodec != HARDWARE:
+        return vcodec
+    listed = [c for c in HARDWARE_H264 if encoders().get(c) == "V"]
+    for name in listed:
+        if _hardware_opens(name) is None:
+            return name
+    raise BadOption("--vcodec hardware: no hardware H.264 encoder works on this machine"
+                    + (f" (ffmpeg lists {', '.join(listed)}, none opens)" if listed else ""),
+                    "use a software encoder such as libx264")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,14 +198,16 @@ class EncodeOptions:
 
     def validate(self, output: str | Path | None = None) -> None:
         """Refuse, with one line naming the fix, what cannot be encoded here; ``output`` gives the container."""
-        if self.vcodec not in VCODECS and not is_hardware(self.vcodec):
-            raise BadOption(f"--vcodec {self.vcodec!r} is not one of {', '.join(VCODECS)} or a hardware encoder "
-                            "(h264_nvenc, hevc_nvenc, h264_videotoolbox...)")
+        if self.vcodec not in VCODECS and not is_hardware(self.vcodec) and self.vcodec != HARDWARE:
+            raise BadOption(f"--vcodec {self.vcodec!r} is not one of {', '.join(VCODECS)}, hardware or a hardware "
+                            "encoder (h264_nvenc, hevc_nvenc, h264_videotoolbox...)")
         if self.acodec not in ACODECS:
             raise BadOption(f"--acodec {self.acodec!r} is not one of {', '.join(ACODECS)}")
         if self.language is not None and not re.fullmatch(r"[a-z]{3}", self.language):
             raise BadOption(f"--language {self.language!r} is not an ISO 639-2 code",
                             "give three lower-case letters such as eng, fra, deu")
+        if self.vcodec == HARDWARE:
+            return dataclasses.replace(self, vcodec=resolve_vcodec(HARDWARE)).validate(output)
         have = encoders()
         if have.get(self.vcodec) != "V":
             listed = [c for c in VCODECS if have.get(c) == "V"] + sorted(
@@ -344,6 +365,7 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
     ``audio``: the new audio track (needed for ``--acodec copy``, to check the container takes its codec).
     Raises ``BadOption`` for what cannot be encoded (checked before any frame is decoded)."""
     options.validate(out)
+    options = dataclasses.replace(options, vcodec=resolve_vcodec(options.vcodec))
     out = Path(out)
     muxer = MUXERS[out.suffix.lower()]
     vcodec = options.vcodec
@@ -368,8 +390,8 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
             profile = _default_profile(vcodec, src, width, height)
         fmt = _profile_pix_fmt(vcodec, profile)
         chosen_by_user = options.profile is not None
-    else:
-        fmt = _choose_pix_fmt(src, supported) or (supported[0] if supported else "yuv420p")
+    else:  # a still image becomes 8-bit 4:2:0 video, the most widely played
+        fmt = _choose_pix_fmt(None if source.is_image else src, supported) or (supported[0] if supported else "yuv420p")
     if vcodec in ("prores_ks", "dnxhd") and profile is None:  # --pix-fmt alone: the profile that encodes it
         profile = _profile_for(vcodec, fmt)
     pad = False
@@ -391,6 +413,8 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
 
     # --- colour: the conversion from our RGB frames, and the tags ---
     c = source.colour
+    if src is not None and src.rgb:  # an RGB source's range and matrix say nothing of the YUV written
+        c = dataclasses.replace(c, range="", space="")
     filters = list(undo_rotation)
     if pad:
         filters.append(_pad_filter(width, height))

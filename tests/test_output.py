@@ -187,6 +187,17 @@ def test_8bit_untagged_source_stays_untagged_yuv420p(tmp_path):
     assert not any(a.startswith("-color") for a in plan.video_args)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_still_image_becomes_8bit_420_without_rgb_tags(tmp_path, suffix):
+    from synth import make_image
+
+    image = make_image(tmp_path / f"still{suffix}")  # png: rgb24(pc, gbr); jpg: yuvj444p(pc, bt470bg)
+    plan = plan_output(probe(image), EncodeOptions(), tmp_path / "o.mp4")
+    assert (plan.pix_fmt, plan.depth) == ("yuv420p", 8)
+    tags = dict(zip(plan.video_args[::2], plan.video_args[1::2]))
+    assert tags.get("-color_range") == (None if suffix == ".png" else "pc")  # full-range JPEG values stay full
+
+
 def test_odd_size_is_kept_exact_in_444_and_said(src, tmp_path):
     notes: list[str] = []
     out = dub_to(src["odd"], src["speech"], tmp_path / "odd.mp4", notes=notes, box=(300, 150, 364, 214))
@@ -248,6 +259,12 @@ def test_hardware_encoder_refused_where_absent(monkeypatch):
     monkeypatch.setattr(output_format, "encoders", lambda: {"libx264": "V", "h264_nvenc": "V"})
     with pytest.raises(BadOption, match="no hevc_videotoolbox encoder; it has: libx264, h264_nvenc"):
         EncodeOptions(vcodec="hevc_videotoolbox").validate("o.mp4")
+    monkeypatch.setattr(output_format, "_hardware_opens", lambda name: "Cannot load libcuda.so.1")
+    with pytest.raises(BadOption, match=r"--vcodec hardware: no hardware H.264 encoder works.*lists h264_nvenc"):
+        EncodeOptions(vcodec="hardware").validate("o.mp4")
+    monkeypatch.setattr(output_format, "_hardware_opens", lambda name: None)
+    assert output_format.resolve_vcodec("hardware") == "h264_nvenc"
+    monkeypatch.undo()
     if output_format._hardware_opens("h264_nvenc") is None:
         pytest.skip("h264_nvenc works on this machine")
     with pytest.raises(BadOption, match="lists h264_nvenc but cannot open it"):
@@ -321,3 +338,41 @@ def test_ffprobe_agrees(src, tmp_path):
     assert v["r_frame_rate"] == "30000/1001" and len(doc["chapters"]) == 2
     audio = [s for s in doc["streams"] if s["codec_type"] == "audio"]
     assert audio[0]["tags"]["language"] == "spa" and audio[0]["disposition"]["default"] == 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the CLI
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    env = {**os.environ, "LIPSYNC_OFFLINE": "1"}
+    env.pop("LIPSYNC_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "lipsync_cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_cli_refuses_a_container_mismatch_in_one_line(src, tmp_path):
+    out = tmp_path / "o.mp4"
+    # no weights are available offline: the option mistake is still what is reported, before any work
+    proc = _cli("dub", str(src["hevc10"]), str(src["speech"]), "-o", str(out), "--vcodec", "prores_ks", "-q")
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "prores_ks does not go in .mp4 files; use .mkv or .mov" in lines[0], proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_dub_10bit_keep_streams(src, tmp_path, fake_ckpt):
+    out = tmp_path / "cli.mkv"
+    proc = _cli("dub", str(src["hevc10"]), str(src["speech"]), "-o", str(out), "--checkpoint",
+                str(fake_ckpt("wav2lip")), "--box", *map(str, BOX), "--device", "cpu", "--preset", "ultrafast",
+                "--vcodec", "libx265", "--keep-streams", "--language", "spa")
+    assert proc.returncode == 0, proc.stderr
+    assert "libx265 yuv420p10le (10-bit) in matroska" in proc.stderr
+    info = probe(out)
+    assert (info.pix_fmt, info.colour, info.rate, info.n_frames, info.chapters) == ("yuv420p10le", BT709, NTSC,
+                                                                                    12, 2)
+    assert [(s.kind, s.language) for s in info.streams][1:3] == [("Audio", "spa"), ("Audio", "eng")]
