@@ -47,6 +47,9 @@ PRORES_PROFILES = {"proxy": (0, "yuv422p10le"), "lt": (1, "yuv422p10le"), "stand
 DNXHR_PROFILES = {"dnxhr_lb": "yuv422p", "dnxhr_sq": "yuv422p", "dnxhr_hq": "yuv422p", "dnxhr_hqx": "yuv422p10le",
                   "dnxhr_444": "yuv444p10le"}
 DNXHR_MIN_SIZE = (256, 120)  # the encoder refuses smaller frames
+# encoders whose files name a YUV matrix even when told none: an untagged source is converted to that matrix (and
+# tagged with it), else decoders would read values meant for ffmpeg's default (BT.601) as BT.709
+SELF_TAGGING = {"dnxhd": "bt709"}
 
 
 @dataclass(frozen=True)
@@ -425,6 +428,8 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
     else:
         rng = c.range or ("pc" if source.pix_fmt.startswith("yuvj") else "")
         space = c.space if c.space != "gbr" else ""
+        if not space and vcodec in SELF_TAGGING:  # its files always claim a matrix: convert to that one
+            space = SELF_TAGGING[vcodec]
         scale = []
         if space in _SCALE_MATRIX:
             scale.append(f"out_color_matrix={_SCALE_MATRIX[space]}")

@@ -208,6 +208,16 @@ def test_odd_size_is_kept_exact_in_444_and_said(src, tmp_path):
     assert plan.encoded_size == (642, 360) and "padded" in plan.notes[0]  # DNxHR 4:2:2 cannot: padded, said
 
 
+@pytest.mark.parametrize(("vcodec", "suffix"), [("dnxhd", ".mov"), ("prores_ks", ".mov"), ("libx264", ".mp4")])
+def test_untagged_source_keeps_its_colours(src, tmp_path, vcodec, suffix):
+    box = (300, 150, 364, 214)
+    out = dub_to(src["odd"], src["speech"], tmp_path / f"u{suffix}", box=box, vcodec=vcodec)
+    got, ref = frames16(out, depth=8)[:, :359, :641], frames16(src["odd"], depth=8)  # DNxHR: padded, cut back
+    mask = outside(box, got.shape[1:], margin=16)
+    err = np.abs(got - ref)[:, mask].reshape(-1, 3).mean(0) / 257  # per channel, 8-bit levels
+    assert err.max() < 2, err  # a matrix mix-up shifts one channel by ~20 levels
+
+
 def test_rotation_kept_as_metadata(src, tmp_path):
     out = dub_to(src["rotated"], src["speech"], tmp_path / "rot.mp4", box=(40, 24, 88, 72))
     info = probe(out)
