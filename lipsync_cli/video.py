@@ -150,13 +150,14 @@ def _fps_arg(fps: float) -> str:
 
 
 def _snap_rate(fps: float, rel_tol: float = 1e-4) -> float:
-    """Snap a measured rate onto a usual rate (25.0000001 -> 25, 29.97002997 -> 30000/1001), else onto a small
-    rational; ``rel_tol``: how far off the measure may be (a 1 ms time base over 12 frames of 29.97 fps
-    measures 29.973, which is 11000/367 exactly)."""
-    nominal = min((round(fps), 24000 / 1001, 30000 / 1001, 60000 / 1001, 120000 / 1001),
-                  key=lambda r: abs(r - fps))
-    if nominal and abs(nominal - fps) <= rel_tol * fps:
-        return float(nominal)
+    """Snap a measured rate onto a small rational (25.0000001 -> 25, 29.97002997 -> 30000/1001). ``rel_tol``: how
+    far off the measure may be; when that is coarser than 1e-4 (a 1 ms time base over 12 frames of 29.97 fps
+    measures 29.973, which is 11000/367 exactly), the nearest usual rate within it is taken instead."""
+    if rel_tol > 1e-4:
+        nominal = min((round(fps), 24000 / 1001, 30000 / 1001, 60000 / 1001, 120000 / 1001),
+                      key=lambda r: abs(r - fps))
+        if nominal and abs(nominal - fps) <= rel_tol * fps:
+            return float(nominal)
     frac = Fraction(fps).limit_denominator(1001)
     return float(frac) if abs(float(frac) - fps) <= 1e-4 * fps else fps
 

@@ -218,6 +218,21 @@ def test_untagged_source_keeps_its_colours(src, tmp_path, vcodec, suffix):
     assert err.max() < 2, err  # a matrix mix-up shifts one channel by ~20 levels
 
 
+def test_real_clip_keeps_its_tags_and_colours(src, tmp_path):
+    from conftest import media
+
+    clip = media("liveportrait_d12.mp4")  # 512x512, tagged tv smpte170m/smpte170m/bt709
+    box = (170, 170, 234, 234)
+    out = dub_to(clip, src["speech"], tmp_path / "real.mp4", box=box)
+    info, src_info = probe(out), probe(clip)
+    assert (info.colour, info.pix_fmt, info.rate) == (src_info.colour, "yuv420p", src_info.rate)
+    got = frames16(out, depth=8)
+    with FrameReader(clip, max_frames=len(got)) as reader:
+        ref = np.stack([f.astype(np.float64) * 257 for f in reader])
+    err = np.abs(got - ref)[:, outside(box, got.shape[1:], margin=16)].reshape(-1, 3).mean(0) / 257
+    assert err.max() < 3.5, err  # crf 18 ultrafast noise (measured 2.3 at most), not a colour shift
+
+
 def test_rotation_kept_as_metadata(src, tmp_path):
     out = dub_to(src["rotated"], src["speech"], tmp_path / "rot.mp4", box=(40, 24, 88, 72))
     info = probe(out)
