@@ -50,6 +50,7 @@ DNXHR_MIN_SIZE = (256, 120)  # the encoder refuses smaller frames
 # encoders whose files name a YUV matrix even when told none: an untagged source is converted to that matrix (and
 # tagged with it), else decoders would read values meant for ffmpeg's default (BT.601) as BT.709
 SELF_TAGGING = {"dnxhd": "bt709"}
+HDR_TRANSFERS = ("smpte2084", "arib-std-b67")  # PQ, HLG: their mastering metadata is looked for
 
 
 @dataclass(frozen=True)
@@ -446,7 +447,17 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
     if setparams:
         filters.append("setparams=" + ":".join(setparams))
     vargs = ["-vf", ",".join(filters), "-c:v", vcodec, "-pix_fmt", fmt, *tags]
-    vargs += _quality_args(vcodec, profile, crf, preset, muxer)
+    hdr = []
+    if c.trc in HDR_TRANSFERS and not source.is_image:
+        from lipsync_cli.video import hdr_metadata
+
+        meta = hdr_metadata(source)
+        if meta is not None and vcodec == "libx265":
+            hdr = ["hdr10=1", *meta.x265_params()]
+        elif meta is not None:
+            notes.append(f"the source's HDR mastering-display/light-level metadata is only written with libx265; "
+                         f"this {vcodec} output keeps the {c.trc} tags without it")
+    vargs += _quality_args(vcodec, profile, crf, preset, muxer, hdr)
     if source.timecode and not source.is_image:
         vargs += ["-timecode", source.timecode]
 
@@ -484,11 +495,12 @@ def _profile_for(vcodec: str, fmt: str) -> str | None:
     return "dnxhr_hqx" if depth > 8 else "dnxhr_hq"
 
 
-def _quality_args(vcodec: str, profile: str | None, crf: int, preset: str, muxer: str) -> list[str]:
+def _quality_args(vcodec: str, profile: str | None, crf: int, preset: str, muxer: str,
+                  x265: list[str] | tuple[str, ...] = ()) -> list[str]:
     if vcodec in ("libx264", "libx265"):
         args = ["-crf", str(crf), *(["-preset", preset] if preset else [])]
         if vcodec == "libx265":
-            args += ["-x265-params", "log-level=error"]
+            args += ["-x265-params", ":".join(["log-level=error", *x265])]
             if muxer in ("mp4", "mov"):
                 args += ["-tag:v", "hvc1"]  # the tag Apple players and editors read
         return args + (["-profile:v", profile] if profile else [])

@@ -584,6 +584,57 @@ def probe_audio(path: str | os.PathLike) -> AudioInfo:
     return info
 
 
+@dataclass(frozen=True)
+class HdrMetadata:
+    """HDR10 static metadata of a stream: mastering display primaries and white point (CIE 1931 x, y), its
+    luminance range (cd/m2), and the content light levels (MaxCLL, MaxFALL, cd/m2; None when absent)."""
+
+    red: tuple[float, float] | None = None
+    green: tuple[float, float] | None = None
+    blue: tuple[float, float] | None = None
+    white: tuple[float, float] | None = None
+    min_luminance: float | None = None
+    max_luminance: float | None = None
+    max_cll: int | None = None
+    max_fall: int | None = None
+
+    def x265_params(self) -> list[str]:
+        """The same, as libx265's ``master-display`` (0.00002 and 0.0001 cd/m2 units) and ``max-cll`` params."""
+        params = []
+        if None not in (self.red, self.green, self.blue, self.white, self.min_luminance, self.max_luminance):
+            xy = lambda c: f"({round(c[0] / 0.00002)},{round(c[1] / 0.00002)})"  # noqa: E731
+            params.append(f"master-display=G{xy(self.green)}B{xy(self.blue)}R{xy(self.red)}WP{xy(self.white)}"
+                          f"L({round(self.max_luminance / 0.0001)},{round(self.min_luminance / 0.0001)})")
+        if self.max_cll is not None:
+            params.append(f"max-cll={self.max_cll},{self.max_fall or 0}")
+        return params
+
+
+_XY = r"\(([\d.]+)[, ]+([\d.]+)\)"
+_MASTERING_RE = re.compile(rf"Mastering display metadata:.*?r{_XY} g{_XY} b{_XY} wp{_XY}"
+                           r" min_luminance=([\d.]+), max_luminance=([\d.]+)")
+_LIGHT_RE = re.compile(r"Content light level metadata: MaxCLL=(\d+), MaxFALL=(\d+)")
+
+
+def hdr_metadata(info: VideoInfo) -> HdrMetadata | None:
+    """The HDR10 static metadata of ``info``'s video stream, read from its first decoded frame (it travels in the
+    bitstream, which ``probe`` does not decode): None when it has none. About one frame's decode."""
+    cmd = [find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "info", "-i", str(info.path),
+           "-map", f"0:{info.stream_index}", "-frames:v", "1", "-vf", "showinfo", "-f", "null", "-"]
+    text = run_child(cmd, check=False, capture_output=True, text=True, errors="replace").stderr
+    m, light = _MASTERING_RE.search(text), _LIGHT_RE.search(text)
+    if m is None and light is None:
+        return None
+    meta = HdrMetadata()
+    if m is not None:
+        v = [float(g) for g in m.groups()]
+        meta = dataclasses.replace(meta, red=(v[0], v[1]), green=(v[2], v[3]), blue=(v[4], v[5]),
+                                   white=(v[6], v[7]), min_luminance=v[8], max_luminance=v[9])
+    if light is not None:
+        meta = dataclasses.replace(meta, max_cll=int(light.group(1)), max_fall=int(light.group(2)))
+    return meta
+
+
 def has_audio(path: str | os.PathLike) -> bool:
     """True when ffmpeg sees an audio stream in ``path`` (raises like ``probe_audio`` for missing/non-media)."""
     try:

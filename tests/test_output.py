@@ -29,6 +29,8 @@ NTSC = Fraction(30000, 1001)
 SECONDS = 0.4  # 12 frames at 29.97
 BT709 = Colour(range="tv", space="bt709", primaries="bt709", trc="bt709")
 PQ = Colour(range="tv", space="bt2020nc", primaries="bt2020", trc="smpte2084")
+# HDR10 static metadata of the PQ source: P3 D65 mastering display, 1000 cd/m2, MaxCLL 1000, MaxFALL 400
+MASTERING = "master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1):max-cll=1000,400"
 
 
 def _picture(fmt: str, c: Colour) -> str:
@@ -62,7 +64,8 @@ def make_source(path: Path, colour: Colour = BT709, size: tuple[int, int] = SIZE
         maps += ["-map", "2:a", "-map", "3:s", "-map_chapters", "4", "-map_metadata", "4",
                  "-c:s", "mov_text" if path.suffix != ".mkv" else "srt", "-metadata:s:a:1", "language=fra",
                  "-metadata:s:s:0", "language=eng", "-timecode", "01:00:00:00"]
-    codec = ["-c:v", vcodec] + (["-x265-params", "log-level=error", "-tag:v", "hvc1"] if vcodec == "libx265" else [])
+    x265 = "log-level=error" + (f":hdr10=1:{MASTERING}" if colour == PQ else "")
+    codec = ["-c:v", vcodec] + (["-x265-params", x265, "-tag:v", "hvc1"] if vcodec == "libx265" else [])
     run_ffmpeg([*args, *maps, "-vf", _picture(fmt, colour), *codec,
                 "-c:a", "aac", "-metadata:s:a:0", "language=eng", str(path)])
     return path
@@ -165,16 +168,23 @@ def test_10bit_bt709_dub_keeps_depth_tags_rate_and_pixels_outside_the_box(src, t
     assert mouth > 20 * 257, mouth  # the mouth was redrawn
 
 
-def test_pq_tags_survive_another_pixel_format(src, tmp_path):
+def test_pq_tags_and_hdr10_metadata_survive_another_pixel_format(src, tmp_path):
+    from lipsync_cli.video import hdr_metadata
+
     out = dub_to(src["pq"], src["speech"], tmp_path / "pq.mp4", vcodec="libx265", pix_fmt="yuv444p12le")
     info = probe(out)
     assert (info.pix_fmt, info.colour, info.rate, info.n_frames) == ("yuv444p12le", PQ, NTSC, 12)
+    meta = hdr_metadata(info)
+    assert meta is not None and meta == hdr_metadata(probe(src["pq"]))
+    assert (meta.max_luminance, meta.max_cll, meta.max_fall, meta.green) == (1000.0, 1000, 400, (0.265, 0.69))
     got, ref = frames16(out), frames16(src["pq"])
     mask = outside(BOX, got.shape[1:], margin=16)
     assert np.abs(got - ref)[:, mask].mean() < 2 * 257  # converted with the BT.2020 matrix, not re-interpreted
-    out8 = dub_to(src["pq"], src["speech"], tmp_path / "pq8.mp4", vcodec="libx264", pix_fmt="yuv420p")
+    notes: list[str] = []
+    out8 = dub_to(src["pq"], src["speech"], tmp_path / "pq8.mp4", notes, vcodec="libx264", pix_fmt="yuv420p")
     info8 = probe(out8)
     assert (info8.pix_fmt, info8.colour) == ("yuv420p", PQ)
+    assert any("only written with libx265" in n for n in notes), notes  # x264 cannot carry it: said
     assert np.abs(frames16(out8) - ref)[:, mask].mean() < 3 * 257
 
 
