@@ -14,9 +14,10 @@ The rules, in one place:
   source's depth, or the nearest the encoder has (never the deprecated full-range yuvj formats: range is a tag).
 - colour: the source's primaries, transfer, matrix and range are written as tags, and the RGB -> YUV conversion
   uses the source's matrix and range, so what the decoder turned into RGB goes back to the same YUV values.
-- size: 4:2:0 needs even sides, 4:2:2 an even width. An odd-sized source is encoded 4:4:4 at the same depth
-  (exact size, less player support); where the encoder has no 4:4:4 (DNxHR 4:2:2 crops silently) or the user chose
-  the pixel format, one edge column/row is repeated to pad it to even, and a note says so.
+- size: x264, x265 and the hardware encoders need even sides for 4:2:0 (and an even width for 4:2:2); ProRes,
+  DNxHR and VP9 take any size. For the former, an odd-sized source is encoded 4:4:4 at the same depth (exact size,
+  less player support); where the user chose the pixel format, one edge column/row is repeated to pad it to even.
+  A note says which.
 - rotation, frame rate (rational), start timecode: kept (rotation as display-matrix metadata over the stored frames).
 """
 
@@ -50,6 +51,7 @@ DNXHR_MIN_SIZE = (256, 120)  # the encoder refuses smaller frames
 # encoders whose files name a YUV matrix even when told none: an untagged source is converted to that matrix (and
 # tagged with it), else decoders would read values meant for ffmpeg's default (BT.601) as BT.709
 SELF_TAGGING = {"dnxhd": "bt709"}
+ANY_SIZE = ("prores_ks", "dnxhd", "libvpx-vp9")  # encoders that take odd sides in 4:2:0/4:2:2 (x264, x265 do not)
 HDR_TRANSFERS = ("smpte2084", "arib-std-b67")  # PQ, HLG: their mastering metadata is looked for
 
 
@@ -391,7 +393,7 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
         fmt = options.pix_fmt
     elif vcodec in ("prores_ks", "dnxhd"):
         if profile is None:
-            profile = _default_profile(vcodec, src, width, height)
+            profile = _default_profile(vcodec, src)
         fmt = _profile_pix_fmt(vcodec, profile)
         chosen_by_user = options.profile is not None
     else:  # a still image becomes 8-bit 4:2:0 video, the most widely played
@@ -399,15 +401,12 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
     if vcodec in ("prores_ks", "dnxhd") and profile is None:  # --pix-fmt alone: the profile that encodes it
         profile = _profile_for(vcodec, fmt)
     pad = False
-    if not _subsampling_fits(fmt, width, height):
-        f444 = None if chosen_by_user or vcodec == "dnxhd" else _choose_pix_fmt(
-            pix_fmt(fmt), supported, chroma="444")
+    if vcodec not in ANY_SIZE and not _subsampling_fits(fmt, width, height):
+        f444 = None if chosen_by_user else _choose_pix_fmt(pix_fmt(fmt), supported, chroma="444")
         if f444 is not None:
             notes.append(f"{width}x{height} has an odd side, which {fmt} cannot hold: encoding {f444} (4:4:4) "
                          "to keep the exact size")
             fmt = f444
-            if vcodec == "prores_ks":
-                profile = "4444"
         else:
             pad = True
             notes.append(f"{width}x{height} has an odd side, which {fmt} cannot hold: padded to "
@@ -476,7 +475,7 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
                       source=source.path if keep else None, encoded_size=(enc_w, enc_h), notes=tuple(notes))
 
 
-def _default_profile(vcodec: str, src: PixFmt | None, width: int, height: int) -> str:
+def _default_profile(vcodec: str, src: PixFmt | None) -> str:
     """ProRes 422 HQ, or 4444 for a 4:4:4/RGB source; DNxHR HQX (10-bit) for a deep source, 444 for 4:4:4, else HQ."""
     full = src is not None and src.chroma in ("444", "rgb")
     if vcodec == "prores_ks":
