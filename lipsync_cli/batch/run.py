@@ -158,6 +158,7 @@ def run_batch(manifest: str | Path | Manifest, options: BatchOptions, executor: 
     states = load_states(outdir)
     rows: dict[str, dict[str, Any]] = {}
     todo: list[Job] = []
+    notes: dict[str, str | None] = {}  # why a job runs again (inputs changed, retried...)
     with Journal(journal_path(outdir, options.shard)) as journal:
         for row, line, reason in manifest.invalid:
             if in_shard(row, options.shard):
@@ -182,6 +183,7 @@ def run_batch(manifest: str | Path | Manifest, options: BatchOptions, executor: 
                 note = "retried" if options.retry_failed else changed
             ev = journal.record(job.id, "pending", **where, note=note)
             rows[job.id] = _row(job, ev)
+            notes[job.id] = note
             todo.append(job)
         emit("plan", None, {"jobs": len(jobs), "todo": len(todo), "done": sum(
             1 for r in rows.values() if r["state"] == "done"), "failed": sum(
@@ -207,7 +209,7 @@ def run_batch(manifest: str | Path | Manifest, options: BatchOptions, executor: 
                     ev = journal.record(
                         job.id, state, line=job.line, video=str(job.video), audio=str(job.audio),
                         output=str(job.output), inputs=job_inputs(job), options=options_fingerprint(job.options),
-                        **{k: v for k, v in outcome.items() if k != "state"})
+                        note=notes.get(job.id), **{k: v for k, v in outcome.items() if k != "state"})
                     rows[job.id] = _row(job, ev)
                     ran += 1
                     frames += int(outcome.get("frames") or 0)
