@@ -51,9 +51,14 @@ def file_identity(path: str | os.PathLike | None) -> dict | None:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "edges": h.hexdigest()[:32]}
 
 
+# options that do not change what a job writes: changing them does not make a finished job stale
+NEUTRAL_OPTIONS = ("offline", "max_pending_bytes", "batch_size")
+
+
 def options_fingerprint(options) -> str:
-    """A short hash of a DubOptions (every field, nested dataclasses too): a changed option re-runs a job."""
-    data = dataclasses.asdict(options)
+    """A short hash of a DubOptions (every field but NEUTRAL_OPTIONS, nested dataclasses too): a changed option
+    re-runs a job."""
+    data = {k: v for k, v in dataclasses.asdict(options).items() if k not in NEUTRAL_OPTIONS}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
