@@ -341,7 +341,7 @@ def test_ray_executor_gives_the_same_outputs_and_report(first_run, clips, tmp_pa
         ray.shutdown()
     first = first_run["report"]
     key = lambda rows: [(r["job"], r["state"], r["frames"], r["track"] is not None) for r in rows]  # noqa: E731
-    assert key(report.rows) == key(first.rows)
+    assert key(report.rows) == key(first.rows), [r["error"] for r in report.rows]
     assert report.exit_code == 1
     for r in report.rows:
         if r["state"] == "done":
