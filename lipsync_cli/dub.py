@@ -419,12 +419,14 @@ def load_dub_detector(options: DubOptions, device: str, notify: Callable[[str], 
 
 
 def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
-                 notify: Callable[[str], None] | None = None, fps: float | None = None, info=None) -> Track:
+                 notify: Callable[[str], None] | None = None, fps: float | None = None, info=None,
+                 detector=None) -> Track:
     """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame.
 
     The network runs under the generator's autocast precision (bf16 halves S3FD's time on a CPU that has it);
-    box decoding and NMS are float32 whatever the precision."""
-    detector = load_dub_detector(options, device, notify, progress)
+    box decoding and NMS are float32 whatever the precision. ``detector``: one already loaded by
+    ``load_dub_detector(options, device)`` (a batch worker keeps it for every video)."""
+    detector = detector or load_dub_detector(options, device, notify, progress)
     from lipsync_cli.video import probe
 
     info = info or probe(video)

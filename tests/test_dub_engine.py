@@ -66,7 +66,9 @@ def test_looping_decodes_each_output_frame_at_most_once(clips, decode_counter, m
 
 
 def test_pingpong_without_room_for_the_spool_still_gives_the_right_frames(clips, monkeypatch):
-    from lipsync_cli import dub as dub_mod
+    import importlib
+
+    dub_mod = importlib.import_module("lipsync_cli.dub")  # the module (`from lipsync_cli import dub` is the function)
 
     monkeypatch.setattr(dub_mod, "_spool_fits", lambda *a: False)
     with video_mod.FrameReader(clips["v12"]) as reader:

@@ -19,7 +19,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from lipsync_cli.cli import dub as _dub  # noqa: F401  (registers commands)
+from lipsync_cli.cli import batch as _batch  # noqa: F401  (registers commands)
+from lipsync_cli.cli import dub as _dub  # noqa: F401
 from lipsync_cli.cli import evaluate as _evaluate  # noqa: F401
 from lipsync_cli.cli import models as _models  # noqa: F401
 from lipsync_cli.cli import train as _train  # noqa: F401

@@ -1,0 +1,312 @@
+"""Batch manifests: CSV, JSONL or YAML files of dub jobs, parsed and validated before any work starts.
+
+One row a job: ``video``, ``audio``, an optional ``output`` and any ``DubOptions`` field as a column (``checkpoint``,
+``box``, ``blend``, ``crf``...), plus the fields of ``TrackOptions`` (``pads``, ``ref_box``, ``max_gap``, ``smooth``;
+``no_smooth`` as the CLI spells it). Columns are derived from the dataclasses, so a new dub option is a new column
+without touching this file. Every row is checked with ``DubOptions.validate()``; problems are collected with their
+line number and reported together (``ManifestError``) unless the caller skips invalid rows.
+
+Paths in a row (inputs, ``checkpoint``, ``track``, ``detector_weights``) are relative to the manifest's folder;
+``output`` is relative to the batch's output folder. An input that does not exist is not a malformed row: that job
+fails on its own when it runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lipsync_cli.dub import OUTPUT_SUFFIXES, DubOptions
+from lipsync_cli.errors import BadOption, InputNotFound, LipsyncError
+from lipsync_cli.faces.track import TrackOptions
+
+MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml"}
+JOB_COLUMNS = ("video", "audio", "output")
+_ALIASES = {"no_smooth": ("smooth", lambda v: not v)}  # CLI spelling -> (field, value map)
+EXTRA, ERROR = "\0extra", "\0error"  # markers of a broken row, kept until validation
+_NONE_WORDS = ("", "none", "null", "off")
+_TRUE = ("1", "true", "yes", "on", "y")
+_FALSE = ("0", "false", "no", "off", "n")
+
+
+class ManifestError(LipsyncError):
+    """The manifest is unreadable or has malformed rows; ``problems`` lists (line, message), one per row."""
+
+    exit_code = 2
+
+    def __init__(self, manifest: Path, problems: list[tuple[int, str]]):
+        self.manifest = manifest
+        self.problems = problems
+        first = "; ".join(f"line {n}: {m}" for n, m in problems[:3])
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        super().__init__(f"{manifest}: {len(problems)} malformed row(s): {first}{more}",
+                         "fix them, or pass --skip-invalid to run the other rows")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One dub of the batch, every path absolute."""
+
+    id: str  # the output relative to the batch folder (posix): unique, the job's name in the journal
+    row: int  # 0-based position among the manifest's rows: shards take every Nth (stable across reruns)
+    line: int  # the row's line in the manifest (1-based)
+    video: Path
+    audio: Path
+    output: Path
+    options: DubOptions
+
+
+@dataclass
+class Manifest:
+    path: Path
+    jobs: list[Job]
+    invalid: list[tuple[int, int, str]]  # (row, line, reason) of rows left out by skip_invalid
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading rows
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line, raw row) of each job of the file; a broken file is one ManifestError."""
+    kind = MANIFEST_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise BadOption(f"manifest {path} must end in one of {', '.join(MANIFEST_SUFFIXES)}")
+    if not path.is_file():
+        raise InputNotFound(f"manifest not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputNotFound(f"cannot read manifest {path}: {err}") from None
+    if kind == "csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
+        rows = []
+        for raw in reader:
+            extra = raw.pop(None, None)  # cells beyond the header
+            row = {k: v for k, v in raw.items() if k is not None and v not in (None, "")}
+            if extra and any(e.strip() for e in extra):
+                row[EXTRA] = extra
+            if not any(str(v).strip() for v in row.values()):
+                continue  # blank line
+            rows.append((reader.line_num, row))
+        return rows
+    if kind == "jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                rows.append((n, {ERROR: f"not JSON ({err.msg})"}))
+                continue
+            rows.append((n, obj if isinstance(obj, dict) else {ERROR: "a row must be a JSON object"}))
+        return rows
+    import yaml
+
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = (mark.line + 1) if mark else 1
+        raise ManifestError(path, [(line, f"not YAML ({getattr(err, 'problem', err)})")]) from None
+    items, nodes = data, getattr(node, "value", None)
+    if isinstance(data, dict) and "jobs" in data:  # {jobs: [...]} form
+        items = data["jobs"]
+        nodes = next((v.value for k, v in node.value if getattr(k, "value", None) == "jobs"), None)
+    if not isinstance(items, list):
+        raise ManifestError(path, [(1, "a YAML manifest is a list of jobs (or a mapping with a `jobs:` list)")])
+    out = []
+    for k, item in enumerate(items):
+        line = nodes[k].start_mark.line + 1 if nodes and k < len(nodes) else k + 1
+        out.append((line, item if isinstance(item, dict) else {ERROR: "a job must be a mapping"}))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# converting values to the types of DubOptions / TrackOptions fields
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+DUB_FIELDS = {k: v for k, v in _field_types(DubOptions).items() if k != "track_options"}
+TRACK_FIELDS = _field_types(TrackOptions)
+OPTION_COLUMNS = tuple(sorted(set(DUB_FIELDS) | set(TRACK_FIELDS) | set(_ALIASES)))
+
+
+def _convert(value: Any, hint: Any, base: Path | None) -> Any:
+    """``value`` (a manifest cell: string, number, list, or already typed) as type ``hint``; ValueError if not."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
+            if len(args) < len(typing.get_args(hint)):
+                return None
+            raise ValueError("a value is required")
+        return _convert(value, args[0], base)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], base) for v in items)
+        if len(items) != len(args):
+            raise ValueError(f"needs {len(args)} numbers, got {len(items)}")
+        return tuple(_convert(v, a, base) for v, a in zip(items, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+        raise ValueError(f"{value!r} is not true/false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not an integer")
+        f = float(value)
+        if f != int(f):
+            raise ValueError(f"{value!r} is not an integer")
+        return int(f)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a number")
+        return float(value)
+    if hint is str:
+        return str(value).strip()
+    if hint is Path or (isinstance(hint, type) and issubclass(hint, Path)):
+        p = Path(str(value).strip()).expanduser()
+        return p if p.is_absolute() or base is None else base / p
+    raise ValueError(f"this option cannot be given in a manifest ({hint})")
+
+
+def _normalise(key: str) -> str:
+    return str(key).strip().lower().replace("-", "_")
+
+
+def build_options(values: dict[str, Any], base_options: DubOptions = DubOptions(), base: Path | None = None
+                  ) -> DubOptions:
+    """``base_options`` with the option columns of one row applied (names as DubOptions/TrackOptions fields or
+    the CLI's ``no_smooth``); validated. Raises BadOption (a bad value, naming the column) or KeyError."""
+    dub_kw: dict[str, Any] = {}
+    track_kw: dict[str, Any] = {}
+    for key, raw in values.items():
+        name = _normalise(key)
+        alias = _ALIASES.get(name)
+        field_name, mapper = alias if alias else (name, None)
+        hint = DUB_FIELDS.get(field_name) or TRACK_FIELDS.get(field_name)
+        if hint is None:
+            raise KeyError(key)
+        try:
+            value = _convert(raw, hint, base)
+        except (ValueError, TypeError) as err:
+            raise BadOption(f"{key}: {err}") from None
+        if mapper is not None:
+            value = mapper(value)
+        if field_name == "cut_threshold" and value == 0:
+            value = None  # as on the command line: 0 turns cut detection off
+        (dub_kw if field_name in DUB_FIELDS else track_kw)[field_name] = value
+    if track_kw:
+        dub_kw["track_options"] = dataclasses.replace(base_options.track_options, **track_kw)  # validates
+    opts = dataclasses.replace(base_options, **dub_kw)
+    opts.validate()
+    return opts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the manifest
+
+
+def _derived_name(video: Path, audio: Path) -> str:
+    return f"{video.stem}.{audio.stem}.mp4"
+
+
+def load_manifest(path: str | Path, outdir: str | Path, defaults: dict[str, Any] | None = None,
+                  base_options: DubOptions = DubOptions(), *, skip_invalid: bool = False) -> Manifest:
+    """Parse and validate every row of ``path``; jobs write into ``outdir``.
+
+    ``defaults``: option columns (as in a row) that apply to every row that does not set them (the command line's
+    options); ``base_options`` the options under them. Malformed rows raise one ManifestError listing all of
+    them with their line numbers, unless ``skip_invalid`` (then they are returned in ``Manifest.invalid``)."""
+    path = Path(path).resolve()
+    outdir = Path(outdir).resolve()
+    folder = path.parent
+    rows = _read_rows(path)
+    problems: list[tuple[int, int, str]] = []
+    parsed: list[tuple[int, int, Path, Path, Path | None, DubOptions]] = []
+    for row_index, (line, raw) in enumerate(rows):
+        try:
+            if ERROR in raw:
+                raise BadOption(raw[ERROR])
+            if EXTRA in raw:
+                raise BadOption(f"more cells than the header has columns ({', '.join(raw[EXTRA])})")
+            cols = {_normalise(k): v for k, v in raw.items()}
+            unknown = sorted(k for k in cols if k not in JOB_COLUMNS and k not in OPTION_COLUMNS)
+            if unknown:
+                raise BadOption(f"unknown column(s) {', '.join(unknown)}",
+                                f"a column is video, audio, output or a dub option ({', '.join(OPTION_COLUMNS)})")
+            for need in ("video", "audio"):
+                if cols.get(need) in (None, "") or not str(cols[need]).strip():
+                    raise BadOption(f"no {need}")
+            video = _convert(cols["video"], Path, folder)
+            audio = _convert(cols["audio"], Path, folder)
+            output = None
+            if cols.get("output") not in (None, ""):
+                output = _convert(cols["output"], Path, outdir)
+                if output.suffix.lower() not in OUTPUT_SUFFIXES:
+                    raise BadOption(f"output {output.name} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+            merged = {**(defaults or {}), **{k: v for k, v in cols.items() if k not in JOB_COLUMNS}}
+            # command-line defaults are relative to the current folder (already absolute), row values to the manifest
+            opts = build_options(merged, base_options, folder)
+            parsed.append((row_index, line, video, audio, output, opts))
+        except KeyError as err:
+            problems.append((row_index, line, f"unknown column {err.args[0]}"))
+        except LipsyncError as err:
+            problems.append((row_index, line, str(err)))
+
+    # outputs: explicit ones must not collide; derived ones never do (a -2, -3... suffix in row order)
+    taken: dict[Path, int] = {}
+    jobs: list[Job] = []
+    for row_index, line, _video, _audio, output, _opts in parsed:
+        if output is not None:
+            out = output.resolve()
+            if out in taken:
+                problems.append((row_index, line, f"output {output} is also the output of line {taken[out]}"))
+                continue
+            taken[out] = line
+    for row_index, line, video, audio, output, opts in parsed:
+        if output is None:
+            name = _derived_name(video, audio)
+            out, k = outdir / name, 2
+            while out.resolve() in taken:
+                out, k = outdir / f"{Path(name).stem}-{k}.mp4", k + 1
+            taken[out.resolve()] = line
+        else:
+            out = output.resolve()
+            if taken.get(out) != line:
+                continue  # the colliding row, reported above
+        try:
+            job_id = out.relative_to(outdir).as_posix()
+        except ValueError:
+            job_id = out.as_posix()
+        jobs.append(Job(job_id, row_index, line, video, audio, out, opts))
+    problems.sort()
+    if problems and not skip_invalid:
+        raise ManifestError(path, [(line, msg) for _, line, msg in problems])
+    jobs.sort(key=lambda j: j.row)
+    return Manifest(path, jobs, problems)

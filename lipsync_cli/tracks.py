@@ -1,0 +1,123 @@
+"""Face tracks computed once: ``detect(video, options)``, with an optional cache keyed by the video's content.
+
+A dubbing catalogue has each video several times (one job per language). The detection pass is the same for all
+of them, so its track is stored in a cache folder under a key made of the video's content hash (SHA-256 of the
+whole file: a renamed or touched copy is still a hit, an edited one never is) and every option that changes the
+boxes (detector, its weights, detection size, every-Nth-frame, cut threshold, and the frame rate of a still
+image). Writers take a lock on the key (``flock``), so two workers dubbing the same video into two languages at
+once detect it once: the second waits for the first and reads its track.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from lipsync_cli.dub import DubOptions, ProgressFn, detect_track, detection_size
+from lipsync_cli.faces.track import Track
+
+log = logging.getLogger(__name__)
+
+HASH_CHUNK = 1 << 20
+CACHE_VERSION = 1  # bump when the track computation changes, so old cache entries are not reused
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of the whole file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_key(path: Path | None) -> str | None:
+    return content_hash(path) if path is not None and Path(path).is_file() else (str(path) if path else None)
+
+
+def detection_key(video_hash: str, options: DubOptions, device: str, is_image: bool) -> str:
+    """The cache key of a track: the video's content hash and the options that change the detections."""
+    parts = {
+        "v": CACHE_VERSION,
+        "video": video_hash,
+        "detector": options.detector,
+        "weights": _file_key(options.detector_weights),
+        "det_size": detection_size(options, device),
+        "every": options.detect_every,
+        "cuts": options.cut_threshold,
+        "fps": float(options.fps) if is_image else None,
+        "precision": options.precision,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if needed) for the block; released when the process dies too."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; at worst two workers detect the same video
+        yield
+        return
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def cached_track(video: str | Path, options: DubOptions, cache_dir: str | Path, *, device: str = "cpu",
+                 get_detector: Callable[[], object] | None = None, progress: ProgressFn | None = None,
+                 notify: Callable[[str], None] | None = None) -> tuple[Path, bool]:
+    """(path of the track file of ``video`` in ``cache_dir``, whether it was detected now rather than found).
+
+    ``get_detector()``: returns a loaded detector (``load_dub_detector``), called only when detection runs: a
+    batch worker keeps one for every video."""
+    from lipsync_cli.video import probe
+
+    video, cache_dir = Path(video), Path(cache_dir)
+    info = probe(video)
+    key = detection_key(content_hash(video), options, device, info.is_image)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{key}.track.json"
+    with _locked(cache_dir / f".{key}.lock"):
+        if path.is_file():
+            try:
+                Track.load(path).check_matches(info.width, info.height, None if info.is_image else info.n_frames)
+                return path, False
+            except Exception as err:  # noqa: BLE001 - a damaged cache entry is detected again, never fatal
+                log.warning("track cache entry %s is unusable (%s); detecting again", path, err)
+        fps = float(options.fps) if info.is_image else float(info.fps)
+        track = detect_track(video, options, device=device, progress=progress, notify=notify, fps=fps, info=info,
+                             detector=get_detector() if get_detector else None)
+        track.source = str(video)
+        track.save(path)  # atomic: a reader never sees half a track
+    return path, True
+
+
+def detect(video: str | Path, options: DubOptions = DubOptions(), *, cache_dir: str | Path | None = None,
+           progress: ProgressFn | None = None, notify: Callable[[str], None] | None = None) -> Track:
+    """Every face of every frame of ``video`` (a :class:`Track`, as ``lipsync detect`` writes), on
+    ``options.device``. With ``cache_dir`` the track is read from / stored in that cache (see the module doc)."""
+    from lipsync_cli.device import resolve_device
+    from lipsync_cli.errors import InputNotFound
+
+    options.validate()
+    video = Path(video)
+    if not video.is_file():
+        raise InputNotFound(f"video file not found: {video}")
+    device = resolve_device(options.device)
+    if cache_dir is not None:
+        path, _ = cached_track(video, options, cache_dir, device=device, progress=progress, notify=notify)
+        return Track.load(path)
+    from lipsync_cli.video import probe
+
+    info = probe(video)
+    fps = float(options.fps) if info.is_image else None
+    return detect_track(video, options, device=device, progress=progress, notify=notify, fps=fps, info=info)

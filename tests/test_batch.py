@@ -1,0 +1,386 @@
+"""`lipsync batch` / ``run_batch``: manifests, work done once, resume, interrupts, shards, Ray; fake weights, short
+clips (synthetic 0.6 s with a fixed box; a real 1 s clip of ../shared/testmedia with the SCRFD detector)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SCRFD_ONNX, TESTMEDIA
+from synth import make_audio, make_video, run_ffmpeg
+
+BOX = "40 20 120 100"
+
+
+def _events(outdir: Path) -> list[dict]:
+    return [json.loads(line) for p in sorted(outdir.glob("journal*.jsonl")) for line in p.read_text().splitlines()]
+
+
+def _leftovers(outdir: Path) -> list[str]:
+    return sorted(p.name for p in outdir.rglob("*") if ".lipsync-" in p.name)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("batchmedia")
+    make_video(d / "talk.mp4", seconds=0.6, fps=25)
+    make_audio(d / "fr.wav", seconds=0.6)
+    make_audio(d / "de.wav", seconds=0.4)
+    return d
+
+
+@pytest.fixture(scope="module")
+def real_clip(clips):
+    src = TESTMEDIA / "liveportrait_s18.mp4"
+    if not src.exists() or not SCRFD_ONNX.exists():
+        pytest.skip("../shared testmedia / detectors absent")
+    out = clips / "portrait.mp4"
+    run_ffmpeg(["-i", str(src), "-t", "1", "-vf", "scale=320:-2", "-an", "-c:v", "libx264", "-preset", "ultrafast",
+                str(out)])
+    return out
+
+
+def _write_csv(path: Path, rows: list[str], header: str = "video,audio,box") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the public API and manifests (no dub runs)
+
+
+def test_public_api_names():
+    import importlib
+
+    import lipsync_cli
+
+    importlib.import_module("lipsync_cli.dub")  # the submodule, imported: the package's `dub` stays the function
+    from lipsync_cli import DubOptions, detect, dub, run_batch
+    from lipsync_cli.batch.run import run_batch as run_batch_impl
+    from lipsync_cli.tracks import detect as detect_impl
+
+    assert {"dub", "DubOptions", "detect", "run_batch", "BatchOptions"} <= set(lipsync_cli.__all__)
+    assert callable(dub) and dub.__module__ == "lipsync_cli.dub" and lipsync_cli.dub is dub
+    assert DubOptions().blend == "feather"
+    assert detect is detect_impl and run_batch is run_batch_impl
+    with pytest.raises(AttributeError):
+        lipsync_cli.no_such_name  # noqa: B018
+
+
+def test_csv_jsonl_yaml_give_the_same_jobs_with_paths_relative_to_the_manifest(clips, tmp_path):
+    from lipsync_cli.batch import load_manifest
+
+    sub = tmp_path / "m"
+    sub.mkdir()
+    for p in ("talk.mp4", "fr.wav"):
+        (sub / p).symlink_to(clips / p)
+    _write_csv(sub / "jobs.csv", [f"talk.mp4,fr.wav,{BOX}", "talk.mp4,fr.wav,", "talk.mp4,fr.wav,"],
+               header="video,audio,box")
+    (sub / "jobs.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"video": "talk.mp4", "audio": "fr.wav", "box": [40, 20, 120, 100]},
+        {"video": "talk.mp4", "audio": "fr.wav"}, {"video": "talk.mp4", "audio": "fr.wav"}]) + "\n")
+    (sub / "jobs.yaml").write_text("jobs:\n  - {video: talk.mp4, audio: fr.wav, box: 40 20 120 100}\n"
+                                   "  - video: talk.mp4\n    audio: fr.wav\n  - {video: talk.mp4, audio: fr.wav}\n")
+    got = {}
+    for name in ("jobs.csv", "jobs.jsonl", "jobs.yaml"):
+        m = load_manifest(sub / name, tmp_path / "out", defaults={"crf": "23"})
+        got[name] = [(j.id, j.video, j.audio, j.options.box, j.options.crf) for j in m.jobs]
+        lines = {"jobs.csv": [2, 3, 4], "jobs.jsonl": [1, 2, 3], "jobs.yaml": [2, 3, 5]}[name]
+        assert [j.line for j in m.jobs] == lines
+    assert got["jobs.csv"] == got["jobs.jsonl"] == got["jobs.yaml"]
+    ids = [g[0] for g in got["jobs.csv"]]
+    assert ids == ["talk.fr.mp4", "talk.fr-2.mp4", "talk.fr-3.mp4"]  # derived names never collide
+    assert got["jobs.csv"][0][1] == sub / "talk.mp4" and got["jobs.csv"][0][3] == (40, 20, 120, 100)
+    assert {g[4] for g in got["jobs.csv"]} == {23}  # the command line's default
+
+
+def test_malformed_rows_are_reported_with_line_numbers_and_nothing_runs(clips, tmp_path):
+    from lipsync_cli.batch import BatchOptions, ManifestError, run_batch
+
+    man = _write_csv(clips / "bad.csv", ["talk.mp4,fr.wav,40 20 120 100,feather",
+                                         "talk.mp4,fr.wav,40 20 120,feather",
+                                         "talk.mp4,de.wav,,smudge",
+                                         "talk.mp4,de.wav,,paste"], header="video,audio,box,blend")
+    out = tmp_path / "out"
+    with pytest.raises(ManifestError) as err:
+        run_batch(man, BatchOptions(outdir=out))
+    assert [n for n, _ in err.value.problems] == [3, 4]
+    assert "box" in err.value.problems[0][1] and "smudge" in err.value.problems[1][1]
+    assert not out.exists()  # nothing ran, nothing written
+    bad_col = _write_csv(clips / "badcol.csv", ["talk.mp4,fr.wav,1"], header="video,audio,colour")
+    with pytest.raises(ManifestError, match="line 2: unknown column"):
+        run_batch(bad_col, BatchOptions(outdir=out))
+
+
+def test_cli_skip_invalid_reports_skipped_rows(clips, tmp_path, fake_ckpt):
+    from lipsync_cli.cli import run
+
+    man = _write_csv(clips / "skip.csv", [f"talk.mp4,de.wav,{BOX},8", "talk.mp4,de.wav,,-3"],
+                     header="video,audio,box,batch_size")
+    out = tmp_path / "out"
+    assert run(["batch", str(man), "-o", str(out), "-c", str(fake_ckpt("wav2lip")), "--offline", "-q"]) == 2
+    assert not out.exists()
+    code = run(["batch", str(man), "-o", str(out), "-c", str(fake_ckpt("wav2lip")), "--offline", "-q",
+                "--skip-invalid", "--device", "cpu"])
+    report = json.loads((out / "report.json").read_text())
+    assert code == 0
+    assert [(r["line"], r["state"]) for r in report["jobs"]] == [(2, "done"), (3, "skipped")]
+    assert "batch-size" in report["jobs"][1]["error"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one batch: box jobs, a real clip in two languages with detection, a broken row
+
+
+@pytest.fixture(scope="module")
+def first_run(clips, real_clip, fake_ckpt, tmp_path_factory):
+    import lipsync_cli.tracks as tracks
+    from lipsync_cli import DubOptions, run_batch
+    from lipsync_cli.batch import BatchOptions
+
+    man = clips / "jobs.csv"
+    _write_csv(man, [f"talk.mp4,fr.wav,{BOX}", f"talk.mp4,de.wav,{BOX}", "portrait.mp4,fr.wav,",
+                     "portrait.mp4,de.wav,", f"gone.mp4,fr.wav,{BOX}"])
+    out = tmp_path_factory.mktemp("batch") / "out"
+    calls = []
+    real = tracks.detect_track
+    tracks.detect_track = lambda *a, **k: calls.append(a[0]) or real(*a, **k)
+    try:
+        opts = BatchOptions(outdir=out, dub=DubOptions(checkpoint=fake_ckpt("wav2lip"), device="cpu", batch_size=8,
+                                                       detector="insightface", detector_weights=SCRFD_ONNX,
+                                                       det_size=160, offline=True))
+        report = run_batch(man, opts)
+    finally:
+        tracks.detect_track = real
+    return {"man": man, "out": out, "report": report, "detect_calls": calls, "opts": opts}
+
+
+def test_batch_dubs_every_good_job_and_fails_the_broken_one_alone(first_run):
+    from lipsync_cli.video import probe
+
+    report, out = first_run["report"], first_run["out"]
+    states = {r["job"]: r["state"] for r in report.rows}
+    assert states == {"talk.fr.mp4": "done", "talk.de.mp4": "done", "portrait.fr.mp4": "done",
+                      "portrait.de.mp4": "done", "gone.fr.mp4": "failed"}
+    gone = next(r for r in report.rows if r["job"] == "gone.fr.mp4")
+    assert gone["line"] == 6 and "video file not found" in gone["error"] and "gone.mp4" in gone["error"]
+    assert report.exit_code == 1 and report.summary["done"] == 4 and report.summary["failed"] == 1
+    assert probe(out / "talk.fr.mp4").n_frames == 15 and probe(out / "talk.de.mp4").n_frames == 10  # 0.6 / 0.4 s
+    assert probe(out / "portrait.fr.mp4").n_frames == 18  # 0.6 s at the clip's 30 fps
+    assert not (out / "gone.fr.mp4").exists() and _leftovers(out) == []
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["summary"]["failed"] == 1 and len(saved["jobs"]) == 5
+    assert (out / "report.csv").read_text().splitlines()[0].startswith("job,line,state")
+
+
+def test_detection_runs_once_per_video_and_the_track_is_reused(first_run):
+    report = first_run["report"]
+    assert [Path(v).name for v in first_run["detect_calls"]] == ["portrait.mp4"]  # two languages, one detection
+    tracks_of = {r["job"]: r["track"] for r in report.rows if r["state"] == "done"}
+    assert tracks_of == {"talk.fr.mp4": "box", "talk.de.mp4": "box", "portrait.fr.mp4": "detected",
+                         "portrait.de.mp4": "cached"}
+    faces = [r for r in report.rows if r["job"].startswith("portrait")]
+    assert all(r["frames"] > 0 for r in faces)
+
+
+def test_rerun_does_nothing_and_still_exits_1_for_the_failure(first_run, fake_ckpt):
+    from lipsync_cli.cli import run
+
+    out = first_run["out"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+    n_events = len(_events(out))
+    code = run(["batch", str(first_run["man"]), "-o", str(out), "-c", str(fake_ckpt("wav2lip")), "--device", "cpu",
+                "--batch-size", "8", "--set", "detector=insightface", "--set", f"detector_weights={SCRFD_ONNX}",
+                "--set", "det_size=160", "--offline", "-q"])
+    assert code == 1
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == before
+    assert len(_events(out)) == n_events  # no job pending, running or re-run
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["ran"] == 0 and report["summary"]["done"] == 4
+    # --retry-failed runs the failed job alone again (it fails again: the video is still missing)
+    code = run(["batch", str(first_run["man"]), "-o", str(out), "-c", str(fake_ckpt("wav2lip")), "--device", "cpu",
+                "--batch-size", "8", "--set", "detector=insightface", "--set", f"detector_weights={SCRFD_ONNX}",
+                "--set", "det_size=160", "--offline", "-q", "--retry-failed"])
+    report = json.loads((out / "report.json").read_text())
+    assert code == 1 and report["summary"]["ran"] == 1 and report["summary"]["failed"] == 1
+    assert [e["job"] for e in _events(out)[n_events:] if e["state"] == "running"] == ["gone.fr.mp4"]
+
+
+def test_a_changed_input_reruns_only_its_job(clips, tmp_path, fake_ckpt):
+    from lipsync_cli import DubOptions, run_batch
+    from lipsync_cli.batch import BatchOptions
+
+    make_audio(tmp_path / "de.wav", seconds=0.4)
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}", f"{clips}/talk.mp4,de.wav,{BOX}"])
+    opts = BatchOptions(outdir=tmp_path / "out", dub=DubOptions(checkpoint=fake_ckpt("wav2lip"), device="cpu",
+                                                                 batch_size=8, offline=True))
+    assert run_batch(man, opts).summary["ran"] == 2
+    make_audio(tmp_path / "de.wav", seconds=0.52)  # replaced: 13 frames instead of 10
+    again = run_batch(man, opts)
+    assert again.summary["ran"] == 1
+    row = next(r for r in again.rows if r["job"] == "talk.de.mp4")
+    assert row["state"] == "done" and row["frames"] == 13 and row["note"] == "audio changed"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# interrupts, shards, executors
+
+
+def test_interrupt_leaves_no_partial_output_and_a_rerun_finishes_the_rest(clips, tmp_path, fake_ckpt):
+    from lipsync_cli import DubOptions, run_batch
+    from lipsync_cli.batch import BatchOptions
+
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}",
+                                          f"{clips}/talk.mp4,{clips}/de.wav,{BOX}"])
+    out = tmp_path / "out"
+    opts = BatchOptions(outdir=out, dub=DubOptions(checkpoint=fake_ckpt("wav2lip"), device="cpu", batch_size=4,
+                                                   offline=True))
+    seen = {"frames": 0}
+
+    def on_event(kind, job_id, data):
+        if kind == "progress" and job_id == "talk.de.mp4":
+            seen["frames"] += data[1]
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the second job (after its first batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(man, opts, on_event=on_event)
+    assert seen["frames"] == 4
+    assert (out / "talk.fr.mp4").exists() and not (out / "talk.de.mp4").exists() and _leftovers(out) == []
+    states = {}
+    for ev in _events(out):
+        states[ev["job"]] = ev["state"]
+    assert states == {"talk.fr.mp4": "done", "talk.de.mp4": "pending"}
+    report = run_batch(man, opts)
+    assert report.summary["ran"] == 1 and report.summary["done"] == 2 and report.exit_code == 0
+    assert (out / "talk.de.mp4").exists()
+
+
+def test_shards_together_do_every_job_exactly_once(clips, tmp_path, fake_ckpt):
+    from lipsync_cli.cli import run
+
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/de.wav,{BOX}"] * 3)
+    out = tmp_path / "out"
+    common = ["-o", str(out), "-c", str(fake_ckpt("wav2lip")), "--device", "cpu", "--offline", "-q"]
+    assert run(["batch", str(man), "--shard", "1/2", *common]) == 0
+    assert run(["batch", str(man), "--shard", "2/2", *common]) == 0
+    done = [ev["job"] for ev in _events(out) if ev["state"] == "done"]
+    assert sorted(done) == ["talk.de-2.mp4", "talk.de-3.mp4", "talk.de.mp4"]  # each once
+    assert (out / "journal.shard-1-of-2.jsonl").exists() and (out / "journal.shard-2-of-2.jsonl").exists()
+    s1 = json.loads((out / "report.shard-1-of-2.json").read_text())
+    assert [r["job"] for r in s1["jobs"]] == ["talk.de.mp4", "talk.de-3.mp4"]  # rows 0 and 2
+    assert run(["batch", "--merge-reports", "-o", str(out), "-q"]) == 0
+    merged = json.loads((out / "report.json").read_text())
+    assert merged["summary"]["done"] == 3 and merged["summary"]["jobs"] == 3
+    assert run(["batch", str(man), *common]) == 0  # the plain rerun sees the shards' work: nothing to do
+    assert json.loads((out / "report.json").read_text())["summary"]["ran"] == 0
+
+
+def test_local_workers_get_their_own_gpu_and_bounded_threads():
+    from lipsync_cli.batch import LocalExecutor
+
+    ex = LocalExecutor(3, gpus=["0", "1"], threads=2)
+    envs = [ex._env(k) for k in range(3)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"]
+    assert all(e["OMP_NUM_THREADS"] == "2" and e["MKL_NUM_THREADS"] == "2" for e in envs)
+    assert "CUDA_VISIBLE_DEVICES" not in LocalExecutor(2, gpus=[], threads=1)._env(0)
+
+
+@pytest.mark.slow
+def test_two_local_worker_processes_give_the_inline_outputs(clips, tmp_path, fake_ckpt):
+    from lipsync_cli import DubOptions, run_batch
+    from lipsync_cli.batch import BatchOptions, LocalExecutor
+    from lipsync_cli.video import probe
+
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}",
+                                          f"{clips}/talk.mp4,{clips}/de.wav,{BOX}", f"{clips}/nope.mp4,x.wav,"])
+    opts = BatchOptions(outdir=tmp_path / "out", dub=DubOptions(checkpoint=fake_ckpt("wav2lip"), device="cpu",
+                                                                 batch_size=8, offline=True))
+    report = run_batch(man, opts, LocalExecutor(2, gpus=[]))
+    assert [r["state"] for r in report.rows] == ["done", "done", "failed"]
+    assert len({r["host"] for r in report.rows[:2]}) == 1  # same host, and two processes did the work
+    pids = {ev.get("pid") for ev in _events(tmp_path / "out") if ev["state"] == "done"}
+    assert len(pids) == 2
+    assert probe(tmp_path / "out" / "talk.de.mp4").n_frames == 10
+
+
+def test_ray_flag_without_ray_says_how_to_install(monkeypatch, tmp_path, clips, capsys):
+    import sys
+
+    from lipsync_cli.cli import run
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}"])
+    code = run(["batch", str(man), "-o", str(tmp_path / "out"), "--ray", "auto"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert "not installed" in err[0] and "lipsync-cli[ray]" in err[0]
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_outputs_and_report(first_run, clips, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_raylet_start_wait_time_s", "180")  # a loaded 2-core CI machine starts Ray slowly
+    from lipsync_cli import run_batch
+    from lipsync_cli.batch import BatchOptions
+    from lipsync_cli.batch.ray_executor import RayExecutor
+    from lipsync_cli.video import probe
+
+    for attempt in range(3):  # Ray's raylet gives its agent ~15 s to start: a loaded machine can miss it once
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+    try:
+        opts = BatchOptions(outdir=tmp_path / "out", dub=first_run["opts"].dub)
+        report = run_batch(first_run["man"], opts, RayExecutor(None, cpus_per_job=1))
+    finally:
+        ray.shutdown()
+    first = first_run["report"]
+    key = lambda rows: [(r["job"], r["state"], r["frames"], r["track"] is not None) for r in rows]  # noqa: E731
+    assert key(report.rows) == key(first.rows), [r["error"] for r in report.rows]
+    assert report.exit_code == 1
+    for r in report.rows:
+        if r["state"] == "done":
+            assert probe(r["output"]).n_frames == probe(first_run["out"] / r["job"]).n_frames
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_middle_then_a_rerun_finishes_the_rest(clips, tmp_path, fake_ckpt):
+    """The real CLI killed with SIGTERM while a job runs: exit 143, the finished job stays done, the running one
+    leaves no file and is pending; the same command again does only the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}"] * 3)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lipsync_cli", "batch", str(man), "-o", str(out), "-c", str(fake_ckpt("wav2lip")),
+           "--device", "cpu", "--batch-size", "1", "--offline"]
+    env = {**os.environ, "LIPSYNC_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline, running = time.monotonic() + 300, None
+    while time.monotonic() < deadline and running is None:
+        evs = _events(out) if out.exists() else []
+        if any(e["state"] == "done" for e in evs) and evs[-1]["state"] == "running":
+            running = evs[-1]["job"]
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the running job (15 generator batches of one frame)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    last = {}
+    for ev in _events(out):
+        last[ev["job"]] = ev["state"]
+    assert last["talk.fr.mp4"] == "done" and last[running] == "pending" and running != "talk.fr.mp4"
+    assert not (out / running).exists() and _leftovers(out) == []
+    rerun = subprocess.run([*cmd, "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["ran"] == sum(1 for v in last.values() if v != "done")
+    assert report["summary"]["done"] == 3
