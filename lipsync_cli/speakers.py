@@ -529,3 +529,78 @@ def plan_faces(video: Path, track, setup: SpeakerSetup, track_options, *, detect
             notify(f"warning: {spec.name or spec.reference.describe()} is not in the video (nearest face at "
                    f"distance {near:.2f}, threshold {setup.thresholds()[s]:.2f}); their frames pass through")
     return plan
+
+
+def setup_from_options(*, speaker: Sequence[str] = (), ref_face: Sequence[str] = (), ref_box=None,
+                       ref_frame: int | None = None, speakers_file: Path | None = None, mix: Path | None = None,
+                       recognition_weights: str | None = None, identity_threshold: float | None = None,
+                       syncnet: Path | None = None) -> SpeakerSetup | None:
+    """The :class:`SpeakerSetup` that command-line options describe (None: none of them was given).
+
+    ``speaker``: ``["auto"]``, or audio files paired in order with ``ref_face`` (PHOTO or VIDEO@SECONDS);
+    ``ref_face`` alone: one person dubbed with the dub's AUDIO; ``ref_box`` with ``ref_frame``: that person is
+    the face in the box on that frame of the dubbed video; ``speakers_file``: a speakers.yaml (options given
+    here override its top-level fields)."""
+    speaker, ref_face = list(speaker or ()), list(ref_face or ())
+    top = {"mix": mix, "recognition_weights": recognition_weights, "identity_threshold": identity_threshold,
+           "syncnet": syncnet}
+    top = {k: v for k, v in top.items() if v is not None}
+    box_ref = None
+    if ref_frame is not None:
+        if ref_box is None:
+            raise BadOption("--ref-frame needs --ref-box: the box of the person's face on that frame")
+        box_ref = Reference(box=tuple(float(v) for v in ref_box), frame=int(ref_frame))
+    if speakers_file is not None:
+        if speaker or ref_face or box_ref:
+            raise BadOption("--speakers FILE describes every speaker: drop --speaker / --ref-face / --ref-frame")
+        return SpeakerSetup.from_yaml(speakers_file, **top)
+    if speaker == ["auto"]:
+        if ref_face or box_ref:
+            raise BadOption("--speaker auto finds the speaker itself: drop --ref-face / --ref-frame")
+        return SpeakerSetup(auto=True, **top)
+    if "auto" in speaker:
+        raise BadOption("--speaker auto cannot be combined with other --speaker tracks")
+    refs = [Reference.parse(r) for r in ref_face] + ([box_ref] if box_ref else [])
+    if speaker:
+        if len(refs) != len(speaker):
+            raise BadOption(f"{len(speaker)} --speaker track(s) but {len(refs)} reference face(s)",
+                            "give each --speaker AUDIO its --ref-face PHOTO, in the same order")
+        specs = tuple(SpeakerSpec(audio=Path(a), reference=r, name=f"speaker {k + 1}")
+                      for k, (a, r) in enumerate(zip(speaker, refs)))
+        return SpeakerSetup(speakers=specs, **top)
+    if len(refs) > 1:
+        raise BadOption("several reference faces but one AUDIO", "give each person their audio with --speaker")
+    if refs:
+        return SpeakerSetup(speakers=(SpeakerSpec(audio=None, reference=refs[0]),), **top)
+    if "mix" in top:
+        raise BadOption("--mix is the audio of a dub with several --speaker tracks")
+    return None
+
+
+def annotate_track(video: Path, track, *, identity: bool = False, speaking: bool = False,
+                   setup: SpeakerSetup | None = None, detector: str = "s3fd", detector_weights=None,
+                   device: str = "cpu", offline: bool | None = None, notify=None, progress=None, models=None,
+                   scorer=None) -> np.ndarray | None:
+    """What ``lipsync detect`` adds to a track: face embeddings (``identity``, or when ``setup`` names
+    reference faces) and SyncNet speaking scores (``speaking``). Returns the (face tracks, speakers) identity
+    distances when ``setup`` has references (for the preview), else None."""
+    from lipsync_cli.faces.identity import IdentityModels, face_track_embeddings, track_distances
+    from lipsync_cli.faces.track import link_tracks
+
+    refs_wanted = setup is not None and setup.uses_identity
+    dist = None
+    if identity or refs_wanted:
+        rec = setup.recognition_weights if setup is not None else None
+        if models is None:
+            models = IdentityModels.load(rec, detector, detector_weights, device)
+        ensure_embeddings(video, track, models, notify=notify, progress=progress)
+        if refs_wanted:
+            refs = reference_embeddings(setup, models, video, notify)
+            fts = link_tracks(track.faces, cuts=track.cuts)
+            dist = track_distances(face_track_embeddings(fts, track.embeddings), refs)
+    if speaking:
+        if scorer is None:
+            scorer = load_scorer(setup or SpeakerSetup(auto=True), device, offline)
+        cb = (lambda k: progress("score speakers", k, None)) if progress else None
+        track.speaking = speaking_scores(video, track, scorer, device=device, progress=cb)
+    return dist
