@@ -79,6 +79,22 @@ def two_people(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def two_track(two_people, models):
+    """The track file of the two-people clip, with the fake ArcFace's embeddings in it."""
+    from lipsync_cli.faces import load_detector
+    from lipsync_cli.faces.track import track_video
+    from lipsync_cli.speakers import ensure_embeddings
+
+    clip = two_people["clip"]
+    track = track_video(clip, load_detector("insightface", SCRFD_ONNX, det_size=320, threads=1), det_size=320,
+                        every=8)
+    ensure_embeddings(clip, track, models)
+    path = two_people["folder"] / "track.json"
+    track.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def generator(fake_ckpt):
     from lipsync_cli.checkpoint import load_generator
 
@@ -304,7 +320,7 @@ def test_ref_face_dubs_only_that_person(two_people, fake_arcface, generator, tmp
     assert region_changes(src, got, FACES["left"])["mouth"] < NOISE
 
 
-def test_two_speakers_each_driven_by_their_own_track(two_people, fake_arcface, generator, tmp_path):
+def test_two_speakers_each_driven_by_their_own_track(two_people, two_track, fake_arcface, generator, tmp_path):
     """Each face's generator input is its own speaker's mel; both mouths change; the output audio is the mix,
     as long as the longest track."""
     from lipsync_cli.audio import load_audio, mel_start, melspectrogram
@@ -313,23 +329,24 @@ def test_two_speakers_each_driven_by_their_own_track(two_people, fake_arcface, g
     from lipsync_cli.dub import dub
     from lipsync_cli.video import probe
 
-    a = make_audio(tmp_path / "a.wav", seconds=1.0, kind="speechlike")
-    b = make_audio(tmp_path / "b.wav", seconds=1.6, kind="sine")
+    a = make_audio(tmp_path / "a.wav", seconds=0.8, kind="speechlike")
+    b = make_audio(tmp_path / "b.wav", seconds=1.2, kind="sine")
     setup = _setup(fake_arcface, speakers=(
         SpeakerSpec(audio=a, reference=Reference(photo=two_people["photos"]["left"]), name="left"),
         SpeakerSpec(audio=b, reference=Reference(photo=two_people["photos"]["right"]), name="right")))
     out = tmp_path / "out.mp4"
     rec = recorder(generator)
-    result = dub(two_people["clip"], None, out, _dub_options(fake_arcface, speakers=setup), model=rec)
-    assert result.frames == 40  # 1.6 s at 25 fps: the longest track
-    assert result.faces == 80  # two faces in every frame
+    options = _dub_options(fake_arcface, speakers=setup, track=two_track)
+    result = dub(two_people["clip"], None, out, options, model=rec)
+    assert result.frames == 30  # 1.2 s at 25 fps: the longest track
+    assert result.faces == 60  # two faces in every frame
     # which crop is whose: the first frame's faces, cropped as the dub crops them (boxes are constant here)
     mels = {}
-    n = 40 * 16000 // 25
+    n = 30 * 16000 // 25
     for who, path in (("left", a), ("right", b)):
         wav = load_audio(path)
         mels[who] = melspectrogram(np.pad(wav, (0, n - len(wav))))
-    starts = mel_start(np.arange(40), 25.0, lead=0, n_mel=mels["left"].shape[1])
+    starts = mel_start(np.arange(30), 25.0, lead=0, n_mel=mels["left"].shape[1])
     windows = {who: [m[:, s:s + MEL_WINDOW] for s in starts] for who, m in mels.items()}
     seen = {"left": 0, "right": 0}
     frame0 = read_frames(two_people["clip"], 1)[0]
@@ -341,24 +358,23 @@ def test_two_speakers_each_driven_by_their_own_track(two_people, fake_arcface, g
                 ref = prepare_batch(crop_face(frame0, FACES[who])[None])[0]
                 diffs[who] = float(np.abs(face[3:] - ref[3:]).mean())
             who = min(diffs, key=diffs.get)
-            assert diffs[who] < 0.05, diffs
+            assert diffs[who] < 0.5 * max(diffs.values()), diffs
             assert any(np.array_equal(mel[0], w) for w in windows[who]), who  # its own speaker's mel
             assert not any(np.array_equal(mel[0], w) for w in windows["right" if who == "left" else "left"])
             seen[who] += 1
-    assert seen == {"left": 40, "right": 40}
-    src, got = read_frames(two_people["clip"], 40), read_frames(out)
+    assert seen == {"left": 30, "right": 30}
+    src, got = read_frames(two_people["clip"], 30), read_frames(out)
     for who in FACES:
         assert region_changes(src, got, FACES[who])["mouth"] > 4 * NOISE, who
-    # the output's audio: the two tracks summed, 1.6 s long
+    # the output's audio: the two tracks summed, 1.2 s long
     info = probe(out)
-    assert info.audio is not None and info.audio.duration == pytest.approx(1.6, abs=0.06)
+    assert info.audio is not None and info.audio.duration == pytest.approx(1.2, abs=0.06)
     heard = load_audio(out)[:16000]
     expected = mix_tracks([load_audio(a), load_audio(b)])[:16000]
     assert np.corrcoef(heard[:len(expected)], expected[:len(heard)])[0, 1] > 0.95
     # --mix: that file is the output's audio instead
-    mix = make_audio(tmp_path / "mix.wav", seconds=1.6, kind="silence")
-    dub(two_people["clip"], None, out, _dub_options(fake_arcface, speakers=replace(setup, mix=mix)),
-        model=generator)
+    mix = make_audio(tmp_path / "mix.wav", seconds=1.2, kind="silence")
+    dub(two_people["clip"], None, out, replace(options, speakers=replace(setup, mix=mix)), model=generator)
     assert np.max(np.abs(load_audio(out))) < 1e-3
 
 
