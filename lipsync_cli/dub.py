@@ -110,7 +110,7 @@ class DubResult:
     output: Path
     frames: int  # frames written
     fps: float
-    faces: int  # frames whose mouth was redrawn
+    faces: int  # faces redrawn (one per frame, or one per speaker on screen)
     no_face_frames: list[int]  # output frames passed through without a face
     audio_seconds: float
     wall_seconds: float
@@ -461,7 +461,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
     fps = float(options.fps) if info.is_image else float(info.fps)
     if options.speakers is None:
         if audio is None:
-            raise BadOption("no audio given")
+            raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO for each person")
         wav = load_audio(audio)
         mels = [melspectrogram(wav)]  # (80, T): one voice
         n_samples = len(wav)

@@ -420,11 +420,10 @@ def speaking_scores(video: Path, track, model, *, device: str = "cpu", batch_siz
                 if s in row_of:
                     scores[s][row_of[s]] = c
         # source frames between two 25-fps samples take the nearest one's score
+        lo, hi = js[0], js[0] + len(frames) - 1  # per25's keys: every 25-fps frame in lo..hi
         for f, r in row_of.items():
             if not np.isfinite(scores[f][r]):
-                j = min(n25 - 1, int(round(f * lse.SYNC_FPS / track.fps)))
-                near = min(per25, key=lambda q: abs(q - j))
-                scores[f][r] = per25[near]
+                scores[f][r] = per25[min(hi, max(lo, int(round(f * lse.SYNC_FPS / track.fps))))]
     return scores
 
 
