@@ -170,6 +170,8 @@ def detect(
                                                            "(SyncNet v2) and store the scores, for --speaker auto."),
     ref_face: Optional[list[str]] = typer.Option(None, help="Reference faces (photo or VIDEO@SECONDS): the "
                                                             "preview shows each face's distance to them."),
+    speakers_file: Optional[Path] = typer.Option(None, help="A dub's speakers.yaml: the preview shows each face's "
+                                                            "distance to its speakers' reference faces."),
     recognition_weights: Optional[str] = typer.Option(None, help="ArcFace weights: pack name or .onnx."),
     syncnet: Optional[Path] = typer.Option(None, help="SyncNet v2 weights for --speakers."),
     preview: Optional[Path] = typer.Option(None, help="Also write OUT.mp4: every face track's box, id, identity "
@@ -190,20 +192,27 @@ def detect(
                       detect_every=detect_every, cut_threshold=_cut_threshold(cut_threshold),
                       offline=True if offline else None)
     opts.validate()
+    setup = None
+    if identity or speakers or ref_face or speakers_file:  # checked before the detection pass
+        from lipsync_cli.speakers import Reference, SpeakerSetup, SpeakerSpec, annotate_track
+
+        top = {"recognition_weights": recognition_weights, "syncnet": syncnet}
+        if speakers_file is not None:
+            setup = SpeakerSetup.from_yaml(speakers_file, **top)
+        else:
+            setup = SpeakerSetup(speakers=tuple(SpeakerSpec(reference=Reference.parse(r), name=r)
+                                                for r in ref_face or ()), **top)
+        for spec in setup.speakers:
+            if spec.reference is not None:
+                spec.reference.validate()
+    if preview is not None and preview.suffix.lower() not in (".mp4", ".mov", ".mkv", ".m4v"):
+        raise BadOption(f"preview {preview} should end in .mp4")
     console = _console()
     with progress_bars(quiet) as progress:
         track = detect_track(video, opts, device=resolve_device(device), progress=progress,
                              notify=lambda m: console.print(m, highlight=False))
         distances = None
-        if identity or speakers or ref_face:
-            from lipsync_cli.speakers import annotate_track, setup_from_options
-
-            setup = setup_from_options(ref_face=ref_face or (), recognition_weights=recognition_weights,
-                                       syncnet=syncnet)
-            if setup is None and (recognition_weights or syncnet):
-                from lipsync_cli.speakers import SpeakerSetup
-
-                setup = SpeakerSetup(auto=True, recognition_weights=recognition_weights, syncnet=syncnet)
+        if setup is not None:
             distances = annotate_track(video, track, identity=identity, speaking=speakers, setup=setup,
                                        detector=detector, detector_weights=detector_weights,
                                        device=resolve_device(device), offline=True if offline else None,
