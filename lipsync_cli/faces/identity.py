@@ -242,7 +242,7 @@ class IdentityModels:
              detector_weights: str | os.PathLike | None = None, device: str = "cpu") -> IdentityModels:
         rec = resolve_recognition_weights(recognition)
         lm = resolve_landmark_weights(rec, detector, detector_weights)
-        return cls(FaceEmbedder(rec, device), Landmarker(lm, "cpu"))
+        return cls(FaceEmbedder(rec, device), Landmarker(lm, device))
 
     def embed_boxes(self, frame: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """(K, D) embeddings of the faces in (K, 4+) boxes of ``frame`` (NaN rows where no landmarks)."""
