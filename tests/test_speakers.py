@@ -492,3 +492,18 @@ def test_auto_dub_switches_face_with_the_scores(two_people, generator, tmp_path)
     second = {w: region_changes(src[25:], got[25:], FACES[w])["mouth"] for w in FACES}
     assert first["left"] > 4 * NOISE and first["right"] < NOISE, first
     assert second["right"] > 4 * NOISE and second["left"] < NOISE, second
+
+
+def test_reference_frame_at_seconds(tmp_path):
+    """VIDEO@SECONDS picks the frame at that time (the frame a user sees there), a still image its only frame."""
+    from lipsync_cli.faces.identity import frame_at
+
+    clip = make_video(tmp_path / "v.mp4", seconds=1.0, size=(64, 48), audio=False)
+    frames = read_frames(clip)
+    assert np.array_equal(frame_at(clip, seconds=0.5), frames[12])  # 0.5 s x 25 fps
+    assert np.array_equal(frame_at(clip, index=3), frames[3])
+    with pytest.raises(BadOption, match="no frame 50"):
+        frame_at(clip, seconds=2.0)
+    assert Reference.parse(f"{clip}@0.5") == Reference(video=clip, seconds=0.5)
+    with pytest.raises(BadOption, match="seconds"):
+        Reference.parse(f"{clip}@half")
