@@ -81,13 +81,15 @@ def dub(
                                               "and stay the same person; those frames pass through."),
     cut_threshold: float = typer.Option(CUT_THRESHOLD, help="Shot-cut sensitivity (PySceneDetect content score; "
                                                             "lower finds more cuts, 0 turns cut detection off)."),
-    ref_face: Optional[list[str]] = typer.Option(None, metavar="PHOTO|VIDEO@SECONDS", help="Dub this person, in every shot: a photo, or "
-                                                            "VIDEO@SECONDS. Repeat it, one per --speaker."),
+    ref_face: Optional[list[str]] = typer.Option(
+        None, metavar="PHOTO|VIDEO@SECONDS",
+        help="Dub this person, in every shot: a photo, or VIDEO@SECONDS. Repeat it, one per --speaker."),
     ref_frame: Optional[int] = typer.Option(None, help="With --ref-box: the person is the face in that box on "
                                                        "frame N of VIDEO (identity, across cuts)."),
-    speaker: Optional[list[str]] = typer.Option(None, metavar="AUDIO|auto", help="AUDIO of one person (pair each with a --ref-face, in "
-                                                           "order), or `auto`: dub whoever speaks in VIDEO's own "
-                                                           "audio."),
+    speaker: Optional[list[str]] = typer.Option(
+        None, metavar="AUDIO|auto",
+        help="AUDIO of one person (pair each with a --ref-face, in order), or `auto`: dub whoever speaks in "
+             "VIDEO's own audio."),
     speakers: Optional[Path] = typer.Option(None, help="speakers.yaml: one entry per person (audio, ref_face or "
                                                        "ref_box + ref_frame, threshold)."),
     mix: Optional[Path] = typer.Option(None, help="The output's audio with several speakers (default: their "
@@ -168,8 +170,9 @@ def detect(
                                                            "`lipsync dub --track --ref-face`."),
     speakers: bool = typer.Option(False, "--speakers", help="Score who speaks in the video's own audio "
                                                            "(SyncNet v2) and store the scores, for --speaker auto."),
-    ref_face: Optional[list[str]] = typer.Option(None, metavar="PHOTO|VIDEO@SECONDS", help="Reference faces (photo or VIDEO@SECONDS): the "
-                                                            "preview shows each face's distance to them."),
+    ref_face: Optional[list[str]] = typer.Option(
+        None, metavar="PHOTO|VIDEO@SECONDS",
+        help="Reference faces (photo or VIDEO@SECONDS): the preview shows each face's distance to them."),
     speakers_file: Optional[Path] = typer.Option(None, help="A dub's speakers.yaml: the preview shows each face's "
                                                             "distance to its speakers' reference faces."),
     recognition_weights: Optional[str] = typer.Option(None, help="ArcFace weights: pack name or .onnx."),
