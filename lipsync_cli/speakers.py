@@ -333,8 +333,9 @@ def reference_embeddings(setup: SpeakerSetup, models, video: Path, notify=None) 
 def identity_boxes(track, face_tracks, track_embeddings, references: np.ndarray, thresholds: Sequence[float]
                    ) -> tuple[list[list[np.ndarray | None]], list[list[int]], np.ndarray]:
     """Per speaker, the raw (4,) box of their face in each frame (None: not on screen) and segment ids; plus
-    the (T, S) distances. Each face track goes to the nearest reference within its threshold; where two face
-    tracks of one speaker share a frame, the nearer one is that speaker there."""
+    the (T, S) distances. Each face track goes to the nearest reference within its threshold. One person is on
+    screen once: of two face tracks of one speaker that share a frame, only the nearer is that speaker, in all its
+    frames; the farther one is nobody (a look-alike, or a reflection), even where the nearer one is missing."""
     from lipsync_cli.faces.identity import assign_tracks, track_distances
 
     n = len(track.faces)
@@ -342,15 +343,17 @@ def identity_boxes(track, face_tracks, track_embeddings, references: np.ndarray,
     owner = assign_tracks(dist, thresholds)
     raws = [[None] * n for _ in range(len(references))]
     segs = [[-1] * n for _ in range(len(references))]
-    best = [np.full(n, np.inf) for _ in range(len(references))]
-    for t, (ft, s) in enumerate(zip(face_tracks, owner)):
+    taken = [np.zeros(n, bool) for _ in range(len(references))]
+    for t in sorted(range(len(face_tracks)), key=lambda t: dist[t, owner[t]] if owner[t] >= 0 else np.inf):
+        s, ft = owner[t], face_tracks[t]
         if s < 0:
             continue
+        if taken[s][ft.first:ft.last + 1].any():  # a nearer face of this speaker is on screen at the same time
+            continue
+        taken[s][ft.first:ft.last + 1] = True
         for f, box in zip(ft.frames, ft.boxes):
-            if dist[t, s] < best[s][f]:
-                best[s][f] = dist[t, s]
-                raws[s][f] = box.copy()
-                segs[s][f] = t
+            raws[s][f] = box.copy()
+            segs[s][f] = t
     return raws, segs, dist
 
 

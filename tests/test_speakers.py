@@ -169,6 +169,15 @@ def test_identity_matching_with_given_embeddings():
     # beyond the threshold: nobody
     raws, _, _ = identity_boxes(track, fts, [b, c, b], np.stack([a]), [0.3])
     assert all(r is None for r in raws[0])
+    # a look-alike on screen at the same time as A, over a part of A's frames: never A, not even where A is
+    # missing
+    faces = [np.array([[10, 10, 60, 60, 0.9]] * (i % 4 != 0) + [[200, 10, 250, 60, 0.9]] * (i >= 4), np.float32)
+             .reshape(-1, 5) for i in range(n)]
+    track = Track(640, 360, 25.0, faces, cuts=[])
+    fts = link_tracks(track.faces, cuts=track.cuts, max_gap=3)
+    assert [ft.boxes[0][0] for ft in fts] == [10, 200]
+    raws, _, _ = identity_boxes(track, fts, [noisy(a, 0.05), noisy(a, 0.4)], np.stack([a]), [0.5])
+    assert [None if r is None else int(r[0]) for r in raws[0]] == [None if i % 4 == 0 else 10 for i in range(n)]
 
 
 def test_mix_is_the_sum_with_headroom():
