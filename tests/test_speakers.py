@@ -329,6 +329,7 @@ def test_ref_face_dubs_only_that_person(two_people, fake_arcface, generator, tmp
     assert region_changes(src, got, FACES["left"])["mouth"] < NOISE
 
 
+@pytest.mark.slow
 def test_two_speakers_each_driven_by_their_own_track(two_people, two_track, fake_arcface, generator, tmp_path):
     """Each face's generator input is its own speaker's mel; both mouths change; the output audio is the mix,
     as long as the longest track."""
@@ -476,6 +477,7 @@ def test_detect_preview_scores_and_auto_dub(two_people, fake_arcface, fake_ckpt,
     assert region_changes(src, got, FACES["left"])["mouth"] < NOISE
 
 
+@pytest.mark.slow
 def test_auto_dub_switches_face_with_the_scores(two_people, generator, tmp_path):
     """--speaker auto from a track whose SyncNet scores are given: the left face speaks in the first second,
     the right one in the next: each window's mouth is the higher-scored face's, the other face is untouched."""
