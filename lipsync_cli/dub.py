@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,8 +23,11 @@ from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_fr
 from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, MEL_WINDOW, SAMPLE_RATE
 from lipsync_cli.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
-from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video
+from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video, video_fingerprint
 from lipsync_cli.output_format import EncodeOptions
+
+if TYPE_CHECKING:
+    from lipsync_cli.speakers import SpeakerSetup
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ class DubOptions:
     max_pending_bytes: int = 384 << 20  # full frames held between decode and encode: caps the batch at 1080p
     offline: bool | None = None  # None -> LIPSYNC_OFFLINE
     encode: EncodeOptions = field(default_factory=EncodeOptions)  # codecs, pixel format, kept streams
+    # who is dubbed with what (identity, one audio per speaker, auto): plain data, see lipsync_cli.speakers
+    speakers: SpeakerSetup | None = None
 
     def validate(self, output: str | Path | None = None) -> None:
         """One place for every cross-option rule; with ``output``, also what the encoder and its container take
@@ -89,6 +95,10 @@ class DubOptions:
             raise BadOption(f"--cut-threshold must be > 0, got {self.cut_threshold}")
         if self.det_size is not None and self.det_size < 64:
             raise BadOption(f"--det-size must be at least 64 px, got {self.det_size}")
+        if self.speakers is not None:
+            self.speakers.validate()
+            if self.box is not None:
+                raise BadOption("--box gives one fixed face: it cannot be combined with speakers or --ref-face")
         if self.box is not None and self.track is not None:
             raise BadOption("--box and --track both give the face position: use one")
         if self.box is not None:
@@ -105,7 +115,7 @@ class DubResult:
     output: Path
     frames: int  # frames written
     fps: float
-    faces: int  # frames whose mouth was redrawn
+    faces: int  # faces redrawn (one per frame, or one per speaker on screen)
     no_face_frames: list[int]  # output frames passed through without a face
     audio_seconds: float
     wall_seconds: float
@@ -349,15 +359,17 @@ class _ThreadedWriter:
 # the pipeline
 
 
-def _check_paths(video: Path, audio: Path, out: Path) -> None:
+def _check_paths(video: Path, audio: Path | None, out: Path) -> None:
     for p, what in ((video, "video"), (audio, "audio")):
+        if p is None:  # per-speaker audio instead (checked by DubOptions.validate)
+            continue
         if not p.exists():
             raise InputNotFound(f"{what} file not found: {p}")
         if not p.is_file():
             raise InputNotFound(f"{what} path is not a file: {p}")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise BadOption(f"output {out} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
-    if out.resolve() in (video.resolve(), audio.resolve()):
+    if out.resolve() in (video.resolve(), audio.resolve() if audio is not None else None):
         raise BadOption(f"output {out} is also an input", "write the result to a new file")
     if not out.parent.exists():
         raise BadOption(f"output folder {out.parent} does not exist", "create it first or choose another -o")
@@ -437,13 +449,15 @@ def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progr
                            every=options.detect_every, progress=cb, info=info, cut_threshold=options.cut_threshold)
 
 
-def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptions = DubOptions(), *,
+def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: DubOptions = DubOptions(), *,
         progress: ProgressFn | None = None, notify: Callable[[str], None] | None = None,
         model=None, frame_sink: Callable[[int, np.ndarray], None] | None = None) -> DubResult:
     """Dub ``video`` (a video or still image) with the speech in ``audio``; write ``out`` atomically.
 
     ``model`` bypasses checkpoint loading (tests, the benchmark protocol); ``frame_sink(i, frame)`` sees every
     output frame before encoding; ``notify`` receives one-line messages for the user (downloads, warnings).
+    With ``options.speakers`` (:mod:`lipsync_cli.speakers`) the faces of each frame and the audio of each come
+    from the speaker description; ``audio`` is then None when every speaker has their own.
     """
     from lipsync_cli.heap import tune_malloc
     from lipsync_cli.output_format import describe, plan_output
@@ -451,21 +465,31 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
 
     t_start = time.perf_counter()
     tune_malloc()  # freed frames go back to the system: peak RSS does not creep with the video's length
-    video, audio, out = Path(video), Path(audio), Path(out)
+    video, audio, out = Path(video), Path(audio) if audio is not None else None, Path(out)
     options.validate(out)
     _check_paths(video, audio, out)
     say = notify or (lambda msg: log.info(msg))
 
     info = probe(video)
     plan = plan_output(info, options.encode, out, crf=options.crf, preset=options.preset,
-                       audio=probe_audio(audio) if options.encode.acodec == "copy" else None)
+                       audio=probe_audio(audio) if options.encode.acodec == "copy" and audio is not None else None)
     for note in plan.notes:
         say(note)
     fps = float(options.fps) if info.is_image else float(info.fps)
-    wav = load_audio(audio)
-    mel = melspectrogram(wav)  # (80, T)
-    n_samples = len(wav)
-    del wav  # only the mel is needed from here: 19 MB less held per 5 minutes of audio
+    if options.speakers is None:
+        if audio is None:
+            raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO for each person")
+        wav = load_audio(audio)
+        mels = [melspectrogram(wav)]  # (80, T): one voice
+        n_samples = len(wav)
+        del wav  # only the mel is needed from here: 19 MB less held per 5 minutes of audio
+        voices = None
+    else:  # one mel per speaker's voice (see lipsync_cli.speakers)
+        from lipsync_cli.speakers import load_voices
+
+        voices = load_voices(audio, options.speakers)
+        mels, n_samples = voices.mels, voices.n_samples
+    mel = mels[0]
     n_out = n_output_frames(n_samples, fps)
 
     import torch  # after the cheap checks, so user mistakes are reported at once
@@ -484,19 +508,32 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
 
     # --- where the face is, per source frame ---
     box_of: Callable[[int], Box | None]
+    faces_of: Callable[[int], list[tuple[Box, int]]] | None = None  # several faces: (box, voice) each
     if options.box is not None:
         fixed = check_box(options.box, info.width, info.height)
         box_of = lambda j: fixed  # noqa: E731
     else:
         if options.track is not None:
             track = Track.load(options.track)
-            track.check_matches(info.width, info.height, None if info.is_image else info.n_frames)
+            track.check_matches(info.width, info.height, None if info.is_image else info.n_frames,
+                                video_fingerprint(video))
         else:
             t = time.perf_counter()
             track = detect_track(video, options, device=device, progress=progress, notify=say, fps=fps, info=info)
             stage_s["detect"] = time.perf_counter() - t
             stage_n["detect"] = len(track)
-        boxes = face_boxes(track, options.track_options)
+        if options.speakers is not None:  # who, with which voice: lipsync_cli.speakers decides
+            from lipsync_cli.speakers import plan_faces
+
+            t = time.perf_counter()
+            plan = plan_faces(video, track, options.speakers, options.track_options, detector=options.detector,
+                              detector_weights=options.detector_weights, device=device, info=info,
+                              offline=options.offline, notify=say, progress=progress)
+            stage_s["detect"] += time.perf_counter() - t
+            faces_of = plan.of
+            boxes = [(plan.of(j)[0][0] if plan.of(j) else None) for j in range(len(track))]
+        else:
+            boxes = face_boxes(track, options.track_options)
         if not any(b is not None for b in boxes):
             if options.strict:
                 raise NoFaceError(f"no face found in any frame of {video}", "give the face position with --box")
@@ -513,8 +550,11 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
                 raise NoFaceError(f"no face in {len(missing)} frame(s) of {video}: {_frame_ranges(missing)}",
                                   "drop --strict to pass those frames through unchanged, or give --box")
 
+    if faces_of is None:
+        faces_of = lambda j: [(b, 0)] if (b := box_of(j)) is not None else []  # noqa: E731
+
     # --- the streaming loop ---
-    mel_t = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
+    mel_ts = [torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)) for m in mels]
     no_face: list[int] = []
     n_faces = 0
     height, width = (info.height, info.width)
@@ -522,16 +562,19 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     frame_bytes = height * width * 3 * (2 if plan.depth == 16 else 1)
     max_batch_frames = max(1, min(batch_size, options.max_pending_bytes // frame_bytes))
     gen = {"batch": batch_size}  # the generator's micro-batch; halved for good on out-of-memory
-    pending: list[tuple[int, np.ndarray, Box | None]] = []
+    pending: list[tuple[int, np.ndarray, list[tuple[Box, int]]]] = []
 
-    def run_batch(batch: list[tuple[int, np.ndarray, Box | None]]) -> None:
+    def run_batch(batch: list[tuple[int, np.ndarray, list[tuple[Box, int]]]]) -> None:
         nonlocal n_faces
-        idx = [k for k, (_, _, b) in enumerate(batch) if b is not None]
+        # every face of every frame of the batch: (frame in batch, box, voice)
+        idx = [(k, b, v) for k, (_, _, fs) in enumerate(batch) for b, v in fs]
         if idx:
             t = time.perf_counter()
-            crops = np.stack([blending.crop_face(batch[k][1], batch[k][2]) for k in idx])  # (b, 96, 96, 3)
+            # (b, 96, 96, 3): all crops are taken before any face of a frame is blended
+            crops = np.stack([blending.crop_face(batch[k][1], b) for k, b, _ in idx])
             faces = torch.from_numpy(blending.prepare_batch(crops))  # (b, 6, 96, 96)
-            mels = torch.stack([mel_t[:, starts[batch[k][0]]:starts[batch[k][0]] + MEL_WINDOW] for k in idx])
+            mels = torch.stack([mel_ts[v][:, starts[batch[k][0]]:starts[batch[k][0]] + MEL_WINDOW]
+                                for k, _, v in idx])
             mels = mels.unsqueeze(1)  # (b, 1, 80, 16)
             stage_s["blend"] += time.perf_counter() - t
             t = time.perf_counter()
@@ -540,20 +583,25 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
             stage_n["generate"] += len(idx)
             t = time.perf_counter()
             mouths = blending.to_uint8(pred)
-            for g, k in zip(mouths, idx):
-                blending.blend(batch[k][1], g, batch[k][2], options.blend)
+            for g, (k, b, _) in zip(mouths, idx):
+                blending.blend(batch[k][1], g, b, options.blend)
             stage_s["blend"] += time.perf_counter() - t
             n_faces += len(idx)
         stage_n["blend"] += len(batch)
-        for i, frame, b in batch:
-            if b is None:
+        for i, frame, fs in batch:
+            if not fs:
                 no_face.append(i)
             if frame_sink is not None:
                 frame_sink(i, frame)
             sink.put(frame)
 
     decode_stats: dict = {}
-    with VideoWriter(out, width, height, fps, audio_path=audio, plan=plan) as writer:
+    from contextlib import nullcontext
+
+    from lipsync_cli.speakers import output_audio
+
+    with (output_audio(voices) if voices is not None else nullcontext(audio)) as mux, \
+            VideoWriter(out, width, height, fps, audio_path=mux, plan=plan) as writer:
         sink = _ThreadedWriter(writer, max_bytes=options.max_pending_bytes // 2, frame_bytes=frame_bytes)
         frames = output_frames(video, info.is_image, fps, n_out, options.loop, info=info, stats=decode_stats,
                                depth=plan.depth)
@@ -567,7 +615,7 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
                     break
                 stage_s["decode"] += time.perf_counter() - t
                 stage_n["decode"] += 1
-                pending.append((i, frame, box_of(src)))
+                pending.append((i, frame, faces_of(src)))
                 i += 1
                 if len(pending) >= max_batch_frames:
                     run_batch(pending)

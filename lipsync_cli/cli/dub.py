@@ -54,9 +54,10 @@ def _cut_threshold(value: float) -> float | None:
 @app.command()
 def dub(
     video: Path = typer.Argument(..., help="Video (any format ffmpeg reads) or still image (jpg/png/webp)."),
-    audio: Path = typer.Argument(..., help="Speech: any audio file ffmpeg reads, or a video's audio track."),
+    audio: Optional[Path] = typer.Argument(None, help="Speech: any audio file ffmpeg reads, or a video's audio "
+                                                      "track (not needed when each --speaker has their own)."),
     output: Path = typer.Option(..., "-o", "--output", help="Output video (.mp4, .mov, .mkv: the container), "
-                                                            "written only on success."),
+                                                           "written only on success."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
                                               help="Generator weights (default: wav2lip_gan from the registry)."),
     arch: Optional[str] = typer.Option(None, help="wav2lip | attn_wav2lip | lpips_attn_wav2lip (default: from "
@@ -81,6 +82,25 @@ def dub(
                                               "and stay the same person; those frames pass through."),
     cut_threshold: float = typer.Option(CUT_THRESHOLD, help="Shot-cut sensitivity (PySceneDetect content score; "
                                                             "lower finds more cuts, 0 turns cut detection off)."),
+    ref_face: Optional[list[str]] = typer.Option(
+        None, metavar="PHOTO|VIDEO@SECONDS",
+        help="Dub this person, in every shot: a photo, or VIDEO@SECONDS. Repeat it, one per --speaker."),
+    ref_frame: Optional[int] = typer.Option(None, help="With --ref-box: the person is the face in that box on "
+                                                       "frame N of VIDEO (identity, across cuts)."),
+    speaker: Optional[list[str]] = typer.Option(
+        None, metavar="AUDIO|auto",
+        help="AUDIO of one person (pair each with a --ref-face, in order), or `auto`: dub whoever speaks in "
+             "VIDEO's own audio."),
+    speakers: Optional[Path] = typer.Option(None, help="speakers.yaml: one entry per person (audio, ref_face or "
+                                                       "ref_box + ref_frame, threshold)."),
+    mix: Optional[Path] = typer.Option(None, help="The output's audio with several speakers (default: their "
+                                                  "tracks summed with headroom)."),
+    recognition_weights: Optional[str] = typer.Option(None, help="ArcFace weights: an insightface pack name or "
+                                                                 "a .onnx file (default buffalo_l)."),
+    identity_threshold: Optional[float] = typer.Option(None, help="Cosine distance beyond which a face is not "
+                                                                  "the reference's person (default 0.6)."),
+    syncnet: Optional[Path] = typer.Option(None, help="SyncNet v2 weights for --speaker auto (default: the "
+                                                      "registry's syncnet_v2)."),
     strict: bool = typer.Option(False, help="Fail, naming the frames, when a frame has no face (default: those "
                                             "frames pass through unchanged)."),
     batch_size: Optional[int] = typer.Option(None, help="Faces per generator batch (default 16 on CPU, 128 on "
@@ -113,13 +133,19 @@ def dub(
     from lipsync_cli.dub import DubOptions
     from lipsync_cli.dub import dub as run_dub
     from lipsync_cli.output_format import EncodeOptions
+    from lipsync_cli.speakers import setup_from_options
 
+    setup = setup_from_options(speaker=speaker or (), ref_face=ref_face or (), ref_box=ref_box, ref_frame=ref_frame,
+                               speakers_file=speakers, mix=mix, recognition_weights=recognition_weights,
+                               identity_threshold=identity_threshold, syncnet=syncnet)
+    if setup is not None and ref_frame is not None:
+        ref_box = None  # the box names the person on that frame, not a position in every shot
     opts = DubOptions(
         checkpoint=checkpoint, arch=arch, detector=detector, detector_weights=detector_weights, det_size=det_size,
         detect_every=detect_every, cut_threshold=_cut_threshold(cut_threshold), box=tuple(box) if box else None,
         track=track, track_options=_track_options(pads, no_smooth, ref_box, max_gap),
         strict=strict, batch_size=batch_size, device=device, precision=precision, blend=blend, loop=loop, fps=fps,
-        crf=crf, preset=preset, offline=True if offline else None,
+        crf=crf, preset=preset, offline=True if offline else None, speakers=setup,
         encode=EncodeOptions(vcodec=vcodec, pix_fmt=pix_fmt, profile=profile, acodec=acodec,
                              keep_streams=keep_streams, language=language),
     )
@@ -157,6 +183,19 @@ def detect(
     cut_threshold: float = typer.Option(CUT_THRESHOLD, help="Shot-cut sensitivity (PySceneDetect content score; "
                                                             "0 turns cut detection off)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
+    identity: bool = typer.Option(False, "--identity", help="Store face embeddings (ArcFace) in the track, for "
+                                                           "`lipsync dub --track --ref-face`."),
+    speakers: bool = typer.Option(False, "--speakers", help="Score who speaks in the video's own audio "
+                                                           "(SyncNet v2) and store the scores, for --speaker auto."),
+    ref_face: Optional[list[str]] = typer.Option(
+        None, metavar="PHOTO|VIDEO@SECONDS",
+        help="Reference faces (photo or VIDEO@SECONDS): the preview shows each face's distance to them."),
+    speakers_file: Optional[Path] = typer.Option(None, help="A dub's speakers.yaml: the preview shows each face's "
+                                                            "distance to its speakers' reference faces."),
+    recognition_weights: Optional[str] = typer.Option(None, help="ArcFace weights: pack name or .onnx."),
+    syncnet: Optional[Path] = typer.Option(None, help="SyncNet v2 weights for --speakers."),
+    preview: Optional[Path] = typer.Option(None, help="Also write OUT.mp4: every face track's box, id, identity "
+                                                      "distance and speaking score drawn on the frames."),
     offline: bool = typer.Option(False, "--offline", help="Never download weights."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -173,11 +212,37 @@ def detect(
                       detect_every=detect_every, cut_threshold=_cut_threshold(cut_threshold),
                       offline=True if offline else None)
     opts.validate()
+    setup = None
+    if identity or speakers or ref_face or speakers_file:  # checked before the detection pass
+        from lipsync_cli.speakers import Reference, SpeakerSetup, SpeakerSpec, annotate_track
+
+        top = {"recognition_weights": recognition_weights, "syncnet": syncnet}
+        if speakers_file is not None:
+            setup = SpeakerSetup.from_yaml(speakers_file, **top)
+        else:
+            setup = SpeakerSetup(speakers=tuple(SpeakerSpec(reference=Reference.parse(r), name=r)
+                                                for r in ref_face or ()), **top)
+        for spec in setup.speakers:
+            if spec.reference is not None:
+                spec.reference.validate()
+    if preview is not None and preview.suffix.lower() not in (".mp4", ".mov", ".mkv", ".m4v"):
+        raise BadOption(f"preview {preview} should end in .mp4")
     console = _console()
     with progress_bars(quiet) as progress:
         track = detect_track(video, opts, device=resolve_device(device), progress=progress,
                              notify=lambda m: console.print(m, highlight=False))
+        distances = None
+        if setup is not None:
+            distances = annotate_track(video, track, identity=identity, speaking=speakers, setup=setup,
+                                       detector=detector, detector_weights=detector_weights,
+                                       device=resolve_device(device), offline=True if offline else None,
+                                       notify=lambda m: console.print(m, highlight=False), progress=progress)
     track.save(output)
+    if preview is not None:
+        from lipsync_cli.faces.preview import write_preview
+
+        write_preview(video, track, preview, distances)
     if not quiet:
         with_face = sum(1 for f in track.faces if len(f))
-        console.print(f"wrote {output}: {len(track)} frames, {with_face} with at least one face")
+        console.print(f"wrote {output}: {len(track)} frames, {with_face} with at least one face"
+                      + (f"; preview {preview}" if preview is not None else ""))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from lipsync_cli.faces.boxes import box_area, box_iou, centre_distance, detectio
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels (x right, y down), x2/y2 exclusive
 
 TRACK_FORMAT = "lipsync_cli.track"
-TRACK_VERSION = 2  # 2: "cuts" (files of version 1 have none and still load)
+TRACK_VERSION = 3  # 2: "cuts"; 3: "fingerprint", "embeddings", "speaking" (older files still load)
+FINGERPRINT_BYTES = 1 << 20  # a video's fingerprint hashes its size and its first and last MiB
 
 LINK_IOU = 0.2  # a detection continues a face track when it overlaps the track's last box by more than this
 LINK_SHIFT = 0.5  # ... or when its centre moved less than this fraction of the box's longer side
@@ -75,6 +77,12 @@ class Track:
 
     ``cuts``: the frames where a new shot starts (sorted, never 0), found in the frames by :func:`track_video`;
     None when unknown (a track file written before cuts were recorded): the video is then one shot.
+    ``fingerprint``: :func:`video_fingerprint` of the video it was made from (None in files before version 3).
+    ``embeddings``: ``{frame: (N, D) float32}`` ArcFace embeddings of some detections of that frame (rows as in
+    ``faces[frame]``, NaN for the detections not embedded), made by ``embedder`` (see
+    :mod:`lipsync_cli.faces.identity`).
+    ``speaking``: per frame an (N,) float32 SyncNet confidence that each detection is the one speaking in the
+    video's own audio (NaN where not scored; see :mod:`lipsync_cli.speakers`), or None.
     """
 
     width: int
@@ -83,6 +91,10 @@ class Track:
     faces: list[np.ndarray] = field(default_factory=list)
     source: str = ""
     cuts: list[int] | None = None
+    fingerprint: str | None = None
+    embeddings: dict[int, np.ndarray] | None = None
+    embedder: str | None = None
+    speaking: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -101,6 +113,17 @@ class Track:
         }
         if self.cuts is not None:
             data["cuts"] = [int(c) for c in self.cuts]
+        if self.fingerprint is not None:
+            data["fingerprint"] = self.fingerprint
+        if self.embeddings is not None:
+            data["embeddings"] = {
+                "model": self.embedder or "",
+                "frames": {str(f): [None if not np.all(np.isfinite(r)) else [round(float(v), 5) for v in r]
+                                    for r in e] for f, e in sorted(self.embeddings.items())},
+            }
+        if self.speaking is not None:
+            data["speaking"] = [[None if not math.isfinite(float(v)) else round(float(v), 4) for v in s]
+                                for s in self.speaking]
         from lipsync_cli.files import atomic_write
 
         atomic_write(path, json.dumps(data, separators=(",", ":")))
@@ -129,13 +152,26 @@ class Track:
                 cuts = [_int(c, "cut") for c in cuts]
                 if cuts != sorted(set(cuts)) or any(not 0 < c < len(faces) for c in cuts):
                     raise ValueError(f"cuts must be increasing frame numbers in 1..{len(faces) - 1}")
-            return cls(width, height, fps, faces, str(data.get("source", "")), cuts)
+            fingerprint = data.get("fingerprint")
+            if fingerprint is not None and not isinstance(fingerprint, str):
+                raise ValueError("fingerprint is not a string")
+            embeddings, embedder = _read_embeddings(data.get("embeddings"), faces)
+            speaking = _read_speaking(data.get("speaking"), faces)
+            return cls(width, height, fps, faces, str(data.get("source", "")), cuts, fingerprint, embeddings,
+                       embedder, speaking)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
             raise BadOption(f"{path} is not a track file written by `lipsync detect` ({err})",
                             "write it again with `lipsync detect VIDEO -o track.json`") from None
 
-    def check_matches(self, width: int, height: int, n_frames: int | None) -> None:
-        """Refuse a track made for another video (different size, or far fewer frames)."""
+    def check_matches(self, width: int, height: int, n_frames: int | None, fingerprint: str | None = None) -> None:
+        """Refuse a track made for another video: different size, far fewer frames, or (when both are known)
+        another :func:`video_fingerprint`."""
+        if fingerprint is not None and self.fingerprint is not None and fingerprint != self.fingerprint:
+            raise BadOption(
+                f"the track was made for another video (fingerprint {self.fingerprint}, this video's is "
+                f"{fingerprint}{', made from ' + self.source if self.source else ''})",
+                "run `lipsync detect` on this video",
+            )
         if (self.width, self.height) != (width, height):
             raise BadOption(
                 f"the track was made for a {self.width}x{self.height} video, this one is {width}x{height}",
@@ -145,6 +181,64 @@ class Track:
             raise BadOption(
                 f"the track has {len(self.faces)} frames, the video {n_frames}", "run `lipsync detect` on this video"
             )
+
+
+def video_fingerprint(path: str | os.PathLike) -> str:
+    """A short hex digest of a media file's size and first and last ``FINGERPRINT_BYTES``: cheap at any length,
+    and different for another video of the same size and length (a re-encoded or re-muxed copy counts as
+    another video)."""
+    import hashlib
+
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(FINGERPRINT_BYTES))
+        if size > FINGERPRINT_BYTES:
+            f.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+            h.update(f.read(FINGERPRINT_BYTES))
+    return h.hexdigest()[:16]
+
+
+def _read_embeddings(block, faces: list[np.ndarray]) -> tuple[dict[int, np.ndarray] | None, str | None]:
+    """The "embeddings" block of a track file: ``{frame: (N, D)}`` rows aligned with that frame's faces."""
+    if block is None:
+        return None, None
+    if not isinstance(block, dict) or not isinstance(block.get("frames"), dict):
+        raise ValueError("embeddings must be {\"model\": ..., \"frames\": {frame: rows}}")
+    out: dict[int, np.ndarray] = {}
+    dim = None
+    for key, rows in block["frames"].items():
+        f = int(key)
+        if not 0 <= f < len(faces) or not isinstance(rows, list) or len(rows) != len(faces[f]):
+            raise ValueError(f"embeddings of frame {key}: one row (or null) per face of that frame")
+        vecs = [r for r in rows if r is not None]
+        if any(not isinstance(r, list) for r in vecs):
+            raise ValueError(f"embeddings of frame {key}: rows must be lists of numbers")
+        for r in vecs:
+            dim = len(r) if dim is None else dim
+            if len(r) != dim or dim == 0:
+                raise ValueError(f"embeddings of frame {key}: rows of different lengths")
+        arr = np.full((len(rows), dim or 1), np.nan, np.float32)
+        for k, r in enumerate(rows):
+            if r is not None:
+                arr[k] = [_number(v) for v in r]
+        out[f] = arr
+    return out, str(block.get("model", "")) or None
+
+
+def _read_speaking(rows, faces: list[np.ndarray]) -> list[np.ndarray] | None:
+    """The "speaking" block: per frame, one number (or null) per face."""
+    if rows is None:
+        return None
+    if not isinstance(rows, list) or len(rows) != len(faces):
+        raise ValueError("speaking must hold one list per frame")
+    out = []
+    for i, (r, f) in enumerate(zip(rows, faces)):
+        if not isinstance(r, list) or len(r) != len(f):
+            raise ValueError(f"speaking of frame {i}: one score (or null) per face")
+        out.append(np.array([np.nan if v is None else _number(v) for v in r], np.float32))
+    return out
 
 
 def _number(v) -> float:
@@ -182,6 +276,7 @@ class FaceTrack:
 
     frames: list[int] = field(default_factory=list)
     boxes: list[np.ndarray] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # row of each detection in its frame's (N, 5) array
 
     @property
     def first(self) -> int:
@@ -191,9 +286,10 @@ class FaceTrack:
     def last(self) -> int:
         return self.frames[-1]
 
-    def add(self, frame: int, box: np.ndarray) -> None:
+    def add(self, frame: int, box: np.ndarray, row: int = -1) -> None:
         self.frames.append(frame)
         self.boxes.append(np.asarray(box[:4], dtype=np.float64))
+        self.rows.append(int(row))
 
     def within(self, lo: int, hi: int) -> slice:
         """The part of ``frames`` / ``boxes`` in frames lo..hi-1 (an empty slice when the face is not there)."""
@@ -217,7 +313,8 @@ def link_tracks(faces: Sequence[np.ndarray], *, cuts: Iterable[int] | None = Non
     live: list[FaceTrack] = []
     for t, dets in enumerate(faces):
         dets = np.asarray(dets, dtype=np.float64).reshape(-1, 5)
-        dets = dets[dets[:, 4] >= min_score]
+        kept = np.nonzero(dets[:, 4] >= min_score)[0]  # rows in the frame's array
+        dets = dets[kept]
         live = [] if t in cut_set else [tr for tr in live if t - tr.last - 1 <= max_gap]
         taken: set[int] = set()
         if live and len(dets):
@@ -238,11 +335,11 @@ def link_tracks(faces: Sequence[np.ndarray], *, cuts: Iterable[int] | None = Non
                 if a not in used and d not in taken:
                     used.add(a)
                     taken.add(d)
-                    live[a].add(t, dets[d])
+                    live[a].add(t, dets[d], kept[d])
         for d in range(len(dets)):
             if d not in taken:
                 tr = FaceTrack()
-                tr.add(t, dets[d])
+                tr.add(t, dets[d], kept[d])
                 tracks.append(tr)
                 live.append(tr)
     return tracks
@@ -361,10 +458,17 @@ def face_boxes(track: Track, options: TrackOptions = TrackOptions()) -> list[Box
     """The final crop box of every frame: choose the speaker in each shot of ``track``, pad, smooth (if
     enabled), round."""
     raw, segments = follow_face(track.faces, options, track.cuts)
-    padded = [None if b is None else pad_box(b, options.pads, track.width, track.height) for b in raw]
+    return finish_boxes(raw, segments, options, track.width, track.height)
+
+
+def finish_boxes(raw: Sequence[np.ndarray | None], segments: Sequence[int], options: TrackOptions, width: int,
+                 height: int) -> list[Box | None]:
+    """Raw (4,) boxes of one person per frame (None: not dubbed) -> final crop boxes: pad, smooth within each
+    segment (if enabled), round to pixels inside the ``width`` x ``height`` frame."""
+    padded = [None if b is None else pad_box(b, options.pads, width, height) for b in raw]
     if options.smooth:
         padded = smooth_boxes(padded, options.smooth_window, segments)
-    return [None if b is None else to_int_box(b, track.width, track.height) for b in padded]
+    return [None if b is None else to_int_box(b, width, height) for b in padded]
 
 
 def check_box(box: Sequence[int], width: int, height: int) -> Box:
@@ -528,4 +632,5 @@ def track_video(path: str | Path, detector, *, fps: float | None = None, det_siz
         cuts: list[int] | None = shots.cuts()
     else:  # a still image is one shot; without cut detection the cuts are unknown
         cuts = None if cut_threshold is None else []
-    return Track(info.width, info.height, out_fps, faces, source=str(path), cuts=cuts)
+    return Track(info.width, info.height, out_fps, faces, source=str(path), cuts=cuts,
+                 fingerprint=video_fingerprint(info.path))
