@@ -105,9 +105,15 @@ def _load_safetensors(path: Path) -> dict:
 
 
 def unwrap_state_dict(obj: Any) -> dict:
-    """The tensor dict inside any supported container, with DataParallel ``module.`` prefixes removed."""
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    """The tensor dict inside any supported container, with DataParallel ``module.`` prefixes removed.
+
+    Containers: ours and Wav2Lip's ``{'state_dict': ...}``; basicsr's ``{'params_ema': ...}`` / ``{'params': ...}``
+    (GFPGANv1.4.pth; the EMA weights first, as GFPGANer loads them)."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "params_ema", "params"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
     return {k.removeprefix("module."): v for k, v in obj.items()}
