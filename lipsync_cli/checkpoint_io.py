@@ -146,13 +146,15 @@ def expect_kind(path: str | os.PathLike, obj: Any, expected: tuple[str, ...]) ->
     return kind
 
 
-def load_network(path: str | os.PathLike, net, kind: str, hint: str):
+def load_network(path: str | os.PathLike, net, kind: str, hint: str, assign: bool = False):
     """Load a file of ``kind`` (see KIND_NAMES) strictly into ``net``; a file of another kind, or whose tensors do
-    not fit, raises CheckpointMismatch with ``hint``. Returns ``net`` (mode and device unchanged)."""
+    not fit, raises CheckpointMismatch with ``hint``. Returns ``net`` (mode and device unchanged). ``assign``: the
+    file's tensors become the parameters (``net`` may then be built on the meta device: nothing is allocated
+    twice)."""
     obj = load_file(path)
     expect_kind(path, obj, (kind,))
     try:
-        net.load_state_dict(unwrap_state_dict(obj), strict=True)
+        net.load_state_dict(unwrap_state_dict(obj), strict=True, assign=assign)
     except RuntimeError as err:
         lines = str(err).splitlines()
         detail = lines[1] if len(lines) > 1 else str(err)

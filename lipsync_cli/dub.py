@@ -19,7 +19,7 @@ import numpy as np
 
 from lipsync_cli import blend as blending
 from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_frames
-from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, MEL_WINDOW, SAMPLE_RATE
+from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, ENHANCE_NOISE, MEL_WINDOW, SAMPLE_RATE
 from lipsync_cli.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video
@@ -59,6 +59,10 @@ class DubOptions:
     preset: str = "veryfast"
     max_pending_bytes: int = 384 << 20  # full frames held between decode and encode: caps the batch at 1080p
     offline: bool | None = None  # None -> LIPSYNC_OFFLINE
+    enhance: bool = False  # restore the dubbed mouth with a face restorer (lipsync_cli/enhance)
+    enhancer_weights: Path | None = None  # GFPGANv1.4-format .pth or an ONNX restorer; None -> registry gfpgan_v14
+    enhance_strength: float = 1.0  # 0..1: blend weight of the restored mouth
+    enhance_noise: str = "fixed"  # GFPGAN's noise: fixed (stored buffers, no flicker) | random (as GFPGANer)
 
     def validate(self) -> None:
         """One place for every cross-option rule."""
@@ -86,6 +90,12 @@ class DubOptions:
             raise BadOption(f"--cut-threshold must be > 0, got {self.cut_threshold}")
         if self.det_size is not None and self.det_size < 64:
             raise BadOption(f"--det-size must be at least 64 px, got {self.det_size}")
+        if not (0.0 <= self.enhance_strength <= 1.0):
+            raise BadOption(f"--enhance-strength must be in 0..1, got {self.enhance_strength}")
+        if self.enhance_noise not in ENHANCE_NOISE:
+            raise BadOption(f"--enhance-noise {self.enhance_noise!r} is not one of {', '.join(ENHANCE_NOISE)}")
+        if self.enhancer_weights is not None and not self.enhance:
+            raise BadOption("--enhancer-weights is given without --enhance", "add --enhance")
         if self.box is not None and self.track is not None:
             raise BadOption("--box and --track both give the face position: use one")
         if self.box is not None:
@@ -408,6 +418,16 @@ def load_dub_detector(options: DubOptions, device: str, notify: Callable[[str], 
     return load_detector(options.detector, weights=wts, device=device, det_size=detection_size(options, device))
 
 
+def load_dub_enhancer(options: DubOptions, device: str, precision: str, notify: Callable[[str], None] | None = None,
+                      progress: ProgressFn | None = None):
+    """The face restorer of ``--enhance``: ``options.enhancer_weights`` or the registry's GFPGAN v1.4."""
+    from lipsync_cli.enhance import ENHANCE_BATCH_CPU, ENHANCE_BATCH_GPU, load_restorer
+
+    path = options.enhancer_weights or _resolve_weights("gfpgan_v14", options, progress, notify)
+    batch = ENHANCE_BATCH_CPU if device == "cpu" else ENHANCE_BATCH_GPU
+    return load_restorer(path, device, precision, noise=options.enhance_noise, batch=batch)
+
+
 def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
                  notify: Callable[[str], None] | None = None, fps: float | None = None, info=None) -> Track:
     """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame.
@@ -427,10 +447,11 @@ def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progr
 
 def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptions = DubOptions(), *,
         progress: ProgressFn | None = None, notify: Callable[[str], None] | None = None,
-        model=None, frame_sink: Callable[[int, np.ndarray], None] | None = None) -> DubResult:
+        model=None, frame_sink: Callable[[int, np.ndarray], None] | None = None, restorer=None) -> DubResult:
     """Dub ``video`` (a video or still image) with the speech in ``audio``; write ``out`` atomically.
 
-    ``model`` bypasses checkpoint loading (tests, the benchmark protocol); ``frame_sink(i, frame)`` sees every
+    ``model`` (and ``restorer``, for ``--enhance``) bypass weight loading (tests, the benchmark protocol);
+    ``frame_sink(i, frame)`` sees every
     output frame before encoding; ``notify`` receives one-line messages for the user (downloads, warnings).
     """
     from lipsync_cli.heap import tune_malloc
@@ -456,12 +477,19 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
     batch_size = options.batch_size or (16 if device == "cpu" else 128)
-    stage_s = {"decode": 0.0, "detect": 0.0, "generate": 0.0, "blend": 0.0, "encode": 0.0}
+    stage_s = {"decode": 0.0, "detect": 0.0, "generate": 0.0, "blend": 0.0,
+               **({"enhance": 0.0} if options.enhance else {}), "encode": 0.0}
     stage_n = {k: 0 for k in stage_s}
 
     if model is None:
         model = load_dub_generator(options, device, notify=say, progress=progress)
     model = prepare_for_inference(model, device)
+    enhancer = None
+    if options.enhance:
+        from lipsync_cli.enhance import Enhancer
+
+        restorer = restorer or load_dub_enhancer(options, device, precision, notify=say, progress=progress)
+        enhancer = Enhancer(restorer, options.enhance_strength)
     # the mel window of each output frame, with the audio/video lead the generator was trained with
     starts = mel_start(np.arange(n_out), fps, lead=getattr(model, "mel_lead", 0), n_mel=mel.shape[1])
 
@@ -527,6 +555,13 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
                 blending.blend(batch[k][1], g, batch[k][2], options.blend)
             stage_s["blend"] += time.perf_counter() - t
             n_faces += len(idx)
+            if enhancer is not None:
+                t = time.perf_counter()
+                enhancer.apply([batch[k][1] for k in idx], [batch[k][2] for k in idx])
+                stage_s["enhance"] += time.perf_counter() - t
+                stage_n["enhance"] += len(idx)
+        if enhancer is not None and progress:
+            progress("enhance", len(batch), n_out)
         stage_n["blend"] += len(batch)
         for i, frame, b in batch:
             if b is None:

@@ -27,9 +27,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from lipsync_cli.checkpoint_kinds import KindSignature, register_kind
+from lipsync_cli.constants import ENHANCE_NOISE as NOISE_MODES
 
 KIND = "gfpgan_v14"
-NOISE_MODES = ("fixed", "random")
 LRELU_SLOPE = 0.2
 
 register_kind(KindSignature(
@@ -43,6 +43,12 @@ def _channels(multiplier: float, narrow: float) -> dict[int, int]:
     base = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * multiplier, 128: 128 * multiplier,
             256: 64 * multiplier, 512: 32 * multiplier, 1024: 16 * multiplier}
     return {r: int(c * narrow) for r, c in base.items()}
+
+
+def _randn(*shape: int, std: float = 1.0) -> torch.Tensor:
+    """Normal init (StyleGAN2's); skipped on the meta device, where ``normal_`` costs seconds of imports."""
+    t = torch.empty(*shape)
+    return t if t.is_meta else t.normal_(0.0, std)
 
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +65,7 @@ class ModulatedConv2d(nn.Module):
         self.in_ch, self.out_ch, self.kernel = in_ch, out_ch, kernel
         self.demodulate, self.upsample, self.eps = demodulate, upsample, eps
         self.modulation = nn.Linear(style_dim, in_ch)
-        self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel, kernel) / math.sqrt(in_ch * kernel ** 2))
+        self.weight = nn.Parameter(_randn(1, out_ch, in_ch, kernel, kernel, std=1 / math.sqrt(in_ch * kernel ** 2)))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         s = self.modulation(style)  # (B, in)
@@ -115,7 +121,7 @@ class NormStyleCode(nn.Module):
 class ConstantInput(nn.Module):
     def __init__(self, channels: int, size: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(1, channels, size, size))
+        self.weight = nn.Parameter(_randn(1, channels, size, size))
 
     def forward(self, batch: int) -> torch.Tensor:
         return self.weight.expand(batch, -1, -1, -1)
@@ -145,7 +151,7 @@ class StyleGAN2DecoderSFT(nn.Module):
         self.noises = nn.Module()
         for i in range(self.num_layers):
             res = 2 ** ((i + 5) // 2)  # 4, 8, 8, 16, 16, ...
-            self.noises.register_buffer(f"noise{i}", torch.randn(1, 1, res, res))
+            self.noises.register_buffer(f"noise{i}", _randn(1, 1, res, res))
         in_ch = ch[4]
         for lv in range(3, self.log_size + 1):
             out_ch = ch[2 ** lv]
@@ -223,24 +229,26 @@ class GFPGANv1Clean(nn.Module):
             self.conv_body_down.append(ResBlock(in_ch, ch[2 ** (lv - 1)], 0.5))
             in_ch = ch[2 ** (lv - 1)]
         self.final_conv = nn.Conv2d(in_ch, ch[4], 3, 1, 1)
+        # module order = the released state dict's key order
         self.conv_body_up = nn.ModuleList()
         self.toRGB = nn.ModuleList()  # intermediate RGB outputs (training only); kept for the checkpoint's keys
-        self.condition_scale = nn.ModuleList()
-        self.condition_shift = nn.ModuleList()
         in_ch = ch[4]
-        for lv in range(3, log_size + 1):  # 8 -> out_size
-            out_ch = ch[2 ** lv]
+        levels = [ch[2 ** lv] for lv in range(3, log_size + 1)]  # channels at 8 .. out_size
+        for out_ch in levels:
             self.conv_body_up.append(ResBlock(in_ch, out_ch, 2))
             self.toRGB.append(nn.Conv2d(out_ch, 3, 1))
-            sft_ch = out_ch if sft_half else out_ch * 2
-            for branch in (self.condition_scale, self.condition_shift):
-                branch.append(nn.Sequential(nn.Conv2d(out_ch, out_ch, 3, 1, 1), nn.LeakyReLU(LRELU_SLOPE),
-                                            nn.Conv2d(out_ch, sft_ch, 3, 1, 1)))
             in_ch = out_ch
         self.num_latent = log_size * 2 - 2
         self.final_linear = nn.Linear(ch[4] * 4 * 4, self.num_latent * style_dim)  # different_w: one w per layer
         self.stylegan_decoder = StyleGAN2DecoderSFT(out_size, style_dim, num_mlp, channel_multiplier, narrow,
                                                     sft_half)
+        self.condition_scale = nn.ModuleList()
+        self.condition_shift = nn.ModuleList()
+        for branch in (self.condition_scale, self.condition_shift):
+            for out_ch in levels:
+                sft_ch = out_ch if sft_half else out_ch * 2
+                branch.append(nn.Sequential(nn.Conv2d(out_ch, out_ch, 3, 1, 1), nn.LeakyReLU(LRELU_SLOPE),
+                                            nn.Conv2d(out_ch, sft_ch, 3, 1, 1)))
 
     def forward(self, x: torch.Tensor, noise: str | None = None) -> torch.Tensor:
         """x (B, 3, S, S) RGB in [-1, 1] -> restored (B, 3, S, S), about [-1, 1]. ``noise``: "fixed" | "random"
@@ -264,8 +272,8 @@ def load_gfpgan(path, device: str = "cpu", noise: str = "fixed") -> GFPGANv1Clea
     Loaded with ``weights_only=True``; another kind of file raises CheckpointMismatch."""
     from lipsync_cli.checkpoint_io import load_network
 
-    with torch.device("meta"):
+    with torch.device("meta"):  # built without memory; the file's tensors are assigned
         net = GFPGANv1Clean(noise=noise)
-    net = net.to_empty(device="cpu")
-    load_network(path, net, KIND, "pass GFPGANv1.4.pth (`lipsync weights download gfpgan_v14`) or an .onnx restorer")
+    load_network(path, net, KIND, "pass GFPGANv1.4.pth (`lipsync weights download gfpgan_v14`) or an .onnx restorer",
+                 assign=True)
     return net.eval().to(device)
