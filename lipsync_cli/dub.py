@@ -428,6 +428,17 @@ def load_dub_enhancer(options: DubOptions, device: str, precision: str, notify: 
     return load_restorer(path, device, precision, noise=options.enhance_noise, batch=batch)
 
 
+def enhance_points(options: DubOptions, device: str):
+    """The facial points of ``--enhance``: SCRFD's keypoints with ``--detector insightface`` (boxes found by it),
+    else None (placed in the face box; S3FD gives no keypoints)."""
+    if options.detector != "insightface" or options.box is not None:
+        return None
+    from lipsync_cli.enhance.landmarks import ScrfdPoints
+    from lipsync_cli.faces.scrfd import SCRFDDetector, resolve_weights
+
+    return ScrfdPoints(SCRFDDetector(resolve_weights(options.detector_weights), device, det_size=192))
+
+
 def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
                  notify: Callable[[str], None] | None = None, fps: float | None = None, info=None) -> Track:
     """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame.
@@ -489,7 +500,7 @@ def dub(video: str | Path, audio: str | Path, out: str | Path, options: DubOptio
         from lipsync_cli.enhance import Enhancer
 
         restorer = restorer or load_dub_enhancer(options, device, precision, notify=say, progress=progress)
-        enhancer = Enhancer(restorer, options.enhance_strength)
+        enhancer = Enhancer(restorer, options.enhance_strength, points=enhance_points(options, device))
     # the mel window of each output frame, with the audio/video lead the generator was trained with
     starts = mel_start(np.arange(n_out), fps, lead=getattr(model, "mel_lead", 0), n_mel=mel.shape[1])
 

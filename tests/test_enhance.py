@@ -241,3 +241,29 @@ def test_enhancer_batches_faces_and_leaves_other_frames_alone():
         changed = (f != b).any(axis=2)
         assert changed.any() and not changed[:BOX[1]].any() and not changed[:, :BOX[0]].any()
         assert not changed[BOX[3]:].any() and not changed[:, BOX[2]:].any()
+
+
+def test_scrfd_points_follow_the_face_and_are_smoothed(scrfd_onnx, testmedia):
+    """With --detector insightface the points are SCRFD's (found again around the dubbed box), in the box's
+    coordinates and averaged over time: a steady face gives steady points; a cut restarts the average."""
+    from lipsync_cli.enhance.landmarks import ScrfdPoints
+    from lipsync_cli.faces.scrfd import SCRFDDetector
+
+    frame = cv2.imread(str(testmedia / "facerec_obama-720p.jpg"))
+    det = SCRFDDetector(scrfd_onnx, det_size=640)
+    dets, kps = det.detect_one(frame)
+    box = dets[0, :4].round() + np.array([0, 0, 0, 10])  # the dub's box: the default pads (10 px at the bottom)
+    points = ScrfdPoints(SCRFDDetector(scrfd_onnx, det_size=192))
+    first = points(frame, box)
+    assert points.found == 1
+    assert np.abs(first - kps[0]).max() < 4  # SCRFD's own points, found on a 192 px neighbourhood
+    assert np.abs(first - align.box_points(box)).max() > 2  # not just the mean layout
+    np.testing.assert_allclose(points(frame, box), first, atol=1e-6)  # steady face, steady points
+    # the box moves by 6 px: the points move with it at once (they live in box coordinates)
+    shifted = frame[:, 6:]
+    moved = points(np.ascontiguousarray(shifted), box - np.array([6, 0, 6, 0]))
+    assert np.abs(moved - (first - [6, 0])).max() < 2
+    # an empty frame: the last layout is kept, nothing raises
+    blank = np.zeros_like(frame)
+    kept = points(blank, box)
+    assert points.found == 3 and np.abs(kept - first).max() < 2

@@ -1,6 +1,8 @@
 """``dub --enhance``: a face restorer on the dubbed face, blended back on the mouth only.
 
-Per face: the 5 facial points of the (smoothed) face box (:func:`align.box_points`), a similarity transform onto
+Per face: 5 facial points (with ``--detector insightface``: SCRFD's, smoothed over time in box coordinates,
+:mod:`landmarks`; otherwise placed in the smoothed face box by the mean layout, :func:`align.box_points`, which
+assumes an upright face), a similarity transform onto
 the FFHQ template at the restorer's size, the aligned crop of the *dubbed* frame restored
 (:mod:`restorers`), warped back, and blended in through the dub's own feathered lower-face mask
 (``blend.mouth_mask``) times ``strength``. Pixels where that mask is 0 (everything outside the lower part of the
@@ -27,13 +29,16 @@ ENHANCE_BATCH_GPU = 16
 class Enhancer:
     """Restore the mouths of dubbed frames in place. ``strength`` 0..1 scales the blend weight."""
 
-    def __init__(self, restorer: Restorer, strength: float = 1.0):
+    def __init__(self, restorer: Restorer, strength: float = 1.0, points=None):
         self.restorer = restorer
         self.strength = float(strength)
+        # points(frame, box) -> (5, 2): the facial points (landmarks.ScrfdPoints); default: from the box alone
+        self.points = points
 
-    def transform(self, box: Sequence[int]) -> np.ndarray:
-        """frame -> aligned-crop transform (2, 3) for a face box."""
-        return align.similarity(align.box_points(box), align.template(self.restorer.size))
+    def transform(self, frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
+        """frame -> aligned-crop transform (2, 3) for the face in ``box``."""
+        pts = self.points(frame, box) if self.points is not None else align.box_points(box)
+        return align.similarity(pts, align.template(self.restorer.size))
 
     def apply(self, frames: Sequence[np.ndarray], boxes: Sequence[Sequence[int]]) -> None:
         """Enhance the mouth in ``boxes[k]`` of ``frames[k]`` (BGR uint8, in place), all restored as one batch."""
@@ -42,7 +47,7 @@ class Enhancer:
         if not frames or self.strength <= 0:
             return
         size = self.restorer.size
-        mats = [self.transform(b) for b in boxes]
+        mats = [self.transform(f, b) for f, b in zip(frames, boxes)]
         crops = np.stack([align.warp_face(f, m, size) for f, m in zip(frames, mats)])  # (B, S, S, 3)
         restored = self.restorer.restore(crops)  # (B, S, S, 3) uint8
         for frame, box, m, face in zip(frames, boxes, mats, restored):
