@@ -267,3 +267,28 @@ def test_scrfd_points_follow_the_face_and_are_smoothed(scrfd_onnx, testmedia):
     blank = np.zeros_like(frame)
     kept = points(blank, box)
     assert points.found == 3 and np.abs(kept - first).max() < 2
+
+
+@pytest.mark.slow  # two interpreter starts and a weight load: ~20 s on an idle 2-core CPU
+def test_cli_dub_enhance_reports_its_own_stage(files, fake_ckpt):
+    import os
+    import subprocess
+    import sys
+
+    from lipsync_cli.video import probe
+
+    out = files["dir"] / "cli_enhance.mp4"
+    env = {**os.environ, "LIPSYNC_OFFLINE": "1"}
+    env.pop("LIPSYNC_DEBUG", None)
+    r = subprocess.run([sys.executable, "-m", "lipsync_cli", "dub", str(files["video"]), str(files["speech"]), "-o",
+                        str(out), "--checkpoint", str(fake_ckpt("wav2lip")), "--box", *map(str, BOX), "--enhance",
+                        "--enhancer-weights", str(files["onnx"]), "--enhance-strength", "0.8"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert probe(out).n_frames == 10
+    assert " enhance " in r.stderr.split("stage frames/s:")[1]  # the summary names the stage
+    bad = subprocess.run([sys.executable, "-m", "lipsync_cli", "dub", str(files["video"]), str(files["speech"]),
+                          "-o", str(out), "--enhance", "--enhance-strength", "2"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode != 0 and "--enhance-strength must be in 0..1" in bad.stderr
+    assert "Traceback" not in bad.stderr
