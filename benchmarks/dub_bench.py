@@ -10,6 +10,7 @@ the released files).
     uv run python benchmarks/dub_bench.py --rss-seconds 20 80  # 1080p RSS growth
     uv run python benchmarks/dub_bench.py --rss-seconds 60 300 1200   # 1, 5 and 20 minutes (long)
     uv run python benchmarks/dub_bench.py --skip baseline box s3fd --loop-seconds 20 45  # what looping costs
+    uv run python benchmarks/dub_bench.py --skip baseline box s3fd --enhance   # --enhance: with and without
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ def run_lipsync(args) -> dict:
     opts = DubOptions(checkpoint=Path(args.checkpoint), box=tuple(args.box) if args.mode == "box" else None,
                       detector="s3fd", detector_weights=Path(args.s3fd) if args.s3fd else None,
                       precision=args.precision, device="cpu", batch_size=args.batch_size, offline=True,
-                      loop=args.loop)
-    out = Path(args.workdir) / f"out_{args.mode}_{args.precision}_{args.loop}.mp4"
+                      loop=args.loop, enhance=bool(args.enhancer),
+                      enhancer_weights=Path(args.enhancer) if args.enhancer else None)
+    tag = "_enhance" if args.enhancer else ""
+    out = Path(args.workdir) / f"out_{args.mode}_{args.precision}_{args.loop}{tag}.mp4"
     res = dub(args.video, args.audio, out, opts)
     return {"frames": res.frames, "wall_s": res.wall_seconds, "fps": res.frames / res.wall_seconds,
             "stage_fps": res.stage_fps(), "stage_s": res.stage_seconds, "faces": res.faces,
@@ -179,6 +182,12 @@ def main() -> None:
     p.add_argument("--loop-seconds", type=float, nargs=2, metavar=("VIDEO_S", "AUDIO_S"),
                    help="also time --loop pingpong against --loop forward: the 1080p clip cut to VIDEO_S under "
                         "AUDIO_S of audio (fixed box)")
+    p.add_argument("--enhance", action="store_true",
+                   help="also dub --enhance-seconds of the clip (fixed box) without and with --enhance, in one run")
+    p.add_argument("--enhance-seconds", type=float, default=2.0, help="length of the --enhance runs (GFPGAN costs "
+                                                                     "about a second per frame on a CPU)")
+    p.add_argument("--enhancer-weights", type=Path, help="restorer for --enhance (default: the fake GFPGAN v1.4, "
+                                                          "same architecture and cost as GFPGANv1.4.pth)")
     p.add_argument("--json", type=Path, help="write all results here")
     # internal
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -186,6 +195,7 @@ def main() -> None:
     p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--loop", default="pingpong", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
+    p.add_argument("--enhancer", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.child:
@@ -241,6 +251,21 @@ def main() -> None:
                   f"{r['peak_rss_mb']:.0f} MB", flush=True)
         f, pp = results["loop-forward"], results["loop-pingpong"]
         print(f"  pingpong / forward wall time: {pp['wall_s'] / f['wall_s']:.2f}x")
+    if args.enhance:
+        enh = args.enhancer_weights or fake_checkpoint("gfpgan_v14", work)
+        v, a = loop_media(args.video, args.audio, args.enhance_seconds, work)
+        runs = {"plain": [], "enhance": ["--enhancer", str(enh)]}
+        for name, extra in runs.items():
+            r = child(["--video", str(v), "--audio", str(a), "--box", *map(str, args.box), "--checkpoint", str(ckpt),
+                       "--workdir", str(work), "--mode", "box", "--precision", args.precisions[0], *extra])
+            results[f"enhance-{name}"] = r
+            per_face = (f"; enhance {r['stage_s']['enhance'] / max(1, r['faces']):.2f} s per face"
+                        if "enhance" in r["stage_s"] else "")
+            print(f"  {args.enhance_seconds:g} s, box, {r['precision']}, {name:7s}: {r['frames']} frames, "
+                  f"{r['fps']:.2f} frames/s, peak RSS {r['peak_rss_mb']:.0f} MB{per_face}", flush=True)
+        p0, p1 = results["enhance-plain"], results["enhance-enhance"]
+        print(f"  --enhance: {p1['wall_s'] / p0['wall_s']:.1f}x the wall time, "
+              f"{p1['peak_rss_mb'] - p0['peak_rss_mb']:+.0f} MB peak RSS")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

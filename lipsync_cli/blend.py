@@ -76,6 +76,12 @@ def _feather_mask(w: int, h: int) -> np.ndarray:
     return mask[:, :, None]
 
 
+def mouth_mask(w: int, h: int) -> np.ndarray:
+    """The dub's blend weights for a w x h face box, (h, w, 1) float32 in [0, 1]: where the generator's mouth is
+    blended in (``feather``), and the only place ``dub --enhance`` touches."""
+    return _feather_mask(w, h)
+
+
 def feather(frame: np.ndarray, face: np.ndarray, box: Sequence[int]) -> None:
     """Blend the lower part of the prediction into ``frame`` in place through a soft mask."""
     x1, y1, x2, y2 = box

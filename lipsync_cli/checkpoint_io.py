@@ -105,9 +105,15 @@ def _load_safetensors(path: Path) -> dict:
 
 
 def unwrap_state_dict(obj: Any) -> dict:
-    """The tensor dict inside any supported container, with DataParallel ``module.`` prefixes removed."""
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    """The tensor dict inside any supported container, with DataParallel ``module.`` prefixes removed.
+
+    Containers: ours and Wav2Lip's ``{'state_dict': ...}``; basicsr's ``{'params_ema': ...}`` / ``{'params': ...}``
+    (GFPGANv1.4.pth; the EMA weights first, as GFPGANer loads them)."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "params_ema", "params"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
     return {k.removeprefix("module."): v for k, v in obj.items()}
@@ -140,13 +146,15 @@ def expect_kind(path: str | os.PathLike, obj: Any, expected: tuple[str, ...]) ->
     return kind
 
 
-def load_network(path: str | os.PathLike, net, kind: str, hint: str):
+def load_network(path: str | os.PathLike, net, kind: str, hint: str, assign: bool = False):
     """Load a file of ``kind`` (see KIND_NAMES) strictly into ``net``; a file of another kind, or whose tensors do
-    not fit, raises CheckpointMismatch with ``hint``. Returns ``net`` (mode and device unchanged)."""
+    not fit, raises CheckpointMismatch with ``hint``. Returns ``net`` (mode and device unchanged). ``assign``: the
+    file's tensors become the parameters (``net`` may then be built on the meta device: nothing is allocated
+    twice)."""
     obj = load_file(path)
     expect_kind(path, obj, (kind,))
     try:
-        net.load_state_dict(unwrap_state_dict(obj), strict=True)
+        net.load_state_dict(unwrap_state_dict(obj), strict=True, assign=assign)
     except RuntimeError as err:
         lines = str(err).splitlines()
         detail = lines[1] if len(lines) > 1 else str(err)

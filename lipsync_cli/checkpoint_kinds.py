@@ -25,6 +25,7 @@ PROVIDERS = (
     "lipsync_cli.models.syncnet",
     "lipsync_cli.models.syncnet_v2",
     "lipsync_cli.models.disc",
+    "lipsync_cli.models.gfpgan",
 )
 UNKNOWN = "unknown"
 

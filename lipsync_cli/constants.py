@@ -31,3 +31,6 @@ DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right (Wav2Lip's --pads)
 # --- tracking ---
 MAX_GAP = 25  # frames a face may be missing and still be the same face (1 s at 25 fps)
 CUT_THRESHOLD = 27.0  # PySceneDetect ContentDetector's default: HSV change (0-255) between frames that is a cut
+
+# --- face restoration (dub --enhance) ---
+ENHANCE_NOISE = ("fixed", "random")  # GFPGAN's noise: the stored buffers (deterministic) | fresh per call (GFPGANer)

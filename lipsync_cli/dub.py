@@ -20,7 +20,7 @@ import numpy as np
 
 from lipsync_cli import blend as blending
 from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_frames
-from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, MEL_WINDOW, SAMPLE_RATE
+from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, ENHANCE_NOISE, MEL_WINDOW, SAMPLE_RATE
 from lipsync_cli.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video, video_fingerprint
@@ -67,6 +67,10 @@ class DubOptions:
     encode: EncodeOptions = field(default_factory=EncodeOptions)  # codecs, pixel format, kept streams
     # who is dubbed with what (identity, one audio per speaker, auto): plain data, see lipsync_cli.speakers
     speakers: SpeakerSetup | None = None
+    enhance: bool = False  # restore the dubbed mouth with a face restorer (lipsync_cli/enhance)
+    enhancer_weights: Path | None = None  # GFPGANv1.4-format .pth or an ONNX restorer; None -> registry gfpgan_v14
+    enhance_strength: float = 1.0  # 0..1: blend weight of the restored mouth
+    enhance_noise: str = "fixed"  # GFPGAN's noise: fixed (stored buffers, no flicker) | random (as GFPGANer)
 
     def validate(self, output: str | Path | None = None) -> None:
         """One place for every cross-option rule; with ``output``, also what the encoder and its container take
@@ -99,6 +103,12 @@ class DubOptions:
             self.speakers.validate()
             if self.box is not None:
                 raise BadOption("--box gives one fixed face: it cannot be combined with speakers or --ref-face")
+        if not (0.0 <= self.enhance_strength <= 1.0):
+            raise BadOption(f"--enhance-strength must be in 0..1, got {self.enhance_strength}")
+        if self.enhance_noise not in ENHANCE_NOISE:
+            raise BadOption(f"--enhance-noise {self.enhance_noise!r} is not one of {', '.join(ENHANCE_NOISE)}")
+        if self.enhancer_weights is not None and not self.enhance:
+            raise BadOption("--enhancer-weights is given without --enhance", "add --enhance")
         if self.box is not None and self.track is not None:
             raise BadOption("--box and --track both give the face position: use one")
         if self.box is not None:
@@ -430,6 +440,27 @@ def load_dub_detector(options: DubOptions, device: str, notify: Callable[[str], 
     return load_detector(options.detector, weights=wts, device=device, det_size=detection_size(options, device))
 
 
+def load_dub_enhancer(options: DubOptions, device: str, precision: str, notify: Callable[[str], None] | None = None,
+                      progress: ProgressFn | None = None):
+    """The face restorer of ``--enhance``: ``options.enhancer_weights`` or the registry's GFPGAN v1.4."""
+    from lipsync_cli.enhance import ENHANCE_BATCH_CPU, ENHANCE_BATCH_GPU, load_restorer
+
+    path = options.enhancer_weights or _resolve_weights("gfpgan_v14", options, progress, notify)
+    batch = ENHANCE_BATCH_CPU if device == "cpu" else ENHANCE_BATCH_GPU
+    return load_restorer(path, device, precision, noise=options.enhance_noise, batch=batch)
+
+
+def enhance_points(options: DubOptions, device: str):
+    """The facial points of ``--enhance``: SCRFD's keypoints with ``--detector insightface`` (boxes found by it),
+    else None (placed in the face box; S3FD gives no keypoints)."""
+    if options.detector != "insightface" or options.box is not None:
+        return None
+    from lipsync_cli.enhance.landmarks import ScrfdPoints
+    from lipsync_cli.faces.scrfd import SCRFDDetector, resolve_weights
+
+    return ScrfdPoints(SCRFDDetector(resolve_weights(options.detector_weights), device, det_size=192))
+
+
 def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
                  notify: Callable[[str], None] | None = None, fps: float | None = None, info=None,
                  detector=None) -> Track:
@@ -451,10 +482,11 @@ def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progr
 
 def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: DubOptions = DubOptions(), *,
         progress: ProgressFn | None = None, notify: Callable[[str], None] | None = None,
-        model=None, frame_sink: Callable[[int, np.ndarray], None] | None = None) -> DubResult:
+        model=None, frame_sink: Callable[[int, np.ndarray], None] | None = None, restorer=None) -> DubResult:
     """Dub ``video`` (a video or still image) with the speech in ``audio``; write ``out`` atomically.
 
-    ``model`` bypasses checkpoint loading (tests, the benchmark protocol); ``frame_sink(i, frame)`` sees every
+    ``model`` (and ``restorer``, for ``--enhance``) bypass weight loading (tests, the benchmark protocol);
+    ``frame_sink(i, frame)`` sees every
     output frame before encoding; ``notify`` receives one-line messages for the user (downloads, warnings).
     With ``options.speakers`` (:mod:`lipsync_cli.speakers`) the faces of each frame and the audio of each come
     from the speaker description; ``audio`` is then None when every speaker has their own.
@@ -497,12 +529,19 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
     batch_size = options.batch_size or (16 if device == "cpu" else 128)
-    stage_s = {"decode": 0.0, "detect": 0.0, "generate": 0.0, "blend": 0.0, "encode": 0.0}
+    stage_s = {"decode": 0.0, "detect": 0.0, "generate": 0.0, "blend": 0.0,
+               **({"enhance": 0.0} if options.enhance else {}), "encode": 0.0}
     stage_n = {k: 0 for k in stage_s}
 
     if model is None:
         model = load_dub_generator(options, device, notify=say, progress=progress)
     model = prepare_for_inference(model, device)
+    enhancer = None
+    if options.enhance:
+        from lipsync_cli.enhance import Enhancer
+
+        restorer = restorer or load_dub_enhancer(options, device, precision, notify=say, progress=progress)
+        enhancer = Enhancer(restorer, options.enhance_strength, points=enhance_points(options, device))
     # the mel window of each output frame, with the audio/video lead the generator was trained with
     starts = mel_start(np.arange(n_out), fps, lead=getattr(model, "mel_lead", 0), n_mel=mel.shape[1])
 
@@ -560,6 +599,9 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
     height, width = (info.height, info.width)
     # frames in flight are bounded in bytes: a batch holds at most max_batch_frames full frames
     frame_bytes = height * width * 3 * (2 if plan.depth == 16 else 1)
+    if enhancer is not None and plan.depth == 16:
+        raise BadOption("--enhance restores 8-bit frames only, and this output keeps the source's 16-bit depth",
+                        "add --pix-fmt yuv420p (8-bit output) or leave out --enhance")
     max_batch_frames = max(1, min(batch_size, options.max_pending_bytes // frame_bytes))
     gen = {"batch": batch_size}  # the generator's micro-batch; halved for good on out-of-memory
     pending: list[tuple[int, np.ndarray, list[tuple[Box, int]]]] = []
@@ -587,6 +629,13 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
                 blending.blend(batch[k][1], g, b, options.blend)
             stage_s["blend"] += time.perf_counter() - t
             n_faces += len(idx)
+            if enhancer is not None:
+                t = time.perf_counter()
+                enhancer.apply([batch[k][1] for k, _, _ in idx], [b for _, b, _ in idx])
+                stage_s["enhance"] += time.perf_counter() - t
+                stage_n["enhance"] += len(idx)
+        if enhancer is not None and progress:
+            progress("enhance", len(batch), n_out)
         stage_n["blend"] += len(batch)
         for i, frame, fs in batch:
             if not fs:

@@ -146,6 +146,13 @@ REGISTRY: dict[str, WeightSpec] = {
         "insightface buffalo_l pack: SCRFD-10G face detector (det_10g.onnx)",
         archive_member="det_10g.onnx", home="insightface", pack="buffalo_l",
     ),
+    "gfpgan_v14": WeightSpec(
+        "gfpgan_v14", "enhancer", "gfpgan_v14", "GFPGANv1.4.pth", 348632874,
+        "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
+        "Apache-2.0 (TencentARC/GFPGAN, code and weights)",
+        ("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",),
+        "GFPGAN v1.4 face restorer: sharpens the dubbed mouth (`dub --enhance`)",
+    ),
     # torchvision's ImageNet trunks of LPIPS (the lpips package ships only its linear layers); the 8 hex digits
     # in each name are the sha256 prefix torchvision checks.
     "lpips-alex": WeightSpec(

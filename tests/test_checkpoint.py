@@ -13,7 +13,7 @@ import torch
 from lipsync_cli import checkpoint as ckpt
 from lipsync_cli.errors import CheckpointError, CheckpointMismatch, InputNotFound
 
-UPSTREAM = ["wav2lip", "syncnet_color", "disc_qual", "s3fd", "syncnet_v2"]
+UPSTREAM = ["wav2lip", "syncnet_color", "disc_qual", "s3fd", "syncnet_v2", "gfpgan_v14"]
 
 
 def _zeros_state_dict(compat_dir, name: str) -> dict:

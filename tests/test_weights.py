@@ -142,6 +142,8 @@ def test_registry_facts():
                        "961e8696f888fce4f3f3a6c3d5b3267cf5b343100b238e79b2659bff2c605442"),
         "buffalo_l": ("det_10g.onnx", 16923827,
                       "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91"),
+        "gfpgan_v14": ("GFPGANv1.4.pth", 348632874,
+                       "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad"),
         # torchvision's released files (AlexNet_Weights / VGG16_Weights.IMAGENET1K_V1)
         "lpips-alex": ("alexnet-owt-7be5be79.pth", 244408911,
                        "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02"),

@@ -25,7 +25,7 @@ def progress_bars(quiet: bool):
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    labels = {"detect": "detecting faces", "dub": "dubbing"}
+    labels = {"detect": "detecting faces", "dub": "dubbing", "enhance": "enhancing mouths"}
     with Progress(TextColumn("{task.description:>22}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[unit]}"), TimeRemainingColumn(), console=_console(),
                   transient=False) as bar:
@@ -109,6 +109,14 @@ def dub(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with native bf16 "
                                                "and on CUDA GPUs that have it, fp16 on other GPUs, else fp32)."),
     blend: str = typer.Option("feather", help="feather (soft lower-face mask) | paste (exactly Wav2Lip)."),
+    enhance: bool = typer.Option(False, "--enhance", help="Sharpen the dubbed mouth with a face restorer (GFPGAN "
+                                                          "v1.4 by default; ~1 s per face on a 2-core CPU)."),
+    enhancer_weights: Optional[Path] = typer.Option(None, help="Restorer for --enhance: a GFPGANv1.4-format .pth or "
+                                                                "an ONNX restorer (GFPGAN, CodeFormer, GPEN, "
+                                                                "RestoreFormer++; 1x3xNxN RGB in [-1, 1])."),
+    enhance_strength: float = typer.Option(1.0, help="Blend weight of the restored mouth, 0..1."),
+    enhance_noise: str = typer.Option("fixed", help="GFPGAN's noise: fixed (stored, no flicker) | random (as "
+                                                    "GFPGANer: changes every frame)."),
     loop: str = typer.Option("pingpong", help="When the audio outlasts the video: pingpong (no jump cut) | "
                                              "forward (as Wav2Lip)."),
     fps: float = typer.Option(DEFAULT_FPS, help="Frame rate of the video made from a still image."),
@@ -146,6 +154,8 @@ def dub(
         track=track, track_options=_track_options(pads, no_smooth, ref_box, max_gap),
         strict=strict, batch_size=batch_size, device=device, precision=precision, blend=blend, loop=loop, fps=fps,
         crf=crf, preset=preset, offline=True if offline else None, speakers=setup,
+        enhance=enhance, enhancer_weights=enhancer_weights, enhance_strength=enhance_strength,
+        enhance_noise=enhance_noise,
         encode=EncodeOptions(vcodec=vcodec, pix_fmt=pix_fmt, profile=profile, acodec=acodec,
                              keep_streams=keep_streams, language=language),
     )
