@@ -565,12 +565,12 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
             from lipsync_cli.speakers import plan_faces
 
             t = time.perf_counter()
-            plan = plan_faces(video, track, options.speakers, options.track_options, detector=options.detector,
-                              detector_weights=options.detector_weights, device=device, info=info,
-                              offline=options.offline, notify=say, progress=progress)
+            face_plan = plan_faces(video, track, options.speakers, options.track_options, detector=options.detector,
+                                   detector_weights=options.detector_weights, device=device, info=info,
+                                   offline=options.offline, notify=say, progress=progress)
             stage_s["detect"] += time.perf_counter() - t
-            faces_of = plan.of
-            boxes = [(plan.of(j)[0][0] if plan.of(j) else None) for j in range(len(track))]
+            faces_of = face_plan.of
+            boxes = [(face_plan.of(j)[0][0] if face_plan.of(j) else None) for j in range(len(track))]
         else:
             boxes = face_boxes(track, options.track_options)
         if not any(b is not None for b in boxes):
