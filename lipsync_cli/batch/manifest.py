@@ -140,7 +140,9 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+    from lipsync_cli.speakers import SpeakerSetup  # named by DubOptions only under TYPE_CHECKING
+
+    hints = typing.get_type_hints(cls, localns={"SpeakerSetup": SpeakerSetup})
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
@@ -192,6 +194,11 @@ def _convert(value: Any, hint: Any, base: Path | None) -> Any:
     if hint is Path or (isinstance(hint, type) and issubclass(hint, Path)):
         p = Path(str(value).strip()).expanduser()
         return p if p.is_absolute() or base is None else base / p
+    if getattr(hint, "__name__", "") == "SpeakerSetup":  # a speakers.yaml, as `lipsync dub --speakers`
+        from lipsync_cli.speakers import SpeakerSetup
+
+        p = Path(str(value).strip()).expanduser()
+        return SpeakerSetup.from_yaml(p if p.is_absolute() or base is None else base / p)
     raise ValueError(f"this option cannot be given in a manifest ({hint})")
 
 
