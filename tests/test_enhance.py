@@ -200,6 +200,7 @@ def _tiny_gfpgan(noise: str) -> TorchGFPGAN:
     return TorchGFPGAN(net, "cpu", "fp32", batch=4, noise=noise)
 
 
+@pytest.mark.slow
 def test_fixed_noise_adds_no_flicker_on_a_still_with_steady_audio(files, generator):
     """A still image and silence: the plain dub's mouth is the same in every frame. With --enhance and fixed
     noise it must stay so (frame-to-frame difference no larger than without); GFPGANer's random noise flickers."""
