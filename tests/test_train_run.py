@@ -107,7 +107,9 @@ def _ctrl_c_inside_a_step(data, tmp_path, fake_ckpt, monkeypatch):
     a, b = torch.load(full.last, weights_only=True), torch.load(resumed.last, weights_only=True)
     for part in ("state_dict", "disc_state_dict"):
         for k, v in a[part].items():
-            assert torch.allclose(v.float(), b[part][k].float(), rtol=1e-4, atol=1e-6), (part, k)
+            # a resume from a half-done step, or with other samples, is off by a whole Adam step (~lr = 1e-3);
+            # oneDNN's unordered threaded sums leave up to ~6e-5 between two identical runs on AMX/AVX-512 CPUs
+            assert (v.float() - b[part][k].float()).abs().max().item() < 5e-4, (part, k)
 
 
 def test_resume_with_other_batch_or_world_size_is_refused(data, tmp_path, capsys):
