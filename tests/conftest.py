@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+# A suite started in the background of a non-interactive shell (`pytest &`) inherits SIGINT ignored, and so would
+# every lipsync it starts: the Ctrl-C tests would then test nothing. Give the suite Python's usual handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIPSYNC_SHARED", REPO.parent / "shared"))
