@@ -93,12 +93,9 @@ class OnnxRestorer:
         import onnxruntime as ort
 
         self.path = Path(path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or max(1, min(os.cpu_count() or 1, 8))
-        opts.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        from lipsync_cli.faces.scrfd import session_settings
+
+        opts, providers = session_settings(device, threads)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as err:  # onnxruntime raises its own classes for every kind of bad file

@@ -81,6 +81,22 @@ def resolve_weights(weights: str | os.PathLike | None) -> Path:
     raise WeightsNotFound(f"no insightface detector for {spec!r}: looked at {', '.join(looked) or spec}", hint)
 
 
+def session_settings(device: str, threads: int | None = None):
+    """The onnxruntime session options and providers every ONNX model of ours runs with (SCRFD, restorers):
+    ``threads`` intra-op threads (default: the cores, at most 8), quiet logs, CUDA first when the device is CUDA
+    and the CUDA provider is installed."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or _default_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return opts, providers
+
+
 def _align_up(v: int) -> int:
     return max(SCRFD_ALIGN, -(-v // SCRFD_ALIGN) * SCRFD_ALIGN)
 
@@ -111,13 +127,7 @@ class SCRFDDetector:
         self.square = square
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or _default_threads()
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        opts, providers = session_settings(device, threads)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NoSuchFile,
