@@ -1,15 +1,14 @@
 """The dubbing pipeline: decode -> (detect) -> crop -> generate -> blend -> encode, streamed through bounded queues.
 
 Memory does not grow with the video: frames flow through ffmpeg's decode pipe, one generator batch at a time, into
-ffmpeg's encode pipe. Face detection is a separate first pass over frames decoded at detection size that keeps only
-the boxes, so smoothing can look ahead and behind without holding frames.
+ffmpeg's encode pipe; each stage runs in its own thread (``_EngineRun``, on ``lipsync_cli.engine``) and the frames
+in flight are bounded in bytes. Face detection is a separate first pass over frames decoded at detection size
+that keeps only the boxes, so smoothing can look ahead and behind without holding frames.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -328,53 +327,6 @@ def _redecode_loop(video: Path, fps: float, n: int, produced: int, n_out: int, l
                 yield k, frame
                 produced += 1
             hi = lo
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the encode stage in its own thread
-
-
-class _ThreadedWriter:
-    """Feeds a VideoWriter from a bounded queue in a thread, so encoding overlaps generation.
-
-    Errors in the thread are re-raised in the caller on the next ``put`` or on ``close``.
-    """
-
-    def __init__(self, writer, max_bytes: int = 64 << 20, frame_bytes: int = 1):
-        self.writer = writer
-        # bounded in bytes: 10 frames of 1080p at the default, never fewer than 2
-        self.q: queue.Queue = queue.Queue(maxsize=max(2, min(64, max_bytes // max(1, frame_bytes))))
-        self.error: BaseException | None = None
-        self.busy = 0.0
-        self.count = 0
-        self.thread = threading.Thread(target=self._run, name="lipsync-encode", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            frame = self.q.get()
-            if frame is None:
-                return
-            if self.error is not None:
-                continue  # drain
-            try:
-                t = time.perf_counter()
-                self.writer.write(frame)
-                self.busy += time.perf_counter() - t
-                self.count += 1
-            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
-                self.error = err
-
-    def put(self, frame: np.ndarray) -> None:
-        if self.error is not None:
-            raise self.error
-        self.q.put(frame)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 # ---------------------------------------------------------------------------------------------------------------
