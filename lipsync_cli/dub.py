@@ -801,9 +801,9 @@ def generate(model, mels, crops, device: str, precision: str, state: dict) -> np
 
     On the device: the masking and scaling of ``blend.prepare_batch`` (``prepare_batch_tensor``), the model in
     ``precision`` (cast once by ``prepare_for_inference``), the rounding of ``blend.to_uint8``; only uint8
-    crosses the bus, asynchronously, with one synchronisation per call. On a device out-of-memory error (CUDA
-    or MPS, see ``device.is_out_of_memory``) the micro-batch is halved in ``state`` and the batch retried, so
-    the smaller size sticks for the rest of the run; at 1 the error is raised."""
+    crosses the bus, asynchronously on CUDA (pinned memory), with one synchronisation per call. On a device
+    out-of-memory error (CUDA or MPS, see ``device.is_out_of_memory``) the micro-batch is halved in ``state``
+    and the batch retried, so the smaller size sticks for the rest of the run; at 1 the error is raised."""
     import torch
 
     from lipsync_cli.device import amp_dtype, empty_cache, is_out_of_memory
@@ -816,9 +816,9 @@ def generate(model, mels, crops, device: str, precision: str, state: dict) -> np
         b = max(1, int(state["batch"]))
         try:
             with torch.inference_mode():
-                faces = blending.prepare_batch_tensor(crops[k:k + b].to(device, non_blocking=True))  # (b, 6, 96, 96)
-                pred = model(mels[k:k + b].to(device, non_blocking=True).to(dtype), faces.to(dtype))
-                out[k:k + b].copy_(blending.to_uint8_tensor(pred), non_blocking=True)
+                faces = blending.prepare_batch_tensor(crops[k:k + b].to(device, non_blocking=cuda))  # (b, 6, 96, 96)
+                pred = model(mels[k:k + b].to(device, non_blocking=cuda).to(dtype), faces.to(dtype))
+                out[k:k + b].copy_(blending.to_uint8_tensor(pred), non_blocking=cuda)  # into pinned memory
             k += b
         except (RuntimeError, MemoryError) as err:
             if not is_out_of_memory(err) or b == 1:
