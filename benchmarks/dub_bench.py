@@ -73,7 +73,7 @@ def run_lipsync(args) -> dict:
     return {"frames": res.frames, "wall_s": res.wall_seconds, "fps": res.frames / res.wall_seconds,
             "stage_fps": res.stage_fps(), "stage_s": res.stage_seconds, "faces": res.faces,
             "precision": res.precision, "batch": res.batch_size, "peak_rss_mb": peak_rss_mb(),
-            "decoded_frames": res.decoded_frames}
+            "decoded_frames": res.decoded_frames, "stream_s": res.stream_seconds, "queue_stats": res.queue_stats}
 
 
 def run_baseline(args) -> dict:
