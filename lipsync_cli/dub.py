@@ -556,7 +556,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
     if faces_of is None:
         faces_of = lambda j: [(b, 0)] if (b := box_of(j)) is not None else []  # noqa: E731
 
-    # --- the streaming loop: threads joined by bounded queues (see _run_stages and lipsync_cli.engine) ---
+    # --- the streaming loop: threads joined by bounded queues (see _EngineRun and lipsync_cli.engine) ---
     height, width = (info.height, info.width)
     frame_bytes = height * width * 3 * (2 if plan.depth == 16 else 1)
     if enhancer is not None and plan.depth == 16:
