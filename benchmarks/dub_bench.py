@@ -73,7 +73,8 @@ def run_lipsync(args) -> dict:
     return {"frames": res.frames, "wall_s": res.wall_seconds, "fps": res.frames / res.wall_seconds,
             "stage_fps": res.stage_fps(), "stage_s": res.stage_seconds, "faces": res.faces,
             "precision": res.precision, "batch": res.batch_size, "peak_rss_mb": peak_rss_mb(),
-            "decoded_frames": res.decoded_frames}
+            "decoded_frames": res.decoded_frames, "stream_s": getattr(res, "stream_seconds", None),  # (older
+            "queue_stats": getattr(res, "queue_stats", None)}  # versions, for before/after runs, lack these)
 
 
 def run_baseline(args) -> dict:
@@ -136,12 +137,18 @@ def run_baseline(args) -> dict:
 
 def child(argv: list[str]) -> dict:
     """Run one measurement in a fresh interpreter; returns its JSON line."""
+    import resource
+
     t = time.perf_counter()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["process_s"] = time.perf_counter() - t  # with interpreter start-up and imports
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the run and its ffmpeg children, start-up included: less sensitive to a shared machine's load
+    res["cpu_s"] = done.ru_utime + done.ru_stime - cpu.ru_utime - cpu.ru_stime
     res["startup_share"] = 1 - res["wall_s"] / res["process_s"]
     return res
 
@@ -226,7 +233,8 @@ def main() -> None:
             ratio = f" = {r['fps'] / base:.2f}x baseline" if base else ""
             stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_fps"].items() if r["stage_s"].get(k))
             print(f"  lipsync {mode:4s} {r['precision']:4s}: {r['fps']:.2f} frames/s{ratio}; peak RSS "
-                  f"{r['peak_rss_mb']:.0f} MB; stage frames/s: {stages}", flush=True)
+                  f"{r['peak_rss_mb']:.0f} MB; CPU {r['cpu_s']:.1f} s (process); stage frames/s: {stages}",
+                  flush=True)
     for secs in args.rss_seconds:
         v, a = loop_media(args.rss_video, args.rss_audio, secs, work)
         r = child(["--video", str(v), "--audio", str(a), "--box", *map(str, args.rss_box), "--checkpoint",

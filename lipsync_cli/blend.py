@@ -53,6 +53,28 @@ def to_uint8(pred: np.ndarray) -> np.ndarray:
     return (pred.transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
 
 
+# the same two steps as torch ops on the generator's device (the dub engine uploads uint8 crops and downloads
+# uint8 mouths: 4x fewer bytes each way than float32); numerically equal to the numpy functions above
+
+
+def prepare_batch_tensor(faces):
+    """:func:`prepare_batch` on a torch tensor, on its device: (B, 96, 96, 3) uint8 -> (B, 6, 96, 96) float32 in
+    [0, 1], with channels-last strides (what the generator runs fastest on)."""
+    import torch
+
+    masked = torch.cat([faces[:, :FACE_HALF], torch.zeros_like(faces[:, FACE_HALF:])], dim=1)
+    both = torch.cat([masked, faces], dim=3)  # (B, 96, 96, 6)
+    return both.permute(0, 3, 1, 2).float() / 255.0  # (B, 6, 96, 96), NHWC in memory
+
+
+def to_uint8_tensor(pred):
+    """:func:`to_uint8` on a torch tensor, on its device: (B, 3, 96, 96) in [0, 1] (any float dtype) ->
+    (B, 96, 96, 3) uint8, truncating."""
+    import torch
+
+    return (pred.float().permute(0, 2, 3, 1) * 255.0).to(torch.uint8).contiguous()
+
+
 def paste(frame: np.ndarray, face: np.ndarray, box: Sequence[int]) -> None:
     """Wav2Lip's blend, in place: the (96, 96, 3) prediction resized to the box and pasted over it."""
     x1, y1, x2, y2 = box

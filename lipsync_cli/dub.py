@@ -1,15 +1,14 @@
 """The dubbing pipeline: decode -> (detect) -> crop -> generate -> blend -> encode, streamed through bounded queues.
 
 Memory does not grow with the video: frames flow through ffmpeg's decode pipe, one generator batch at a time, into
-ffmpeg's encode pipe. Face detection is a separate first pass over frames decoded at detection size that keeps only
-the boxes, so smoothing can look ahead and behind without holding frames.
+ffmpeg's encode pipe; each stage runs in its own thread (``_EngineRun``, on ``lipsync_cli.engine``) and the frames
+in flight are bounded in bytes. Face detection is a separate first pass over frames decoded at detection size
+that keeps only the boxes, so smoothing can look ahead and behind without holding frames.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 from lipsync_cli import blend as blending
 from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_frames
 from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, ENHANCE_NOISE, MEL_WINDOW, SAMPLE_RATE
-from lipsync_cli.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
+from lipsync_cli.device import DEVICES, PRECISIONS, autocast, device_type, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video, video_fingerprint
 from lipsync_cli.output_format import EncodeOptions
@@ -136,6 +135,11 @@ class DubResult:
     batch_size: int = 0  # the generator batch at the end of the run (smaller than asked after out-of-memory)
     decoded_frames: int = 0  # frames decoded from the source (looping costs at most one per output frame)
     encoding: str = ""  # what was written: 'libx265 yuv420p10le (10-bit) in mov'
+    # the engine (lipsync_cli.engine): how full each queue between two stages was, {name: {capacity, mean, max,
+    # unit}}; the peak bytes of frames in flight and their budget; the seconds of the streaming part of the run
+    queue_stats: dict[str, dict] = field(default_factory=dict)
+    pending_bytes: tuple[int, int] = (0, 0)
+    stream_seconds: float = 0.0
 
     @property
     def realtime_factor(self) -> float:
@@ -144,6 +148,13 @@ class DubResult:
 
     def stage_fps(self) -> dict[str, float]:
         return {k: (self.stage_frames.get(k, 0) / s if s > 0 else float("inf")) for k, s in self.stage_seconds.items()}
+
+    def stats_lines(self) -> list[str]:
+        """The summary of ``lipsync dub --stats``: per-stage busy time, queue occupancy, frames in flight."""
+        from lipsync_cli.engine import format_stats
+
+        return format_stats(self.stage_seconds, self.stage_frames, self.stream_seconds, self.queue_stats,
+                            self.pending_bytes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -319,53 +330,6 @@ def _redecode_loop(video: Path, fps: float, n: int, produced: int, n_out: int, l
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the encode stage in its own thread
-
-
-class _ThreadedWriter:
-    """Feeds a VideoWriter from a bounded queue in a thread, so encoding overlaps generation.
-
-    Errors in the thread are re-raised in the caller on the next ``put`` or on ``close``.
-    """
-
-    def __init__(self, writer, max_bytes: int = 64 << 20, frame_bytes: int = 1):
-        self.writer = writer
-        # bounded in bytes: 10 frames of 1080p at the default, never fewer than 2
-        self.q: queue.Queue = queue.Queue(maxsize=max(2, min(64, max_bytes // max(1, frame_bytes))))
-        self.error: BaseException | None = None
-        self.busy = 0.0
-        self.count = 0
-        self.thread = threading.Thread(target=self._run, name="lipsync-encode", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            frame = self.q.get()
-            if frame is None:
-                return
-            if self.error is not None:
-                continue  # drain
-            try:
-                t = time.perf_counter()
-                self.writer.write(frame)
-                self.busy += time.perf_counter() - t
-                self.count += 1
-            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
-                self.error = err
-
-    def put(self, frame: np.ndarray) -> None:
-        if self.error is not None:
-            raise self.error
-        self.q.put(frame)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # the pipeline
 
 
@@ -529,13 +493,13 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
     batch_size = options.batch_size or (16 if device == "cpu" else 128)
-    stage_s = {"decode": 0.0, "detect": 0.0, "generate": 0.0, "blend": 0.0,
+    stage_s = {"decode": 0.0, "detect": 0.0, "prepare": 0.0, "generate": 0.0, "blend": 0.0,
                **({"enhance": 0.0} if options.enhance else {}), "encode": 0.0}
     stage_n = {k: 0 for k in stage_s}
 
     if model is None:
         model = load_dub_generator(options, device, notify=say, progress=progress)
-    model = prepare_for_inference(model, device)
+    model = prepare_for_inference(model, device, precision)
     enhancer = None
     if options.enhance:
         from lipsync_cli.enhance import Enhancer
@@ -592,58 +556,19 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
     if faces_of is None:
         faces_of = lambda j: [(b, 0)] if (b := box_of(j)) is not None else []  # noqa: E731
 
-    # --- the streaming loop ---
-    mel_ts = [torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)) for m in mels]
-    no_face: list[int] = []
-    n_faces = 0
+    # --- the streaming loop: threads joined by bounded queues (see _EngineRun and lipsync_cli.engine) ---
     height, width = (info.height, info.width)
-    # frames in flight are bounded in bytes: a batch holds at most max_batch_frames full frames
     frame_bytes = height * width * 3 * (2 if plan.depth == 16 else 1)
     if enhancer is not None and plan.depth == 16:
         raise BadOption("--enhance restores 8-bit frames only, and this output keeps the source's 16-bit depth",
                         "add --pix-fmt yuv420p (8-bit output) or leave out --enhance")
-    max_batch_frames = max(1, min(batch_size, options.max_pending_bytes // frame_bytes))
-    gen = {"batch": batch_size}  # the generator's micro-batch; halved for good on out-of-memory
-    pending: list[tuple[int, np.ndarray, list[tuple[Box, int]]]] = []
-
-    def run_batch(batch: list[tuple[int, np.ndarray, list[tuple[Box, int]]]]) -> None:
-        nonlocal n_faces
-        # every face of every frame of the batch: (frame in batch, box, voice)
-        idx = [(k, b, v) for k, (_, _, fs) in enumerate(batch) for b, v in fs]
-        if idx:
-            t = time.perf_counter()
-            # (b, 96, 96, 3): all crops are taken before any face of a frame is blended
-            crops = np.stack([blending.crop_face(batch[k][1], b) for k, b, _ in idx])
-            faces = torch.from_numpy(blending.prepare_batch(crops))  # (b, 6, 96, 96)
-            mels = torch.stack([mel_ts[v][:, starts[batch[k][0]]:starts[batch[k][0]] + MEL_WINDOW]
-                                for k, _, v in idx])
-            mels = mels.unsqueeze(1)  # (b, 1, 80, 16)
-            stage_s["blend"] += time.perf_counter() - t
-            t = time.perf_counter()
-            pred = generate(model, mels, faces, device, precision, gen)  # (b, 3, 96, 96)
-            stage_s["generate"] += time.perf_counter() - t
-            stage_n["generate"] += len(idx)
-            t = time.perf_counter()
-            mouths = blending.to_uint8(pred)
-            for g, (k, b, _) in zip(mouths, idx):
-                blending.blend(batch[k][1], g, b, options.blend)
-            stage_s["blend"] += time.perf_counter() - t
-            n_faces += len(idx)
-            if enhancer is not None:
-                t = time.perf_counter()
-                enhancer.apply([batch[k][1] for k, _, _ in idx], [b for _, b, _ in idx])
-                stage_s["enhance"] += time.perf_counter() - t
-                stage_n["enhance"] += len(idx)
-        if enhancer is not None and progress:
-            progress("enhance", len(batch), n_out)
-        stage_n["blend"] += len(batch)
-        for i, frame, fs in batch:
-            if not fs:
-                no_face.append(i)
-            if frame_sink is not None:
-                frame_sink(i, frame)
-            sink.put(frame)
-
+    run = _EngineRun(
+        model=model, device=device, precision=precision, gen={"batch": batch_size},
+        mel_ts=[torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)) for m in mels], starts=starts,
+        blend_mode=options.blend, enhancer=enhancer, faces_of=faces_of, frame_bytes=frame_bytes,
+        batch_frames=engine_batch_frames(batch_size, options.max_pending_bytes, frame_bytes),
+        budget_bytes=options.max_pending_bytes, n_out=n_out, stage_s=stage_s, stage_n=stage_n,
+        frame_sink=frame_sink, progress=progress)
     decode_stats: dict = {}
     from contextlib import nullcontext
 
@@ -651,77 +576,249 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
 
     with (output_audio(voices) if voices is not None else nullcontext(audio)) as mux, \
             VideoWriter(out, width, height, fps, audio_path=mux, plan=plan) as writer:
-        sink = _ThreadedWriter(writer, max_bytes=options.max_pending_bytes // 2, frame_bytes=frame_bytes)
-        frames = output_frames(video, info.is_image, fps, n_out, options.loop, info=info, stats=decode_stats,
-                               depth=plan.depth)
+        run.run(lambda: output_frames(video, info.is_image, fps, n_out, options.loop, info=info,
+                                      stats=decode_stats, depth=plan.depth), writer)
+    if run.frames == 0:
+        raise BadOption(f"{video} produced no frames")
+    return DubResult(
+        output=out, frames=run.frames, fps=fps, faces=run.n_faces, no_face_frames=run.no_face,
+        audio_seconds=n_samples / SAMPLE_RATE, wall_seconds=time.perf_counter() - t_start, stage_seconds=stage_s,
+        stage_frames=stage_n, device=device, precision=precision, batch_size=run.gen["batch"],
+        decoded_frames=decode_stats.get("decoded", 0), encoding=describe(plan), queue_stats=run.queue_stats,
+        pending_bytes=(run.peak_bytes, options.max_pending_bytes), stream_seconds=run.wall,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the engine: decode -> prepare -> generate -> blend (-> enhance) -> hand-off -> encode
+
+
+QUEUE_BATCHES = 2  # batches a queue between two stages holds: the next one is ready when a stage finishes one
+
+
+def engine_batch_frames(batch_size: int, max_pending_bytes: int, frame_bytes: int) -> int:
+    """Frames per engine batch: the generator batch, but at most half of what the byte budget holds, so two
+    batches can be in flight at once (one generated while the one before is blended and encoded)."""
+    return max(1, min(batch_size, max_pending_bytes // max(1, frame_bytes) // 2))
+
+
+@dataclass
+class _Batch:
+    """Consecutive output frames on their way through the stages."""
+
+    items: list[tuple[int, np.ndarray, list[tuple[Box, int]]]]  # (output index, frame, [(box, voice)])
+    idx: list[tuple[int, Box, int]] = field(default_factory=list)  # every face: (frame in batch, box, voice)
+    crops: object = None  # (b, 96, 96, 3) uint8 torch tensor (pinned for CUDA)
+    mels: object = None  # (b, 1, 80, 16) float32 torch tensor
+    mouths: np.ndarray | None = None  # (b, 96, 96, 3) uint8
+
+
+@dataclass
+class _EngineRun:
+    """One streaming run of ``dub``: the stage functions, their shared state and what they counted.
+
+    Threads (``lipsync-<stage>``): decode (frames, grouped in batches of ``batch_frames``), prepare (crops and
+    mel windows as torch tensors), generate (on the device, uint8 in and out), blend, enhance (with
+    ``--enhance``), encode; the caller's thread hands the blended frames over in order (``frame_sink``,
+    progress, no-face list). Frames count against ``budget_bytes`` from decode until the encoder wrote them."""
+
+    model: object
+    device: str
+    precision: str
+    gen: dict  # {"batch": generator micro-batch}; halved for good on out-of-memory
+    mel_ts: list  # one (80, T) float32 tensor per voice
+    starts: np.ndarray  # mel window start of each output frame
+    blend_mode: str
+    enhancer: object
+    faces_of: Callable[[int], list[tuple[Box, int]]]
+    frame_bytes: int
+    batch_frames: int
+    budget_bytes: int
+    n_out: int
+    stage_s: dict[str, float]
+    stage_n: dict[str, int]
+    frame_sink: Callable[[int, np.ndarray], None] | None = None
+    progress: ProgressFn | None = None
+    # results
+    frames: int = 0
+    n_faces: int = 0
+    no_face: list[int] = field(default_factory=list)
+    queue_stats: dict[str, dict] = field(default_factory=dict)
+    peak_bytes: int = 0
+    wall: float = 0.0
+
+    # -- the stages (each runs in its own thread, except hand_off) --------------------------------------------
+    def decode(self, open_frames: Callable[[], Iterator[tuple[int, np.ndarray]]], out, budget, stop) -> None:
+        from lipsync_cli.engine import END
+
+        frames = open_frames()
         try:
+            batch: list = []
             i = 0
             while True:
+                budget.acquire(self.frame_bytes, stop)  # before decoding: the budget covers this frame too
                 t = time.perf_counter()
                 try:
                     src, frame = next(frames)
                 except StopIteration:
+                    budget.release(self.frame_bytes)
                     break
-                stage_s["decode"] += time.perf_counter() - t
-                stage_n["decode"] += 1
-                pending.append((i, frame, faces_of(src)))
+                self.stage_s["decode"] += time.perf_counter() - t
+                self.stage_n["decode"] += 1
+                batch.append((i, frame, self.faces_of(src)))
                 i += 1
-                if len(pending) >= max_batch_frames:
-                    run_batch(pending)
-                    if progress:
-                        progress("dub", len(pending), n_out)
-                    pending = []
-            if pending:
-                run_batch(pending)
-                if progress:
-                    progress("dub", len(pending), n_out)
-                pending = []
+                if len(batch) >= self.batch_frames:
+                    out.put(_Batch(batch))
+                    batch = []
+            if batch:
+                out.put(_Batch(batch))
+            out.put(END)
         finally:
-            frames.close()  # stops the decoder (ffmpeg, its thread, the spool) on every path
-            sink.close()
-        stage_s["encode"] = sink.busy
-        stage_n["encode"] = sink.count
-    if i == 0:
-        raise BadOption(f"{video} produced no frames")
-    return DubResult(
-        output=out, frames=i, fps=fps, faces=n_faces, no_face_frames=no_face, audio_seconds=n_samples / SAMPLE_RATE,
-        wall_seconds=time.perf_counter() - t_start, stage_seconds=stage_s, stage_frames=stage_n, device=device,
-        precision=precision, batch_size=gen["batch"], decoded_frames=decode_stats.get("decoded", 0),
-        encoding=describe(plan),
-    )
+            frames.close()  # stops the decoder (ffmpeg, its thread, the spool) on every path, in this thread
+
+    def prepare(self, b: _Batch) -> _Batch:
+        import torch
+
+        t = time.perf_counter()
+        b.idx = [(k, box, v) for k, (_, _, fs) in enumerate(b.items) for box, v in fs]
+        if b.idx:
+            # (n, 96, 96, 3) uint8: all crops are taken before any face of a frame is blended
+            b.crops = torch.from_numpy(np.stack([blending.crop_face(b.items[k][1], box) for k, box, _ in b.idx]))
+            starts = [self.starts[b.items[k][0]] for k, _, _ in b.idx]
+            b.mels = torch.stack([self.mel_ts[v][:, s:s + MEL_WINDOW] for (_, _, v), s in zip(b.idx, starts)])
+            b.mels = b.mels.unsqueeze(1)  # (n, 1, 80, 16)
+            if device_type(self.device) == "cuda":  # page-locked: the upload is a DMA that overlaps compute
+                b.crops, b.mels = b.crops.pin_memory(), b.mels.pin_memory()
+        self.stage_s["prepare"] += time.perf_counter() - t
+        self.stage_n["prepare"] += len(b.items)
+        return b
+
+    def generate(self, b: _Batch) -> _Batch:
+        if b.idx:
+            t = time.perf_counter()
+            b.mouths = generate(self.model, b.mels, b.crops, self.device, self.precision, self.gen)
+            b.crops = b.mels = None
+            self.stage_s["generate"] += time.perf_counter() - t
+            self.stage_n["generate"] += len(b.idx)
+        return b
+
+    def blend(self, b: _Batch) -> _Batch:
+        t = time.perf_counter()
+        if b.idx:
+            for g, (k, box, _) in zip(b.mouths, b.idx):
+                blending.blend(b.items[k][1], g, box, self.blend_mode)
+            b.mouths = None
+        self.stage_s["blend"] += time.perf_counter() - t
+        self.stage_n["blend"] += len(b.items)
+        return b
+
+    def enhance(self, b: _Batch) -> _Batch:
+        if b.idx:
+            t = time.perf_counter()
+            self.enhancer.apply([b.items[k][1] for k, _, _ in b.idx], [box for _, box, _ in b.idx])
+            self.stage_s["enhance"] += time.perf_counter() - t
+            self.stage_n["enhance"] += len(b.idx)
+        return b
+
+    def hand_off(self, b: _Batch, out) -> None:
+        """In the caller's thread, in output order: the no-face list, ``frame_sink``, progress, the encoder."""
+        self.n_faces += len(b.idx)
+        for i, frame, fs in b.items:
+            if not fs:
+                self.no_face.append(i)
+            if self.frame_sink is not None:
+                self.frame_sink(i, frame)
+            out.put(frame)
+        self.frames += len(b.items)
+        if self.progress:
+            if self.enhancer is not None:
+                self.progress("enhance", len(b.items), self.n_out)
+            self.progress("dub", len(b.items), self.n_out)
+
+    def encode(self, writer, inbox, budget) -> None:
+        from lipsync_cli.engine import END
+
+        while (frame := inbox.get()) is not END:
+            t = time.perf_counter()
+            writer.write(frame)
+            self.stage_s["encode"] += time.perf_counter() - t
+            self.stage_n["encode"] += 1
+            budget.release(self.frame_bytes)
+
+    # -- wiring ----------------------------------------------------------------------------------------------
+    def run(self, open_frames: Callable[[], Iterator[tuple[int, np.ndarray]]], writer) -> None:
+        """Stream every frame of ``open_frames()`` through the stages into ``writer``; raises the first error of
+        any stage (after stopping and joining them all)."""
+        from lipsync_cli.engine import END, ByteBudget, Pipeline
+
+        t0 = time.perf_counter()
+        pipe = Pipeline()
+        budget = ByteBudget(self.budget_bytes)
+        q = QUEUE_BATCHES
+        decoded, prepared = pipe.channel("decode>prepare", q), pipe.channel("prepare>generate", q)
+        generated = pipe.channel("generate>blend", q)
+        blended = pipe.channel("blend>enhance" if self.enhancer is not None else "blend>out", q)
+        pipe.spawn("decode", lambda: self.decode(open_frames, decoded, budget, pipe.stop))
+        pipe.map("prepare", self.prepare, decoded, prepared)
+        pipe.map("generate", self.generate, prepared, generated)
+        pipe.map("blend", self.blend, generated, blended)
+        if self.enhancer is not None:
+            enhanced = pipe.channel("enhance>out", q)
+            pipe.map("enhance", self.enhance, blended, enhanced)
+            blended = enhanced
+        to_encoder = pipe.channel("out>encode", q * self.batch_frames, unit="frames")
+        pipe.spawn("encode", lambda: self.encode(writer, to_encoder, budget))
+        try:
+            pipe.run(blended, lambda b: self.hand_off(b, to_encoder), on_end=lambda: to_encoder.put(END))
+        finally:
+            self.queue_stats = pipe.queue_stats()
+            self.peak_bytes = budget.peak
+            self.wall = time.perf_counter() - t0
 
 
-def prepare_for_inference(model, device: str):
+def prepare_for_inference(model, device: str, precision: str = "fp32"):
     """Eval mode on ``device``, BatchNorm folded into the convolutions, channels-last memory (faster on CPU and
-    tensor cores). Outputs equal the unfused model's to float rounding."""
+    tensor cores), and the weights cast once to ``precision`` (bf16/fp16: half the bytes, no autocast re-casting
+    them on every call; fp32 unchanged). fp32 outputs equal the unfused model's to float rounding. On CUDA,
+    cuDNN picks its fastest kernels for the (fixed) input shapes."""
     import torch
 
+    from lipsync_cli.device import amp_dtype
     from lipsync_cli.models.fuse import fuse_conv_bn
 
+    if device_type(device) == "cuda":
+        torch.backends.cudnn.benchmark = True
     model = fuse_conv_bn(model.eval())
+    dtype = amp_dtype(precision)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def generate(model, mels, faces, device: str, precision: str, state: dict) -> np.ndarray:
-    """Run the generator on (B, 1, 80, 16) mels + (B, 6, 96, 96) faces -> (B, 3, 96, 96) float32 numpy, in
-    micro-batches of ``state["batch"]``.
+def generate(model, mels, crops, device: str, precision: str, state: dict) -> np.ndarray:
+    """Run the generator on (B, 1, 80, 16) float32 mels and (B, 96, 96, 3) uint8 face crops (torch tensors, pinned
+    for CUDA) -> the (B, 96, 96, 3) uint8 mouths, in micro-batches of ``state["batch"]``.
 
-    On a device out-of-memory error (CUDA or MPS, see ``device.is_out_of_memory``) the micro-batch is halved
-    in ``state`` and the batch retried, so the smaller size sticks for the rest of the run; at 1 the error is
-    raised."""
+    On the device: the masking and scaling of ``blend.prepare_batch`` (``prepare_batch_tensor``), the model in
+    ``precision`` (cast once by ``prepare_for_inference``), the rounding of ``blend.to_uint8``; only uint8
+    crosses the bus, asynchronously on CUDA (pinned memory), with one synchronisation per call. On a device
+    out-of-memory error (CUDA or MPS, see ``device.is_out_of_memory``) the micro-batch is halved in ``state``
+    and the batch retried, so the smaller size sticks for the rest of the run; at 1 the error is raised."""
     import torch
 
-    from lipsync_cli.device import empty_cache, is_out_of_memory
+    from lipsync_cli.device import amp_dtype, empty_cache, is_out_of_memory
 
-    out: list[np.ndarray] = []
+    dtype = amp_dtype(precision) or torch.float32
+    cuda = device_type(device) == "cuda"
+    out = torch.empty(tuple(crops.shape), dtype=torch.uint8, pin_memory=cuda)  # (B, 96, 96, 3)
     k = 0
-    while k < len(faces):
+    while k < len(crops):
         b = max(1, int(state["batch"]))
         try:
-            with torch.inference_mode(), autocast(device, precision):
-                f = faces[k:k + b].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                pred = model(mels[k:k + b].to(device, non_blocking=True), f)
-            out.append(pred.float().cpu().numpy())
+            with torch.inference_mode():
+                faces = blending.prepare_batch_tensor(crops[k:k + b].to(device, non_blocking=cuda))  # (b, 6, 96, 96)
+                pred = model(mels[k:k + b].to(device, non_blocking=cuda).to(dtype), faces.to(dtype))
+                out[k:k + b].copy_(blending.to_uint8_tensor(pred), non_blocking=cuda)  # into pinned memory
             k += b
         except (RuntimeError, MemoryError) as err:
             if not is_out_of_memory(err) or b == 1:
@@ -729,4 +826,6 @@ def generate(model, mels, faces, device: str, precision: str, state: dict) -> np
             empty_cache(device)
             state["batch"] = b // 2
             log.warning("out of %s memory at batch %d; using batch %d from now on", device, b, b // 2)
-    return np.concatenate(out) if len(out) > 1 else out[0]
+    if cuda:
+        torch.cuda.current_stream(device).synchronize()  # the non-blocking downloads have landed
+    return out.numpy()

@@ -99,7 +99,7 @@ def test_cli_dub_writes_h264_aac_of_audio_length(media, fake_ckpt):
 
     out = media["dir"] / "cli.mp4"
     r = run_cli("dub", str(media["video"]), str(media["speech"]), "-o", str(out), "--checkpoint",
-                str(fake_ckpt("wav2lip")), "--box", *map(str, BOX), "--batch-size", "8")
+                str(fake_ckpt("wav2lip")), "--box", *map(str, BOX), "--batch-size", "8", "--stats")
     assert r.returncode == 0, r.stderr
     info = probe(out)
     assert info.codec == "h264" and info.has_audio
@@ -107,6 +107,10 @@ def test_cli_dub_writes_h264_aac_of_audio_length(media, fake_ckpt):
     assert abs(info.fps - 25) < 1e-6
     assert abs(info.n_frames - 0.6 * 25) <= 1  # as long as the audio, within one frame
     assert "frames/s" in r.stderr or r.stderr == ""
+    # --stats: every stage's busy time, the one that limits the run, every queue
+    for needle in ("  decode ", "  prepare ", "  generate ", "  blend ", "  encode ", "<- limits the run",
+                   "decode>prepare", "out>encode", "MiB budget"):
+        assert needle in r.stderr, (needle, r.stderr)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".cli")]  # no temp files left
     assert_mouth_redrawn(media["video"], out, BOX, n=15)  # the default feather blend: the mouth, nothing else
 

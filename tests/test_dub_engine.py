@@ -145,7 +145,9 @@ def test_frames_in_flight_are_bounded_in_bytes(clips, tmp_path):
               DubOptions(box=BOX, batch_size=128, precision="fp32", device="cpu",
                          max_pending_bytes=5 * frame_bytes), model=model)
     assert res.frames == 50
-    assert max(model.calls) == 5 and sum(model.calls) == 50  # 128 asked, 5 frames' worth of bytes allowed
+    # 128 asked, 5 frames' worth of bytes allowed: batches of 2, so that two batches fit in flight
+    assert max(model.calls) == 2 and sum(model.calls) == 50
+    assert res.pending_bytes == (res.pending_bytes[0], 5 * frame_bytes) and res.pending_bytes[0] <= 5 * frame_bytes
 
 
 def test_mel_memory_does_not_grow_with_the_audio():

@@ -136,6 +136,8 @@ def dub(
     language: Optional[str] = typer.Option(None, help="ISO 639-2 language of the new audio track (eng, fra...)."),
     offline: bool = typer.Option(False, "--offline", help="Never download weights (also LIPSYNC_OFFLINE=1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    stats: bool = typer.Option(False, "--stats", help="End with each stage's busy time and each queue's "
+                                                     "occupancy: which stage limits the run."),
 ) -> None:
     """Re-draw the speaker's mouth in VIDEO to match AUDIO and write the result to -o."""
     from lipsync_cli.dub import DubOptions
@@ -178,6 +180,9 @@ def dub(
     console.print(f"{result.device}/{result.precision} batch {result.batch_size}: {result.wall_seconds:.1f} s, "
                   f"{result.frames / result.wall_seconds:.1f} frames/s end to end, "
                   f"{result.realtime_factor:.2f}x real time; stage frames/s: {stages}", highlight=False)
+    if stats:
+        for line in result.stats_lines():
+            console.print(line, highlight=False, markup=False)
 
 
 @app.command()
