@@ -223,16 +223,20 @@ def main(argv: list[str] | None = None) -> None:
         for arch in arch_bench.ARCHS:
             attempt("generator", arch, lambda arch=arch: generator(arch))
 
+    floor: dict = {}
     if "dub" not in args.skip:
         video, audio, box = make_clip(work, s["seconds"], s["scale"])
-        floor = ffmpeg_floor(video, work)
-        size = f"{floor['width']}x{floor['height']}"
-        n = floor["frames"]
-        rows.append(_row("floor", "ffmpeg transcode", f"{size} x264", n / floor["transcode_s"], "frames/s",
-                         note=f"{n} frames, {PRESET} crf {CRF}"))
-        rows.append(_row("floor", "ffmpeg piped bgr24", f"{size} x264", n / floor["piped_s"], "frames/s",
-                         note="decode | raw BGR pipe | encode"))
-        progress("ffmpeg floor")
+
+        def measure_floor() -> None:
+            floor.update(ffmpeg_floor(video, work))
+            n, size = floor["frames"], f"{floor['width']}x{floor['height']}"
+            rows.append(_row("floor", "ffmpeg transcode", f"{size} x264", n / floor["transcode_s"], "frames/s",
+                             note=f"{n} frames, {PRESET} crf {CRF}"))
+            rows.append(_row("floor", "ffmpeg piped bgr24", f"{size} x264", n / floor["piped_s"], "frames/s",
+                             note="decode | raw BGR pipe | encode"))
+
+        attempt("floor", "ffmpeg", measure_floor)
+        size = f"{floor.get('width', '?')}x{floor.get('height', '?')}"
         ckpt = dub_bench.fake_checkpoint("wav2lip", work)
         s3fd = dub_bench.fake_checkpoint("s3fd", work)
         common = ["--video", str(video), "--audio", str(audio), "--box", *map(str, box), "--checkpoint", str(ckpt),
@@ -243,9 +247,9 @@ def main(argv: list[str] | None = None) -> None:
             start = r["startup"].get("total", 0.0)
             streaming = r["frames"] / max(1e-9, r["wall_s"] - start)
             rows.append(_row("dub", f"lipsync dub {mode}", f"{size} {r['precision']} b{r['batch']}", r["fps"],
-                             "frames/s", f"{r['wall_s'] / floor['transcode_s']:.2f}x floor",
+                             "frames/s", f"{r['wall_s'] / floor['transcode_s']:.2f}x floor" if floor else "",
                              r["peak_gpu_mb"], f"{streaming:.1f} fr/s after {start:.1f} s start-up; "
-                                               f"{r['faces']} faces"))
+                                               f"{r['frames']} frames, {r['faces']} faces"))
 
         for mode in ("box", "s3fd", "scrfd"):
             attempt("dub", f"lipsync dub {mode}", lambda mode=mode: dub(mode))
