@@ -60,11 +60,14 @@ def fake_checkpoint(name: str, out_dir: Path) -> Path:
 
 
 def run_lipsync(args) -> dict:
+    """One dub: ``args.mode`` box (fixed box), s3fd or scrfd (detection with that detector)."""
     from lipsync_cli.dub import DubOptions, dub
 
+    weights = {"s3fd": args.s3fd, "scrfd": args.scrfd}.get(args.mode)
     opts = DubOptions(checkpoint=Path(args.checkpoint), box=tuple(args.box) if args.mode == "box" else None,
-                      detector="s3fd", detector_weights=Path(args.s3fd) if args.s3fd else None,
-                      precision=args.precision, device="cpu", batch_size=args.batch_size, offline=True,
+                      detector="insightface" if args.mode == "scrfd" else "s3fd",
+                      detector_weights=Path(weights) if weights else None,
+                      precision=args.precision, device=args.device, batch_size=args.batch_size, offline=True,
                       loop=args.loop, enhance=bool(args.enhancer),
                       enhancer_weights=Path(args.enhancer) if args.enhancer else None)
     tag = "_enhance" if args.enhancer else ""
@@ -73,8 +76,18 @@ def run_lipsync(args) -> dict:
     return {"frames": res.frames, "wall_s": res.wall_seconds, "fps": res.frames / res.wall_seconds,
             "stage_fps": res.stage_fps(), "stage_s": res.stage_seconds, "faces": res.faces,
             "precision": res.precision, "batch": res.batch_size, "peak_rss_mb": peak_rss_mb(),
-            "decoded_frames": res.decoded_frames, "stream_s": getattr(res, "stream_seconds", None),  # (older
-            "queue_stats": getattr(res, "queue_stats", None)}  # versions, for before/after runs, lack these)
+            "decoded_frames": res.decoded_frames, "device": res.device, "startup": res.startup,
+            "peak_gpu_mb": peak_gpu_mb(res.device), "encoding": res.encoding,
+            "stream_s": res.stream_seconds, "queue_stats": res.queue_stats}
+
+
+def peak_gpu_mb(device: str) -> float | None:
+    """Peak memory torch allocated on the CUDA device in this process, MB (None off CUDA)."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def run_baseline(args) -> dict:
@@ -178,6 +191,8 @@ def main() -> None:
     p.add_argument("--box", type=int, nargs=4, default=[600, 60, 900, 460], help="face box in --video")
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--s3fd", type=Path)
+    p.add_argument("--scrfd", type=Path, help="SCRFD .onnx for --mode scrfd (child runs)")
+    p.add_argument("--device", default="cpu", help="device of the lipsync runs")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--precisions", nargs="+", default=["fp32", "auto"])
     p.add_argument("--skip", nargs="*", default=[], help="skip: baseline box s3fd")
@@ -217,6 +232,8 @@ def main() -> None:
               "--checkpoint", str(ckpt), "--s3fd", str(s3fd), "--workdir", str(work)]
     if args.batch_size:
         common += ["--batch-size", str(args.batch_size)]
+    if args.device != "cpu":
+        common += ["--device", args.device]
     results: dict[str, dict] = {}
     print(f"clip {args.video.name} + {args.audio.name}, box {args.box}, torch threads: default, cpu {os.cpu_count()}")
     if "baseline" not in args.skip:

@@ -81,7 +81,7 @@ def load_generator(path: str | os.PathLike, arch: str | None = None, device: str
     """
     from lipsync_cli.models import build_generator
 
-    obj = load_file(path)
+    obj = load_file(path, mmap=True)  # read-only here; the model's tensors are its pages until moved or fused
     kind = expect_kind(path, obj, generator_kinds())
     config = dict(obj.get("config") or {}) if is_ours(obj) else {}
     if arch is not None and arch != kind and not (arch == "attn_wav2lip" and kind == "wav2lip"):

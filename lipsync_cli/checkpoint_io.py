@@ -23,9 +23,12 @@ FORMAT_NAME = "lipsync_cli"
 FORMAT_VERSION = 1
 
 
-def load_file(path: str | os.PathLike) -> Any:
+def load_file(path: str | os.PathLike, mmap: bool = False) -> Any:
     """``torch.load`` (or safetensors) a file safely onto the CPU.
 
+    ``mmap``: map a file in torch's zip format instead of reading it (tensors are paged in from the file when
+    first used: faster, nothing copied twice); for read-only uses, as the mapping holds the file open until
+    the tensors are freed. Files in the legacy format (upstream Wav2Lip's) are read as usual.
     Raises InputNotFound for a missing file, CheckpointError for a corrupt one or one whose pickle would
     run code (nothing of it runs: the restricted unpickler stops at the first non-allowlisted global).
     """
@@ -46,7 +49,7 @@ def load_file(path: str | os.PathLike) -> Any:
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the restricted unpickler decides anyway
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and magic == b"PK")
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refusing to load {path}: it needs arbitrary code to unpickle "

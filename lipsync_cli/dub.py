@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,8 @@ OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
 
 # Progress callback: (stage, frames advanced, stage total or None).
 ProgressFn = Callable[[str, int, "int | None"], None]
+# what dub() does before its face pass and first frame, each timed in DubResult.startup (seconds), with "total"
+STARTUP_PHASES = ("probe", "audio", "imports", "model", "detector")
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,9 @@ class DubResult:
     queue_stats: dict[str, dict] = field(default_factory=dict)
     pending_bytes: tuple[int, int] = (0, 0)
     stream_seconds: float = 0.0
+    # seconds of start-up per STARTUP_PHASES, and "total": from the call until the face pass (stage "detect") and
+    # the frames begin; what it does not count is the interpreter and the imports before dub() was called
+    startup: dict[str, float] = field(default_factory=dict)
 
     @property
     def realtime_factor(self) -> float:
@@ -333,6 +339,16 @@ def _redecode_loop(video: Path, fps: float, n: int, produced: int, n_out: int, l
 # the pipeline
 
 
+@contextmanager
+def _timed(into: dict[str, float], key: str):
+    """Add the seconds the block takes to ``into[key]``."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[key] = into.get(key, 0.0) + time.perf_counter() - t
+
+
 def _check_paths(video: Path, audio: Path | None, out: Path) -> None:
     for p, what in ((video, "video"), (audio, "audio")):
         if p is None:  # per-speaker audio instead (checked by DubOptions.validate)
@@ -457,38 +473,48 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
     """
     from lipsync_cli.heap import tune_malloc
     from lipsync_cli.output_format import describe, plan_output
-    from lipsync_cli.video import VideoWriter, probe, probe_audio
+    from lipsync_cli.video import PendingProbe, VideoWriter, probe_audio
 
     t_start = time.perf_counter()
+    startup = dict.fromkeys(STARTUP_PHASES, 0.0)
     tune_malloc()  # freed frames go back to the system: peak RSS does not creep with the video's length
     video, audio, out = Path(video), Path(audio) if audio is not None else None, Path(out)
     options.validate(out)
     _check_paths(video, audio, out)
     say = notify or (lambda msg: log.info(msg))
 
-    info = probe(video)
-    plan = plan_output(info, options.encode, out, crf=options.crf, preset=options.preset,
-                       audio=probe_audio(audio) if options.encode.acodec == "copy" and audio is not None else None)
+    with _timed(startup, "probe"):  # the header now (its errors at once); the exact frame count in a thread
+        pending = PendingProbe(video)
+        plan = plan_output(pending.header, options.encode, out, crf=options.crf, preset=options.preset,
+                           audio=probe_audio(audio) if options.encode.acodec == "copy" and audio is not None
+                           else None)
     for note in plan.notes:
         say(note)
-    fps = float(options.fps) if info.is_image else float(info.fps)
-    if options.speakers is None:
-        if audio is None:
-            raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO for each person")
-        wav = load_audio(audio)
-        mels = [melspectrogram(wav)]  # (80, T): one voice
-        n_samples = len(wav)
-        del wav  # only the mel is needed from here: 19 MB less held per 5 minutes of audio
-        voices = None
-    else:  # one mel per speaker's voice (see lipsync_cli.speakers)
-        from lipsync_cli.speakers import load_voices
+    with _timed(startup, "audio"):
+        if options.speakers is None:
+            if audio is None:
+                raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO for each person")
+            wav = load_audio(audio)
+            mels = [melspectrogram(wav)]  # (80, T): one voice
+            n_samples = len(wav)
+            del wav  # only the mel is needed from here: 19 MB less held per 5 minutes of audio
+            voices = None
+        else:  # one mel per speaker's voice (see lipsync_cli.speakers)
+            from lipsync_cli.speakers import load_voices
 
-        voices = load_voices(audio, options.speakers)
-        mels, n_samples = voices.mels, voices.n_samples
+            voices = load_voices(audio, options.speakers)
+            mels, n_samples = voices.mels, voices.n_samples
     mel = mels[0]
-    n_out = n_output_frames(n_samples, fps)
+    track = None
+    if options.box is None and options.track is not None:  # a track of another video is refused before any load
+        with _timed(startup, "probe"):
+            info = pending.result()
+        track = Track.load(options.track)
+        track.check_matches(info.width, info.height, None if info.is_image else info.n_frames,
+                            video_fingerprint(video))
 
-    import torch  # after the cheap checks, so user mistakes are reported at once
+    with _timed(startup, "imports"):
+        import torch  # after the cheap checks, so user mistakes are reported at once
 
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
@@ -497,17 +523,32 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
                **({"enhance": 0.0} if options.enhance else {}), "encode": 0.0}
     stage_n = {k: 0 for k in stage_s}
 
-    if model is None:
-        model = load_dub_generator(options, device, notify=say, progress=progress)
-    model = prepare_for_inference(model, device, precision)
-    enhancer = None
-    if options.enhance:
-        from lipsync_cli.enhance import Enhancer
+    with _timed(startup, "model"):
+        if model is None:
+            model = load_dub_generator(options, device, notify=say, progress=progress)
+        model = prepare_for_inference(model, device, precision)
+        enhancer = None
+        if options.enhance:
+            from lipsync_cli.enhance import Enhancer
 
-        restorer = restorer or load_dub_enhancer(options, device, precision, notify=say, progress=progress)
-        enhancer = Enhancer(restorer, options.enhance_strength, points=enhance_points(options, device))
+            restorer = restorer or load_dub_enhancer(options, device, precision, notify=say, progress=progress)
+            enhancer = Enhancer(restorer, options.enhance_strength, points=enhance_points(options, device))
+    detector = None
+    if options.box is None and options.track is None:
+        with _timed(startup, "detector"):
+            if options.detector == "insightface":  # a CUDA device without onnxruntime's CUDA: said here, once
+                from lipsync_cli.faces.scrfd import providers_for
+
+                providers_for(device, notify=say)
+            detector = load_dub_detector(options, device, notify=say, progress=progress)
+    with _timed(startup, "probe"):
+        info = pending.result()  # the packet scan ran while the audio and the weights loaded
+    fps = float(options.fps) if info.is_image else float(info.fps)
+    n_out = n_output_frames(n_samples, fps)
     # the mel window of each output frame, with the audio/video lead the generator was trained with
     starts = mel_start(np.arange(n_out), fps, lead=getattr(model, "mel_lead", 0), n_mel=mel.shape[1])
+
+    startup["total"] = time.perf_counter() - t_start  # the fixed cost; the face pass is stage_seconds["detect"]
 
     # --- where the face is, per source frame ---
     box_of: Callable[[int], Box | None]
@@ -516,13 +557,10 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         fixed = check_box(options.box, info.width, info.height)
         box_of = lambda j: fixed  # noqa: E731
     else:
-        if options.track is not None:
-            track = Track.load(options.track)
-            track.check_matches(info.width, info.height, None if info.is_image else info.n_frames,
-                                video_fingerprint(video))
-        else:
+        if track is None:
             t = time.perf_counter()
-            track = detect_track(video, options, device=device, progress=progress, notify=say, fps=fps, info=info)
+            track = detect_track(video, options, device=device, progress=progress, notify=say, fps=fps, info=info,
+                                 detector=detector)
             stage_s["detect"] = time.perf_counter() - t
             stage_n["detect"] = len(track)
         if options.speakers is not None:  # who, with which voice: lipsync_cli.speakers decides
@@ -585,7 +623,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         audio_seconds=n_samples / SAMPLE_RATE, wall_seconds=time.perf_counter() - t_start, stage_seconds=stage_s,
         stage_frames=stage_n, device=device, precision=precision, batch_size=run.gen["batch"],
         decoded_frames=decode_stats.get("decoded", 0), encoding=describe(plan), queue_stats=run.queue_stats,
-        pending_bytes=(run.peak_bytes, options.max_pending_bytes), stream_seconds=run.wall,
+        pending_bytes=(run.peak_bytes, options.max_pending_bytes), stream_seconds=run.wall, startup=startup,
     )
 
 

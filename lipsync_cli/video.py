@@ -521,6 +521,63 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
 
     Raises ``InputNotFound`` (missing/unreadable), ``VideoOpenError`` (not media), ``NoVideoStream``.
     """
+    opened = _open_video(path)
+    if isinstance(opened, VideoInfo):  # a still image: its header says everything
+        return opened
+    scan = _scan_packets(opened.info.path, opened.info.stream_index, opened.ffmpeg) if count_frames else None
+    return _counted(opened, scan)
+
+
+class PendingProbe:
+    """``probe(path)`` with the packet scan in a background thread (it reads the whole file: seconds for an hour
+    of video), so the caller's start-up (audio, model loading) overlaps it.
+
+    The header is read at construction, so a missing file or one that is not media raises at once; ``header``
+    is what ``probe(path, count_frames=False)`` gives (size, streams, colour: all but the exact count and rate);
+    ``result()`` waits for the scan and gives exactly what ``probe(path)`` gives."""
+
+    def __init__(self, path: str | os.PathLike):
+        opened = _open_video(path)
+        self._opened = opened if isinstance(opened, _Opened) else None
+        if isinstance(opened, VideoInfo):
+            self.header: VideoInfo = opened
+        else:  # the header's estimate; fps 0 when only the scan can tell it
+            self.header = _counted(opened, None) if opened.info.fps else opened.info
+        self._done: VideoInfo | None = self.header if self._opened is None else None
+        self._scan: _Scan | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if self._opened is not None:
+            self._thread = threading.Thread(target=self._run, name="lipsync-probe", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._scan = _scan_packets(self.header.path, self.header.stream_index, self._opened.ffmpeg)
+        except BaseException as err:  # noqa: BLE001 - re-raised by result() in the caller's thread
+            self._error = err
+
+    def result(self) -> VideoInfo:
+        """The full probe (waits for the scan)."""
+        if self._done is None:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            self._done = _counted(self._opened, self._scan)
+        return self._done
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """A video as its header describes it, before the packet scan: ``info`` (rate from the header, may be 0)."""
+
+    info: VideoInfo
+    ffmpeg: str
+    start: float  # s, the stream's start relative to the file's, from the header
+
+
+def _open_video(path: str | os.PathLike) -> VideoInfo | _Opened:
+    """The header half of ``probe``: a complete VideoInfo for a still image, else what the scan completes."""
     p = _check_input(path)
     ffmpeg = find_ffmpeg()
     header, _ = _run_header(p, ffmpeg)
@@ -544,9 +601,17 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
         return VideoInfo(path=p, width=width, height=height, fps=DEFAULT_FPS, n_frames=1, duration=0.0,
                          has_audio=audio is not None, is_image=True, codec=st.codec, rotation=rotation,
                          stream_index=st.index, format_name=header.format_name, audio=audio, **described)
+    info = VideoInfo(path=p, width=width, height=height, fps=float(st.fps or st.tbr or 0.0), n_frames=None,
+                     duration=header.duration, has_audio=audio is not None, is_image=False, codec=st.codec,
+                     rotation=rotation, stream_index=st.index, format_name=header.format_name, audio=audio,
+                     **described)
+    return _Opened(info, ffmpeg, (st.start if st.start is not None else header.start) - header.start)
 
-    fps = st.fps or st.tbr
-    scan = _scan_packets(p, st.index, ffmpeg) if count_frames else None
+
+def _counted(opened: _Opened, scan: _Scan | None) -> VideoInfo:
+    """The header's VideoInfo completed by the packet scan (exact count, rate, VFR), or estimated without one."""
+    info = opened.info
+    fps = info.fps
     if scan is not None:
         stream_duration = float(scan.end - scan.first)
         if scan.cfr_rate is not None:  # the spacing is known to a tick or two over the whole span
@@ -554,15 +619,11 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
         else:  # variable: decode at the average rate
             fps = _snap_rate(scan.n_packets / stream_duration)
     if not fps:
-        raise VideoOpenError(f"{p}: could not determine the frame rate of stream #0:{st.index}",
+        raise VideoOpenError(f"{info.path}: could not determine the frame rate of stream #0:{info.stream_index}",
                              hint="re-encode it with a constant frame rate, e.g. ffmpeg -i IN -r 25 OUT.mp4")
-    start = (st.start if st.start is not None else header.start) - header.start
-    info = VideoInfo(path=p, width=width, height=height, fps=float(fps), n_frames=None,
-                     duration=header.duration, has_audio=audio is not None, is_image=False, codec=st.codec,
-                     rotation=rotation, is_vfr=scan is not None and scan.is_vfr,
-                     start_time=float(scan.first) if scan is not None else max(0.0, start),
-                     stream_duration=float(scan.end - scan.first) if scan is not None else None,
-                     stream_index=st.index, format_name=header.format_name, audio=audio, **described)
+    info = dataclasses.replace(info, fps=float(fps), is_vfr=scan is not None and scan.is_vfr,
+                               start_time=float(scan.first) if scan is not None else max(0.0, opened.start),
+                               stream_duration=float(scan.end - scan.first) if scan is not None else None)
     if scan is not None and not scan.is_vfr:
         n_frames = scan.n_packets  # one packet per frame: exact
     else:  # what FrameReader's resampling to a constant rate gives

@@ -51,6 +51,31 @@ def _cut_threshold(value: float) -> float | None:
     return None if value == 0 else value
 
 
+def seconds_since_process_start() -> float | None:
+    """Wall seconds since this process started (interpreter start-up included), from Linux's /proc; None
+    elsewhere."""
+    import os
+
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(after_name[19])  # field 22, starttime: clock ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def startup_line(startup: dict[str, float], before: float | None = None) -> str:
+    """'start-up 2.9 s before the first frame: python + CLI 0.40, imports 1.81, ...' from ``DubResult.startup``
+    and ``before``, the seconds the process ran before calling dub (None: unknown, left out)."""
+    from lipsync_cli.dub import STARTUP_PHASES
+
+    parts = ([f"python + CLI {before:.2f}"] if before is not None else []) + [
+        f"{k} {startup[k]:.2f}" for k in STARTUP_PHASES if k in startup]
+    total = startup.get("total", 0.0) + (before or 0.0)
+    return f"start-up {total:.2f} s before the first frame: " + ", ".join(parts)
+
+
 @app.command()
 def dub(
     video: Path = typer.Argument(..., help="Video (any format ffmpeg reads) or still image (jpg/png/webp)."),
@@ -167,6 +192,7 @@ def dub(
     def notify(msg: str) -> None:
         console.print(msg, highlight=False)
 
+    before = seconds_since_process_start()  # the interpreter, the CLI's imports and parsing
     with progress_bars(quiet) as progress:
         result = run_dub(video, audio, output, opts, progress=progress, notify=notify)
     if quiet:
@@ -180,6 +206,7 @@ def dub(
     console.print(f"{result.device}/{result.precision} batch {result.batch_size}: {result.wall_seconds:.1f} s, "
                   f"{result.frames / result.wall_seconds:.1f} frames/s end to end, "
                   f"{result.realtime_factor:.2f}x real time; stage frames/s: {stages}", highlight=False)
+    console.print(startup_line(result.startup, before), highlight=False)
     if stats:
         for line in result.stats_lines():
             console.print(line, highlight=False, markup=False)

@@ -93,7 +93,7 @@ class OnnxRestorer:
         import onnxruntime as ort
 
         self.path = Path(path)
-        from lipsync_cli.faces.scrfd import session_settings
+        from lipsync_cli.faces.scrfd import check_session_providers, session_settings
 
         opts, providers = session_settings(device, threads)
         try:
@@ -102,6 +102,7 @@ class OnnxRestorer:
             first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise CheckpointError(f"cannot load ONNX face restorer {self.path}: {first}",
                                   "pass a GFPGAN / CodeFormer / GPEN / RestoreFormer++ .onnx file") from None
+        check_session_providers(self.session, providers, "the ONNX face restorer")
         images = [i for i in self.session.get_inputs() if len(i.shape) == 4]
         if len(images) != 1 or (isinstance(images[0].shape[1], int) and images[0].shape[1] != 3):
             raise CheckpointMismatch(

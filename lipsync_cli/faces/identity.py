@@ -179,12 +179,9 @@ class FaceEmbedder:
         from insightface.model_zoo import model_zoo
 
         self.path = Path(path)
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda"):
-            import onnxruntime as ort
+        from lipsync_cli.faces.scrfd import providers_for
 
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
+        providers = providers_for(device)
         try:
             model = model_zoo.get_model(str(self.path), providers=providers)
         except Exception as err:  # noqa: BLE001 - onnx/onnxruntime raise many kinds on a bad file

@@ -81,20 +81,112 @@ def resolve_weights(weights: str | os.PathLike | None) -> Path:
     raise WeightsNotFound(f"no insightface detector for {spec!r}: looked at {', '.join(looked) or spec}", hint)
 
 
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+GPU_INSTALL = "pip install 'lipsync-cli[gpu]'"
+# the CPU and GPU builds unpack into the same `onnxruntime` folder: whichever was installed last is the one loaded
+GPU_REINSTALL = "pip install --force-reinstall --no-deps onnxruntime-gpu"
+_warned: set[str] = set()  # each warning once per process (SCRFD, the restorer and ArcFace ask the same question)
+
+
 def session_settings(device: str, threads: int | None = None):
     """The onnxruntime session options and providers every ONNX model of ours runs with (SCRFD, restorers):
-    ``threads`` intra-op threads (default: the cores, at most 8), quiet logs, CUDA first when the device is CUDA
-    and the CUDA provider is installed."""
+    ``threads`` intra-op threads (default: the cores, at most 8), quiet logs, and :func:`providers_for`
+    ``device``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or _default_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return opts, providers
+    return opts, providers_for(device)
+
+
+def providers_for(device: str, notify=None) -> list:
+    """The onnxruntime execution providers for ``device``: on a CUDA device (``cuda``, ``cuda:N``) the CUDA
+    provider first, on that GPU; the CPU provider always (last).
+
+    A CUDA device whose onnxruntime has no CUDA provider (the CPU build, or the CPU build's files over the GPU
+    build's) runs on the CPU with a warning saying how to install the GPU build: never silently. The warning
+    goes to ``notify`` (default: this module's logger), once per process."""
+    from lipsync_cli.device import device_type
+
+    if device_type(device) != "cuda":
+        return [CPU_PROVIDER]
+    problem = cuda_provider_problem()
+    if problem is not None:
+        warn_once(problem, notify)
+        return [CPU_PROVIDER]
+    _preload_cuda_libraries()
+    index = str(device).partition(":")[2]
+    return [(CUDA_PROVIDER, {"device_id": int(index)}) if index else CUDA_PROVIDER, CPU_PROVIDER]
+
+
+def cuda_provider_problem() -> str | None:
+    """Why onnxruntime cannot run on a CUDA GPU here, with the command that fixes it; None when it can."""
+    import onnxruntime as ort
+
+    if CUDA_PROVIDER in ort.get_available_providers():
+        return None
+    installed = _installed("onnxruntime"), _installed("onnxruntime-gpu")
+    lead = ("onnxruntime has no CUDA provider, so its models (SCRFD face detection, ArcFace, ONNX restorers) run on "
+            "the CPU")
+    if installed[1] is not None:
+        return (f"{lead}: onnxruntime {installed[0] or '?'} (CPU) and onnxruntime-gpu {installed[1]} are both "
+                f"installed, and the CPU build's files are the ones in the shared `onnxruntime` folder; "
+                f"run `{GPU_REINSTALL}`")
+    return f"{lead}: only the CPU build (onnxruntime {installed[0] or '?'}) is installed; run `{GPU_INSTALL}`"
+
+
+def check_session_providers(session, providers: list, what: str, notify=None) -> None:
+    """Warn when a session asked for the CUDA provider did not get it (onnxruntime then falls back to the CPU by
+    itself: its CUDA provider could not start, e.g. CUDA or cuDNN libraries missing)."""
+    wanted = any((p[0] if isinstance(p, tuple) else p) == CUDA_PROVIDER for p in providers)
+    if wanted and CUDA_PROVIDER not in session.get_providers():
+        warn_once(f"onnxruntime's CUDA provider could not start for {what} (CUDA or cuDNN libraries not found?), "
+                  f"so it runs on the CPU; `{GPU_INSTALL}` installs the libraries onnxruntime-gpu needs", notify)
+
+
+def warn_once(message: str, notify=None) -> None:
+    """``message`` as a warning, through ``notify`` (a user-facing callback) or the log, once per process."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    if notify is not None:
+        notify(f"warning: {message}")
+    else:
+        log.warning("%s", message)
+
+
+def _installed(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA/cuDNN libraries of the nvidia wheels (``onnxruntime-gpu[cuda,cudnn]``, torch's) so the CUDA
+    provider finds them; a no-op where this onnxruntime has no ``preload_dlls`` or torch already loaded them."""
+    import contextlib
+    import io
+
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None or "preloaded" in _warned:
+        return
+    _warned.add("preloaded")
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):  # it prints what it could not find: the session check says it
+            preload()
+    except Exception as err:  # noqa: BLE001 - best effort: the session check reports what did not load
+        log.debug("onnxruntime.preload_dlls failed: %s", err)
+    if out.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", out.getvalue().strip())
 
 
 def _align_up(v: int) -> int:
@@ -135,6 +227,7 @@ class SCRFDDetector:
             first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise CheckpointError(f"cannot load ONNX face detector {self.path}: {first}",
                                   "the file is corrupt or not an ONNX model; " + PACK_HINT) from None
+        check_session_providers(self.session, providers, "SCRFD face detection")
         self.input_name = self.session.get_inputs()[0].name
         n_out = len(self.session.get_outputs())
         layouts = {6: (3, False), 9: (3, True), 10: (5, False), 15: (5, True)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
@@ -20,10 +20,12 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module.named_children())
-        for (name_a, a), (name_b, b) in zip(children, children[1:]):
+        for (_, a), (name_b, b) in zip(children, children[1:]):
             is_conv = isinstance(a, (nn.Conv2d, nn.ConvTranspose2d))
             if is_conv and isinstance(b, nn.BatchNorm2d) and b.track_running_stats:
-                setattr(module, name_a, fuse_conv_bn_eval(a, b, transpose=isinstance(a, nn.ConvTranspose2d)))
+                # the conv of the copy takes the folded weights in place (fuse_conv_bn_eval would copy it again)
+                a.weight, a.bias = fuse_conv_bn_weights(a.weight, a.bias, b.running_mean, b.running_var, b.eps,
+                                                        b.weight, b.bias, transpose=isinstance(a, nn.ConvTranspose2d))
                 setattr(module, name_b, nn.Identity())
     for attr in ("arch", "config"):
         if hasattr(model, attr):
