@@ -248,7 +248,7 @@ def test_auto_follows_the_higher_score_per_window():
 # the track file
 
 
-def test_track_file_round_trips_embeddings_and_scores_and_refuses_another_video(tmp_path, fake_ckpt):
+def test_track_file_round_trips_embeddings_and_scores_and_refuses_another_video(tmp_path):
     a = make_video(tmp_path / "a.mp4", seconds=0.4, size=(64, 48))
     b = make_video(tmp_path / "b.mp4", seconds=0.4, size=(64, 48), extra=["-vf", "negate"])
     assert video_fingerprint(a) == video_fingerprint(a) != video_fingerprint(b)
@@ -284,10 +284,11 @@ def test_track_file_round_trips_embeddings_and_scores_and_refuses_another_video(
     old.write_text(json.dumps(data))
     with pytest.raises(BadOption, match="old.json"):
         Track.load(old)
-    # the dub refuses a track from another video of the same size and length
+    # the dub refuses a track from another video of the same size and length, before it loads any weights
+    # (the checkpoint named here does not exist: the track is what is reported)
     audio = make_audio(tmp_path / "s.wav", seconds=0.4)
     res = run_cli("dub", str(b), str(audio), "-o", str(tmp_path / "out.mp4"), "--track", str(path), "--offline",
-                  "--checkpoint", str(fake_ckpt("wav2lip")), "--device", "cpu")
+                  "--checkpoint", str(tmp_path / "not-downloaded.pth"), "--device", "cpu")
     assert res.returncode == 2 and "another video" in res.stderr, res.stderr
     assert not (tmp_path / "out.mp4").exists()
 
