@@ -1,10 +1,14 @@
 """Batch manifests: CSV, JSONL or YAML files of dub jobs, parsed and validated before any work starts.
 
 One row a job: ``video``, ``audio``, an optional ``output`` and any ``DubOptions`` field as a column (``checkpoint``,
-``box``, ``blend``, ``crf``...), plus the fields of ``TrackOptions`` (``pads``, ``ref_box``, ``max_gap``, ``smooth``;
-``no_smooth`` as the CLI spells it). Columns are derived from the dataclasses, so a new dub option is a new column
-without touching this file. Every row is checked with ``DubOptions.validate()``; problems are collected with their
-line number and reported together (``ManifestError``) unless the caller skips invalid rows.
+``box``, ``blend``, ``crf``, ``preset``...), plus the fields of ``TrackOptions`` (``pads``, ``ref_box``, ``max_gap``,
+``smooth``; ``no_smooth`` as the CLI spells it) and of ``EncodeOptions`` (``vcodec``, ``pix_fmt``, ``profile``,
+``acodec``, ``keep_streams``, ``language``). Columns are derived from the dataclasses, so a new dub option is a new
+column without touching this file. Every row is checked with ``DubOptions.validate(output)``, the rules of
+``lipsync dub`` (the encoder rules too: a codec this ffmpeg lacks, one the output's container cannot hold);
+problems are collected with their line number and reported together (``ManifestError``) unless the caller skips
+invalid rows. A derived output name takes the first container that holds the row's codec (``.mp4``, else
+``.mov`` for ProRes and DNxHR).
 
 Paths in a row (inputs, ``checkpoint``, ``track``, ``detector_weights``) are relative to the manifest's folder;
 ``output`` is relative to the batch's output folder. An input that does not exist is not a malformed row: that job
@@ -26,6 +30,7 @@ from typing import Any
 from lipsync_cli.dub import OUTPUT_SUFFIXES, DubOptions
 from lipsync_cli.errors import BadOption, InputNotFound, LipsyncError
 from lipsync_cli.faces.track import TrackOptions
+from lipsync_cli.output_format import EncodeOptions, default_suffix
 
 MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml"}
 JOB_COLUMNS = ("video", "audio", "output")
@@ -146,9 +151,13 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-DUB_FIELDS = {k: v for k, v in _field_types(DubOptions).items() if k != "track_options"}
+DUB_FIELDS = {k: v for k, v in _field_types(DubOptions).items() if k not in ("track_options", "encode")}
 TRACK_FIELDS = _field_types(TrackOptions)
-OPTION_COLUMNS = tuple(sorted(set(DUB_FIELDS) | set(TRACK_FIELDS) | set(_ALIASES)))
+ENCODE_FIELDS = _field_types(EncodeOptions)
+# the three dataclasses' fields are flat columns: no name may mean two options
+assert not (set(DUB_FIELDS) & set(TRACK_FIELDS) or set(DUB_FIELDS) & set(ENCODE_FIELDS)
+            or set(TRACK_FIELDS) & set(ENCODE_FIELDS)), "an option name is in two option dataclasses"
+OPTION_COLUMNS = tuple(sorted(set(DUB_FIELDS) | set(TRACK_FIELDS) | set(ENCODE_FIELDS) | set(_ALIASES)))
 
 
 def _convert(value: Any, hint: Any, base: Path | None) -> Any:
@@ -208,17 +217,19 @@ def _normalise(key: str) -> str:
 
 def build_options(values: dict[str, Any], base_options: DubOptions = DubOptions(), base: Path | None = None
                   ) -> DubOptions:
-    """``base_options`` with the option columns of one row applied (names as DubOptions/TrackOptions fields or
-    the CLI's ``no_smooth``); validated. Raises BadOption (a bad value, naming the column) or KeyError."""
-    dub_kw: dict[str, Any] = {}
-    track_kw: dict[str, Any] = {}
+    """``base_options`` with the option columns of one row applied (names as DubOptions, TrackOptions or
+    EncodeOptions fields, or the CLI's ``no_smooth``); validated without an output (``validate(output)`` adds the
+    container's rules). Raises BadOption (a bad value, naming the column) or KeyError."""
+    kw: dict[str, dict[str, Any]] = {"dub": {}, "track": {}, "encode": {}}
     for key, raw in values.items():
         name = _normalise(key)
         alias = _ALIASES.get(name)
         field_name, mapper = alias if alias else (name, None)
-        hint = DUB_FIELDS.get(field_name) or TRACK_FIELDS.get(field_name)
-        if hint is None:
+        group = next((g for g, fields in (("dub", DUB_FIELDS), ("track", TRACK_FIELDS), ("encode", ENCODE_FIELDS))
+                      if field_name in fields), None)
+        if group is None:
             raise KeyError(key)
+        hint = {"dub": DUB_FIELDS, "track": TRACK_FIELDS, "encode": ENCODE_FIELDS}[group][field_name]
         try:
             value = _convert(raw, hint, base)
         except (ValueError, TypeError) as err:
@@ -227,9 +238,12 @@ def build_options(values: dict[str, Any], base_options: DubOptions = DubOptions(
             value = mapper(value)
         if field_name == "cut_threshold" and value == 0:
             value = None  # as on the command line: 0 turns cut detection off
-        (dub_kw if field_name in DUB_FIELDS else track_kw)[field_name] = value
-    if track_kw:
-        dub_kw["track_options"] = dataclasses.replace(base_options.track_options, **track_kw)  # validates
+        kw[group][field_name] = value
+    dub_kw = kw["dub"]
+    if kw["track"]:
+        dub_kw["track_options"] = dataclasses.replace(base_options.track_options, **kw["track"])  # validates
+    if kw["encode"]:
+        dub_kw["encode"] = dataclasses.replace(base_options.encode, **kw["encode"])
     opts = dataclasses.replace(base_options, **dub_kw)
     opts.validate()
     return opts
@@ -239,8 +253,8 @@ def build_options(values: dict[str, Any], base_options: DubOptions = DubOptions(
 # the manifest
 
 
-def _derived_name(video: Path, audio: Path) -> str:
-    return f"{video.stem}.{audio.stem}.mp4"
+def _derived_name(video: Path, audio: Path, options: DubOptions) -> str:
+    return f"{video.stem}.{audio.stem}{default_suffix(options.encode)}"
 
 
 def load_manifest(path: str | Path, outdir: str | Path, defaults: dict[str, Any] | None = None,
@@ -298,15 +312,20 @@ def load_manifest(path: str | Path, outdir: str | Path, defaults: dict[str, Any]
             taken[out] = line
     for row_index, line, video, audio, output, opts in parsed:
         if output is None:
-            name = _derived_name(video, audio)
+            name = Path(_derived_name(video, audio, opts))
             out, k = outdir / name, 2
             while out.resolve() in taken:
-                out, k = outdir / f"{Path(name).stem}-{k}.mp4", k + 1
+                out, k = outdir / f"{name.stem}-{k}{name.suffix}", k + 1
             taken[out.resolve()] = line
         else:
             out = output.resolve()
             if taken.get(out) != line:
                 continue  # the colliding row, reported above
+        try:
+            opts.validate(out)  # what the encoder and the container take (dub checks the same before it starts)
+        except LipsyncError as err:
+            problems.append((row_index, line, str(err)))
+            continue
         try:
             job_id = out.relative_to(outdir).as_posix()
         except ValueError:

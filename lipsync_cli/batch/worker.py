@@ -49,11 +49,11 @@ def limit_threads(threads: int) -> None:
 
 
 def _generator(options, device: str):
-    from lipsync_cli.dub import load_dub_generator
+    from lipsync_cli.dub import load_dub_generator, prepare_for_inference
 
     key = (str(options.checkpoint), options.arch, device)
-    if key not in _models:
-        _models[key] = load_dub_generator(options, device)
+    if key not in _models:  # kept prepared (folded, channels-last): dub uses it as it is, job after job
+        _models[key] = prepare_for_inference(load_dub_generator(options, device), device)
         stats["model_loads"] += 1
     return _models[key]
 
