@@ -450,13 +450,12 @@ def test_sigterm_then_ctrl_c_in_the_middle_of_a_job_then_a_rerun_finishes_the_re
     import subprocess
     import sys
 
-    make_audio(tmp_path / "speech.wav", seconds=0.6)  # 15 frames, one generator batch each
-    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{tmp_path}/speech.wav,{BOX}"] * 3)
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}"] * 3)  # 10 frames, batches of 1
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lipsync_cli", "batch", str(man), "-o", str(out), "-c", str(fake_ckpt("wav2lip")),
            "--device", "cpu", "--batch-size", "1", "--offline", "-q"]
     env = {**os.environ, "LIPSYNC_OFFLINE": "1"}
-    jobs = ["talk.speech.mp4", "talk.speech-2.mp4", "talk.speech-3.mp4"]
+    jobs = ["talk.fr.mp4", "talk.fr-2.mp4", "talk.fr-3.mp4"]
     for done_before, sig, group, code in ((1, signal.SIGTERM, False, 143), (2, signal.SIGINT, True, 130)):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                 start_new_session=True)  # its own group: the Ctrl-C reaches it alone
@@ -477,4 +476,4 @@ def test_sigterm_then_ctrl_c_in_the_middle_of_a_job_then_a_rerun_finishes_the_re
     assert rerun.returncode == 0, rerun.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["ran"] == 1 and report["summary"]["done"] == 3
-    assert [r["frames"] for r in report["jobs"]] == [15, 15, 15] and _leftovers(out) == []
+    assert [r["frames"] for r in report["jobs"]] == [10, 10, 10] and _leftovers(out) == []
