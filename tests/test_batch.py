@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SCRFD_ONNX, TESTMEDIA
-from synth import make_audio, make_video, run_ffmpeg
+from synth import make_audio, make_image, make_video, run_ffmpeg
 
 BOX = "40 20 120 100"
 
@@ -165,6 +165,38 @@ def test_encode_options_are_columns_checked_with_the_dub_rules(clips, tmp_path):
                                               "fra")
     assert (prores.id, prores.options.encode.vcodec, prores.options.encode.language) == ("talk.de.mov", "prores_ks",
                                                                                          "deu")
+
+
+def test_speaker_options_are_columns_as_on_the_dub_command_line(clips, tmp_path):
+    from lipsync_cli.batch import ManifestError, load_manifest
+
+    sub = tmp_path / "m"
+    sub.mkdir()
+    for name in ("talk.mp4", "fr.wav", "de.wav"):
+        (sub / name).symlink_to(clips / name)
+    make_image(sub / "anna.png")
+    rows = [{"video": "talk.mp4", "audio": "fr.wav", "ref_face": "anna.png"},  # 1: one person, the row's audio
+            {"video": "talk.mp4", "audio": "fr.wav", "speaker": ["fr.wav", "de.wav"],  # 2: two people, own audio
+             "ref_face": ["anna.png", "talk.mp4@0.2"], "identity_threshold": 0.5},
+            {"video": "talk.mp4", "audio": "fr.wav", "speaker": "auto"},  # 3
+            {"video": "talk.mp4", "audio": "fr.wav", "ref_box": "40 20 120 100", "ref_frame": 3},  # 4: box on frame 3
+            {"video": "talk.mp4", "audio": "fr.wav", "speaker": "fr.wav;de.wav", "ref_face": "anna.png"},  # 5: bad
+            {"video": "talk.mp4", "audio": "fr.wav", "ref_face": "nobody.png"}]  # 6: no such photo
+    (sub / "jobs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ManifestError) as err:
+        load_manifest(sub / "jobs.jsonl", tmp_path / "out")
+    problems = dict(err.value.problems)
+    assert sorted(problems) == [5, 6]
+    assert "2 --speaker track(s) but 1 reference face(s)" in problems[5] and "nobody.png" in problems[6]
+    one, two, auto, framed = (j.options for j in load_manifest(sub / "jobs.jsonl", tmp_path / "out",
+                                                                skip_invalid=True).jobs)
+    assert [(s.audio, s.reference.photo) for s in one.speakers.speakers] == [(None, sub / "anna.png")]
+    assert [(s.audio, s.reference.photo, s.reference.video, s.reference.seconds) for s in two.speakers.speakers] == [
+        (sub / "fr.wav", sub / "anna.png", None, None), (sub / "de.wav", None, sub / "talk.mp4", 0.2)]
+    assert two.speakers.identity_threshold == 0.5
+    assert auto.speakers.auto and not auto.speakers.speakers
+    ref = framed.speakers.speakers[0].reference
+    assert (ref.box, ref.frame) == ((40, 20, 120, 100), 3) and framed.track_options.ref_box is None
 
 
 # ---------------------------------------------------------------------------------------------------------------

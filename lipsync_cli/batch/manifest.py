@@ -2,17 +2,18 @@
 
 One row a job: ``video``, ``audio``, an optional ``output`` and any ``DubOptions`` field as a column (``checkpoint``,
 ``box``, ``blend``, ``crf``, ``preset``...), plus the fields of ``TrackOptions`` (``pads``, ``ref_box``, ``max_gap``,
-``smooth``; ``no_smooth`` as the CLI spells it) and of ``EncodeOptions`` (``vcodec``, ``pix_fmt``, ``profile``,
-``acodec``, ``keep_streams``, ``language``). Columns are derived from the dataclasses, so a new dub option is a new
-column without touching this file. Every row is checked with ``DubOptions.validate(output)``, the rules of
-``lipsync dub`` (the encoder rules too: a codec this ffmpeg lacks, one the output's container cannot hold);
-problems are collected with their line number and reported together (``ManifestError``) unless the caller skips
-invalid rows. A derived output name takes the first container that holds the row's codec (``.mp4``, else
-``.mov`` for ProRes and DNxHR).
+``smooth``; ``no_smooth`` as the CLI spells it), of ``EncodeOptions`` (``vcodec``, ``pix_fmt``, ``profile``,
+``acodec``, ``keep_streams``, ``language``) and the speaker options of ``lipsync dub`` (``ref_face``, ``speaker``,
+``ref_frame``, ``mix``, ``recognition_weights``, ``identity_threshold``, ``syncnet``). Columns are derived from the
+dataclasses, so a new dub option is a new column without touching this file. Every row is checked with
+``DubOptions.validate(output)``, the rules of ``lipsync dub`` (the encoder rules too: a codec this ffmpeg lacks, one
+the output's container cannot hold); problems are collected with their line number and reported together
+(``ManifestError``) unless the caller skips invalid rows. A derived output name takes the first container that
+holds the row's codec (``.mp4``, else ``.mov`` for ProRes and DNxHR).
 
-Paths in a row (inputs, ``checkpoint``, ``track``, ``detector_weights``) are relative to the manifest's folder;
-``output`` is relative to the batch's output folder. An input that does not exist is not a malformed row: that job
-fails on its own when it runs.
+Paths in a row (inputs, ``checkpoint``, ``track``, ``detector_weights``, reference faces, speaker audio) are
+relative to the manifest's folder; ``output`` is relative to the batch's output folder. An input that does not
+exist is not a malformed row: that job fails on its own when it runs.
 """
 
 from __future__ import annotations
@@ -157,7 +158,13 @@ ENCODE_FIELDS = _field_types(EncodeOptions)
 # the three dataclasses' fields are flat columns: no name may mean two options
 assert not (set(DUB_FIELDS) & set(TRACK_FIELDS) or set(DUB_FIELDS) & set(ENCODE_FIELDS)
             or set(TRACK_FIELDS) & set(ENCODE_FIELDS)), "an option name is in two option dataclasses"
-OPTION_COLUMNS = tuple(sorted(set(DUB_FIELDS) | set(TRACK_FIELDS) | set(ENCODE_FIELDS) | set(_ALIASES)))
+# `lipsync dub`'s speaker options, which are not DubOptions fields: with ``speakers`` (a speakers.yaml) they make
+# DubOptions.speakers through ``setup_from_options``, as on the command line. A list (ref_face, speaker) is a
+# JSON/YAML list or, in a CSV cell, items separated by ";".
+SPEAKER_COLUMNS = {"ref_face": list[str], "speaker": list[str], "ref_frame": int, "mix": Path,
+                   "recognition_weights": str, "identity_threshold": float, "syncnet": Path}
+OPTION_COLUMNS = tuple(sorted(set(DUB_FIELDS) | set(TRACK_FIELDS) | set(ENCODE_FIELDS) | set(SPEAKER_COLUMNS)
+                              | set(_ALIASES)))
 
 
 def _convert(value: Any, hint: Any, base: Path | None) -> Any:
@@ -170,6 +177,9 @@ def _convert(value: Any, hint: Any, base: Path | None) -> Any:
                 return None
             raise ValueError("a value is required")
         return _convert(value, args[0], base)
+    if origin is list:  # ref_face, speaker: a list, or "a;b" in a CSV cell
+        items = [v for v in value.split(";") if v.strip()] if isinstance(value, str) else list(value)
+        return [_convert(v, typing.get_args(hint)[0], base) for v in items]
     if origin is tuple:
         args = typing.get_args(hint)
         items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
@@ -215,14 +225,61 @@ def _normalise(key: str) -> str:
     return str(key).strip().lower().replace("-", "_")
 
 
+def _rel(text: str, base: Path | None) -> str:
+    p = Path(text).expanduser()
+    return str(p if p.is_absolute() or base is None else base / p)
+
+
+def _speaker_value(name: str, raw: Any, base: Path | None) -> Any:
+    """A speaker column's value, its paths relative to ``base`` (``VIDEO@SECONDS``: the video; ``speaker auto``
+    and an insightface pack name stay as they are)."""
+    value = _convert(raw, SPEAKER_COLUMNS[name], base)
+    if name == "ref_face":
+        return [f"{_rel(v.rpartition('@')[0], base)}@{v.rpartition('@')[2]}" if "@" in v else _rel(v, base)
+                for v in value]
+    if name == "speaker":
+        return [v if v == "auto" else _rel(v, base) for v in value]
+    if name == "recognition_weights" and value.lower().endswith(".onnx"):
+        return _rel(value, base)
+    return value
+
+
+def _speaker_setup(columns: dict[str, Any], speakers_file: Any, track: dict[str, Any], base_options: DubOptions,
+                   base: Path | None):
+    """DubOptions.speakers from the speaker columns of a row, as ``lipsync dub`` makes it from its options;
+    a ref_box given with ref_frame names the person on that frame and is no longer a box for every shot."""
+    from lipsync_cli.speakers import setup_from_options
+
+    ref_box = track.get("ref_box", base_options.track_options.ref_box)
+    path = None if speakers_file is None else _convert(speakers_file, Path, base)
+    setup = setup_from_options(speaker=columns.get("speaker", ()), ref_face=columns.get("ref_face", ()),
+                               ref_box=ref_box, ref_frame=columns.get("ref_frame"), speakers_file=path,
+                               mix=columns.get("mix"), recognition_weights=columns.get("recognition_weights"),
+                               identity_threshold=columns.get("identity_threshold"), syncnet=columns.get("syncnet"))
+    if setup is not None and columns.get("ref_frame") is not None:
+        track["ref_box"] = None
+    return setup
+
+
 def build_options(values: dict[str, Any], base_options: DubOptions = DubOptions(), base: Path | None = None
                   ) -> DubOptions:
     """``base_options`` with the option columns of one row applied (names as DubOptions, TrackOptions or
     EncodeOptions fields, or the CLI's ``no_smooth``); validated without an output (``validate(output)`` adds the
     container's rules). Raises BadOption (a bad value, naming the column) or KeyError."""
-    kw: dict[str, dict[str, Any]] = {"dub": {}, "track": {}, "encode": {}}
+    kw: dict[str, dict[str, Any]] = {"dub": {}, "track": {}, "encode": {}, "speaker": {}}
+    speakers_file = None
+    has_speaker_columns = any(_normalise(k) in SPEAKER_COLUMNS for k in values)
     for key, raw in values.items():
         name = _normalise(key)
+        if name in SPEAKER_COLUMNS or (name == "speakers" and has_speaker_columns):
+            try:
+                if name == "speakers":
+                    speakers_file = raw  # read with the other speaker columns, which override its top fields
+                else:
+                    kw["speaker"][name] = _speaker_value(name, raw, base)
+            except (ValueError, TypeError) as err:
+                raise BadOption(f"{key}: {err}") from None
+            continue
         alias = _ALIASES.get(name)
         field_name, mapper = alias if alias else (name, None)
         group = next((g for g, fields in (("dub", DUB_FIELDS), ("track", TRACK_FIELDS), ("encode", ENCODE_FIELDS))
@@ -240,6 +297,8 @@ def build_options(values: dict[str, Any], base_options: DubOptions = DubOptions(
             value = None  # as on the command line: 0 turns cut detection off
         kw[group][field_name] = value
     dub_kw = kw["dub"]
+    if kw["speaker"]:
+        dub_kw["speakers"] = _speaker_setup(kw["speaker"], speakers_file, kw["track"], base_options, base)
     if kw["track"]:
         dub_kw["track_options"] = dataclasses.replace(base_options.track_options, **kw["track"])  # validates
     if kw["encode"]:
