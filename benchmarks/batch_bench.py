@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,13 @@ def mode_args(mode: str, width: int) -> list[str]:
     return []
 
 
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by the finished child processes (and theirs: ffmpeg, workers).
+    On a machine shared with other work it measures our work alone, where the wall time also measures theirs."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_loop(jobs, ckpt: Path, mode: str, width: int, out: Path) -> list[float]:
     """Wall time (s) of each separate `lipsync dub` process."""
     out.mkdir(parents=True, exist_ok=True)
@@ -123,18 +131,25 @@ def main(argv: list[str] | None = None) -> int:
                    "seconds": args.seconds, "width": args.width, "workers": args.workers, "cpus": os.cpu_count(),
                    "load_before": os.getloadavg(), "modes": {}}
         for mode in args.modes:
+            cpu0 = children_cpu_s()
             loop_walls = run_loop(jobs, ckpt, mode, args.width, tmp / f"loop-{mode}")
             loop_s = sum(loop_walls)
+            cpu1 = children_cpu_s()
             batch_s, report = run_batch_cli(jobs, ckpt, mode, args.width, tmp / f"batch-{mode}", args.workers)
+            loop_cpu, batch_cpu = cpu1 - cpu0, children_cpu_s() - cpu1
             assert report["summary"]["done"] == len(jobs), report["summary"]
             detected = sum(1 for r in report["jobs"] if r["track"] == "detected")
+            done = [json.loads(line) for line in (tmp / f"batch-{mode}" / "journal.jsonl").read_text().splitlines()]
+            faces = sum(int(ev.get("faces") or 0) for ev in done if ev["state"] == "done")  # frames redrawn
             job_s = [float(r["wall_s"]) for r in report["jobs"]]
             results["modes"][mode] = {
                 "loop_s": round(loop_s, 2), "batch_s": round(batch_s, 2),
                 "loop_jobs_per_s": round(len(jobs) / loop_s, 3), "batch_jobs_per_s": round(len(jobs) / batch_s, 3),
                 "ratio": round(loop_s / batch_s, 2), "detections": detected,
+                "loop_cpu_s": round(loop_cpu, 1), "batch_cpu_s": round(batch_cpu, 1),
+                "cpu_ratio": round(loop_cpu / batch_cpu, 2),
                 "loop_job_s": [round(x, 2) for x in loop_walls],
-                "frames": report["summary"]["frames"],
+                "frames": report["summary"]["frames"], "faces_redrawn": faces,
                 # where the batch's time went: its jobs (first one, with detection: the detected ones) and the rest
                 # (process start, torch import, model load)
                 "batch_job_s": [round(x, 2) for x in job_s],
@@ -143,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode:>6}: {len(jobs)} jobs, loop {r['loop_s']:.1f} s ({r['loop_jobs_per_s']:.3f} jobs/s), "
                   f"batch {r['batch_s']:.1f} s ({r['batch_jobs_per_s']:.3f} jobs/s): {r['ratio']:.2f}x; "
                   f"{detected} detection(s), {r['frames']} frames; batch jobs {sum(job_s):.1f} s, "
-                  f"outside them {r['batch_outside_jobs_s']:.1f} s", flush=True)
+                  f"outside them {r['batch_outside_jobs_s']:.1f} s; CPU time loop {loop_cpu:.0f} s, batch "
+                  f"{batch_cpu:.0f} s: {r['cpu_ratio']:.2f}x", flush=True)
         results["load_after"] = os.getloadavg()
         print(json.dumps(results, indent=1))
         if args.json:

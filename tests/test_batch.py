@@ -428,6 +428,10 @@ def test_ray_executor_gives_the_same_outputs_and_report(first_run, local_ray, tm
     from lipsync_cli.batch.ray_executor import RayExecutor
     from lipsync_cli.video import probe
 
+    # the workers run this interpreter as it is: no copy of the project, no `uv run` building a venv for them
+    # (what Ray's uv hook does under `uv run pytest`; its workers then missed the 60 s registration timeout)
+    env = local_ray.get_runtime_context().runtime_env
+    assert "working_dir" not in env and "py_executable" not in env, env
     opts = BatchOptions(outdir=tmp_path / "out", dub=first_run["opts"].dub)
     executor = RayExecutor(None, cpus_per_job=1)
     report = run_batch(first_run["man"], opts, executor)
