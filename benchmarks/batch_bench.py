@@ -59,9 +59,9 @@ def make_jobs(folder: Path, n_jobs: int, seconds: float, width: int) -> list[tup
                "-c:v", "libx264", "-preset", "veryfast", str(v))
         videos.append(v)
     langs = []
-    for k, lang in enumerate(("fr", "de")):
+    for k, lang in enumerate(("fr", "de")):  # consecutive cuts of the speech, looped (it is 5.0 s long)
         a = folder / f"{lang}.wav"
-        ffmpeg("-ss", str(k * seconds), "-i", str(SPEECH), "-t", str(seconds), str(a))
+        ffmpeg("-stream_loop", "-1", "-i", str(SPEECH), "-ss", str(k * seconds), "-t", str(seconds), str(a))
         langs.append(a)
     return [(v, a) for v in videos for a in langs][:n_jobs]
 
