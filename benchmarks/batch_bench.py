@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -58,9 +59,9 @@ def make_jobs(folder: Path, n_jobs: int, seconds: float, width: int) -> list[tup
                "-c:v", "libx264", "-preset", "veryfast", str(v))
         videos.append(v)
     langs = []
-    for k, lang in enumerate(("fr", "de")):
+    for k, lang in enumerate(("fr", "de")):  # consecutive cuts of the speech, looped (it is 5.0 s long)
         a = folder / f"{lang}.wav"
-        ffmpeg("-ss", str(k * seconds), "-i", str(SPEECH), "-t", str(seconds), str(a))
+        ffmpeg("-stream_loop", "-1", "-i", str(SPEECH), "-ss", str(k * seconds), "-t", str(seconds), str(a))
         langs.append(a)
     return [(v, a) for v in videos for a in langs][:n_jobs]
 
@@ -72,16 +73,26 @@ def mode_args(mode: str, width: int) -> list[str]:
     return []
 
 
-def run_loop(jobs, ckpt: Path, mode: str, width: int, out: Path) -> float:
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by the finished child processes (and theirs: ffmpeg, workers).
+    On a machine shared with other work it measures our work alone, where the wall time also measures theirs."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_loop(jobs, ckpt: Path, mode: str, width: int, out: Path) -> list[float]:
+    """Wall time (s) of each separate `lipsync dub` process."""
     out.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
+    walls = []
     for k, (v, a) in enumerate(jobs):
         cmd = [sys.executable, "-m", "lipsync_cli", "dub", str(v), str(a), "-o", str(out / f"{k}.mp4"),
                "--checkpoint", str(ckpt), "--device", "cpu", "--offline", "-q", *mode_args(mode, width)]
         if mode == "detect":
             cmd += ["--detector", "insightface", "--detector-weights", str(SCRFD)]
+        t = time.perf_counter()
         subprocess.run(cmd, check=True)
-    return time.perf_counter() - t
+        walls.append(time.perf_counter() - t)
+    return walls
 
 
 def run_batch_cli(jobs, ckpt: Path, mode: str, width: int, out: Path, workers: int) -> tuple[float, dict]:
@@ -116,23 +127,40 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ckpt = fake_wav2lip(tmp)
         jobs = make_jobs(tmp, args.jobs, args.seconds, args.width)
-        results = {"jobs": len(jobs), "seconds": args.seconds, "width": args.width, "workers": args.workers,
-                   "cpus": os.cpu_count(), "load_before": os.getloadavg()[0], "modes": {}}
+        results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "jobs": len(jobs),
+                   "seconds": args.seconds, "width": args.width, "workers": args.workers, "cpus": os.cpu_count(),
+                   "load_before": os.getloadavg(), "modes": {}}
         for mode in args.modes:
-            loop_s = run_loop(jobs, ckpt, mode, args.width, tmp / f"loop-{mode}")
+            cpu0 = children_cpu_s()
+            loop_walls = run_loop(jobs, ckpt, mode, args.width, tmp / f"loop-{mode}")
+            loop_s = sum(loop_walls)
+            cpu1 = children_cpu_s()
             batch_s, report = run_batch_cli(jobs, ckpt, mode, args.width, tmp / f"batch-{mode}", args.workers)
+            loop_cpu, batch_cpu = cpu1 - cpu0, children_cpu_s() - cpu1
             assert report["summary"]["done"] == len(jobs), report["summary"]
             detected = sum(1 for r in report["jobs"] if r["track"] == "detected")
+            done = [json.loads(line) for line in (tmp / f"batch-{mode}" / "journal.jsonl").read_text().splitlines()]
+            faces = sum(int(ev.get("faces") or 0) for ev in done if ev["state"] == "done")  # frames redrawn
+            job_s = [float(r["wall_s"]) for r in report["jobs"]]
             results["modes"][mode] = {
                 "loop_s": round(loop_s, 2), "batch_s": round(batch_s, 2),
                 "loop_jobs_per_s": round(len(jobs) / loop_s, 3), "batch_jobs_per_s": round(len(jobs) / batch_s, 3),
                 "ratio": round(loop_s / batch_s, 2), "detections": detected,
-                "frames": report["summary"]["frames"]}
+                "loop_cpu_s": round(loop_cpu, 1), "batch_cpu_s": round(batch_cpu, 1),
+                "cpu_ratio": round(loop_cpu / batch_cpu, 2),
+                "loop_job_s": [round(x, 2) for x in loop_walls],
+                "frames": report["summary"]["frames"], "faces_redrawn": faces,
+                # where the batch's time went: its jobs (first one, with detection: the detected ones) and the rest
+                # (process start, torch import, model load)
+                "batch_job_s": [round(x, 2) for x in job_s],
+                "batch_outside_jobs_s": round(batch_s - sum(job_s), 2)}
             r = results["modes"][mode]
             print(f"{mode:>6}: {len(jobs)} jobs, loop {r['loop_s']:.1f} s ({r['loop_jobs_per_s']:.3f} jobs/s), "
                   f"batch {r['batch_s']:.1f} s ({r['batch_jobs_per_s']:.3f} jobs/s): {r['ratio']:.2f}x; "
-                  f"{detected} detection(s), {r['frames']} frames", flush=True)
-        results["load_after"] = os.getloadavg()[0]
+                  f"{detected} detection(s), {r['frames']} frames; batch jobs {sum(job_s):.1f} s, "
+                  f"outside them {r['batch_outside_jobs_s']:.1f} s; CPU time loop {loop_cpu:.0f} s, batch "
+                  f"{batch_cpu:.0f} s: {r['cpu_ratio']:.2f}x", flush=True)
+        results["load_after"] = os.getloadavg()
         print(json.dumps(results, indent=1))
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))

@@ -40,6 +40,8 @@ MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 ACODECS = ("aac", "pcm", "flac", "copy")
 HARDWARE_SUFFIXES = ("_nvenc", "_videotoolbox", "_qsv", "_vaapi", "_amf", "_mf", "_vulkan", "_v4l2m2m")
 AUDIO_BITRATE = "192k"
+# the speed/size trade-offs of x264 and x265 (``--preset``; the other encoders ignore it)
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 
 # ProRes profile -> (prores_ks profile number, pixel format)
 PRORES_PROFILES = {"proxy": (0, "yuv422p10le"), "lt": (1, "yuv422p10le"), "standard": (2, "yuv422p10le"),
@@ -250,6 +252,19 @@ class EncodeOptions:
         if is_hardware(self.vcodec) and (problem := _hardware_opens(self.vcodec)) is not None:
             raise BadOption(f"ffmpeg lists {self.vcodec} but cannot open it on this machine: {problem}",
                             "use a software encoder such as libx264")
+
+
+def default_suffix(options: EncodeOptions) -> str:
+    """The file suffix of an output named for the user (``lipsync batch``): .mp4 when it holds ``options``'
+    codecs, else the first of .mov, .mkv that does (ProRes and DNxHR: .mov). An unknown codec gets .mp4, and
+    ``validate`` says what is wrong with it."""
+    codec = VCODECS.get(options.vcodec)
+    holds = codec.containers if codec is not None else _HW_CONTAINERS
+    for suffix in (".mp4", ".mov", ".mkv"):
+        muxer = MUXERS[suffix]
+        if muxer in holds and not (options.acodec == "flac" and muxer == "mov"):
+            return suffix
+    return ".mp4"
 
 
 def _chroma_depth(name: str) -> tuple[str, int]:

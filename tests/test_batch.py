@@ -1,14 +1,17 @@
-"""`lipsync batch` / ``run_batch``: manifests, work done once, resume, interrupts, shards, Ray; fake weights, short
-clips (synthetic 0.6 s with a fixed box; a real 1 s clip of ../shared/testmedia with the SCRFD detector)."""
+"""`lipsync batch` / ``run_batch``: manifests, work done once, resume, interrupts, shards, Ray; fake weights, tiny
+clips (synthetic 160x120, 0.4 s with a fixed box; a real 0.5 s clip of ../shared/testmedia at 320 px with the SCRFD
+detector), speech of 0.2-0.4 s. One module-scoped batch (``first_run``) is shared by the tests of its outcome,
+its rerun and the Ray executor."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from conftest import SCRFD_ONNX, TESTMEDIA
-from synth import make_audio, make_video, run_ffmpeg
+from synth import make_audio, make_image, make_video, run_ffmpeg
 
 BOX = "40 20 120 100"
 
@@ -24,9 +27,9 @@ def _leftovers(outdir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("batchmedia")
-    make_video(d / "talk.mp4", seconds=0.6, fps=25)
-    make_audio(d / "fr.wav", seconds=0.6)
-    make_audio(d / "de.wav", seconds=0.4)
+    make_video(d / "talk.mp4", seconds=0.4, fps=25)
+    make_audio(d / "fr.wav", seconds=0.4)  # 10 frames at 25 fps, 12 at 30
+    make_audio(d / "de.wav", seconds=0.2)  # 5 frames at 25 fps, 6 at 30
     return d
 
 
@@ -36,7 +39,7 @@ def real_clip(clips):
     if not src.exists() or not SCRFD_ONNX.exists():
         pytest.skip("../shared testmedia / detectors absent")
     out = clips / "portrait.mp4"
-    run_ffmpeg(["-i", str(src), "-t", "1", "-vf", "scale=320:-2", "-an", "-c:v", "libx264", "-preset", "ultrafast",
+    run_ffmpeg(["-i", str(src), "-t", "0.5", "-vf", "scale=320:-2", "-an", "-c:v", "libx264", "-preset", "ultrafast",
                 str(out)])
     return out
 
@@ -116,7 +119,8 @@ def test_malformed_rows_are_reported_with_line_numbers_and_nothing_runs(clips, t
 def test_cli_skip_invalid_reports_skipped_rows(clips, tmp_path, fake_ckpt):
     from lipsync_cli.cli import run
 
-    man = _write_csv(clips / "skip.csv", [f"talk.mp4,de.wav,{BOX},8", "talk.mp4,de.wav,,-3"],
+    # the valid row names a video that is not there: it fails on its own (no dub needed to test --skip-invalid)
+    man = _write_csv(clips / "skip.csv", [f"absent.mp4,de.wav,{BOX},8", "talk.mp4,de.wav,,-3"],
                      header="video,audio,box,batch_size")
     out = tmp_path / "out"
     assert run(["batch", str(man), "-o", str(out), "-c", str(fake_ckpt("wav2lip")), "--offline", "-q"]) == 2
@@ -124,9 +128,75 @@ def test_cli_skip_invalid_reports_skipped_rows(clips, tmp_path, fake_ckpt):
     code = run(["batch", str(man), "-o", str(out), "-c", str(fake_ckpt("wav2lip")), "--offline", "-q",
                 "--skip-invalid", "--device", "cpu"])
     report = json.loads((out / "report.json").read_text())
-    assert code == 0
-    assert [(r["line"], r["state"]) for r in report["jobs"]] == [(2, "done"), (3, "skipped")]
-    assert "batch-size" in report["jobs"][1]["error"]
+    assert code == 1
+    assert [(r["line"], r["state"]) for r in report["jobs"]] == [(2, "failed"), (3, "skipped")]
+    assert "absent.mp4" in report["jobs"][0]["error"] and "batch-size" in report["jobs"][1]["error"]
+
+
+def test_encode_options_are_columns_checked_with_the_dub_rules(clips, tmp_path):
+    from lipsync_cli.batch import ManifestError, load_manifest
+
+    header = "video,audio,vcodec,pix_fmt,preset,crf,acodec,keep_streams,language,output"
+    rows = ["talk.mp4,fr.wav,libx265,yuv420p10le,ultrafast,28,pcm,yes,fra,",  # 2: fine
+            "talk.mp4,de.wav,prores_ks,,,,,,deu,",  # 3: fine; named .mov (ProRes does not go in .mp4)
+            "talk.mp4,fr.wav,h266,,,,,,,",  # 4
+            "talk.mp4,fr.wav,,,warp,,,,,",  # 5
+            "talk.mp4,fr.wav,,,,,,,french,",  # 6
+            "talk.mp4,fr.wav,prores_ks,,,,,,,p.mp4",  # 7: the container cannot hold it
+            "talk.mp4,fr.wav,,yuv999,,,,,,",  # 8
+            "talk.mp4,fr.wav,,,,,,perhaps,,",  # 9
+            "talk.mp4,fr.wav,,,,60,,,,"]  # 10
+    man = _write_csv(tmp_path / "enc.csv", [r.replace("talk.mp4", str(clips / "talk.mp4"))
+                                             .replace("fr.wav", str(clips / "fr.wav"))
+                                             .replace("de.wav", str(clips / "de.wav")) for r in rows], header)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(man, tmp_path / "out")
+    problems = dict(err.value.problems)
+    assert sorted(problems) == [4, 5, 6, 7, 8, 9, 10]
+    assert "h266" in problems[4] and "warp" in problems[5] and "french" in problems[6]
+    assert "prores_ks does not go in .mp4" in problems[7] and "yuv999" in problems[8]
+    assert "keep_streams" in problems[9] and "crf" in problems[10]
+    m = load_manifest(man, tmp_path / "out", skip_invalid=True)
+    assert [j.line for j in m.jobs] == [2, 3] and len(m.invalid) == 7
+    hevc, prores = m.jobs
+    assert (hevc.id, hevc.options.encode.vcodec, hevc.options.encode.pix_fmt, hevc.options.preset,
+            hevc.options.crf, hevc.options.encode.acodec, hevc.options.encode.keep_streams,
+            hevc.options.encode.language) == ("talk.fr.mp4", "libx265", "yuv420p10le", "ultrafast", 28, "pcm", True,
+                                              "fra")
+    assert (prores.id, prores.options.encode.vcodec, prores.options.encode.language) == ("talk.de.mov", "prores_ks",
+                                                                                         "deu")
+
+
+def test_speaker_options_are_columns_as_on_the_dub_command_line(clips, tmp_path):
+    from lipsync_cli.batch import ManifestError, load_manifest
+
+    sub = tmp_path / "m"
+    sub.mkdir()
+    for name in ("talk.mp4", "fr.wav", "de.wav"):
+        (sub / name).symlink_to(clips / name)
+    make_image(sub / "anna.png")
+    rows = [{"video": "talk.mp4", "audio": "fr.wav", "ref_face": "anna.png"},  # 1: one person, the row's audio
+            {"video": "talk.mp4", "audio": "fr.wav", "speaker": ["fr.wav", "de.wav"],  # 2: two people, own audio
+             "ref_face": ["anna.png", "talk.mp4@0.2"], "identity_threshold": 0.5},
+            {"video": "talk.mp4", "audio": "fr.wav", "speaker": "auto"},  # 3
+            {"video": "talk.mp4", "audio": "fr.wav", "ref_box": "40 20 120 100", "ref_frame": 3},  # 4: box on frame 3
+            {"video": "talk.mp4", "audio": "fr.wav", "speaker": "fr.wav;de.wav", "ref_face": "anna.png"},  # 5: bad
+            {"video": "talk.mp4", "audio": "fr.wav", "ref_face": "nobody.png"}]  # 6: no such photo
+    (sub / "jobs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ManifestError) as err:
+        load_manifest(sub / "jobs.jsonl", tmp_path / "out")
+    problems = dict(err.value.problems)
+    assert sorted(problems) == [5, 6]
+    assert "2 --speaker track(s) but 1 reference face(s)" in problems[5] and "nobody.png" in problems[6]
+    one, two, auto, framed = (j.options for j in load_manifest(sub / "jobs.jsonl", tmp_path / "out",
+                                                                skip_invalid=True).jobs)
+    assert [(s.audio, s.reference.photo) for s in one.speakers.speakers] == [(None, sub / "anna.png")]
+    assert [(s.audio, s.reference.photo, s.reference.video, s.reference.seconds) for s in two.speakers.speakers] == [
+        (sub / "fr.wav", sub / "anna.png", None, None), (sub / "de.wav", None, sub / "talk.mp4", 0.2)]
+    assert two.speakers.identity_threshold == 0.5
+    assert auto.speakers.auto and not auto.speakers.speakers
+    ref = framed.speakers.speakers[0].reference
+    assert (ref.box, ref.frame) == ((40, 20, 120, 100), 3) and framed.track_options.ref_box is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,8 +210,9 @@ def first_run(clips, real_clip, fake_ckpt, tmp_path_factory):
     from lipsync_cli.batch import BatchOptions
 
     man = clips / "jobs.csv"
-    _write_csv(man, [f"talk.mp4,fr.wav,{BOX}", f"talk.mp4,de.wav,{BOX}", "portrait.mp4,fr.wav,",
-                     "portrait.mp4,de.wav,", f"gone.mp4,fr.wav,{BOX}"])
+    _write_csv(man, [f"talk.mp4,fr.wav,{BOX},,", f"talk.mp4,de.wav,{BOX},,", "portrait.mp4,fr.wav,,,",
+                     "portrait.mp4,de.wav,,,", f"gone.mp4,fr.wav,{BOX},,", f"talk.mp4,de.wav,{BOX},prores_ks,fra"],
+               header="video,audio,box,vcodec,language")
     out = tmp_path_factory.mktemp("batch") / "out"
     calls = []
     real = tracks.detect_track
@@ -162,15 +233,19 @@ def test_batch_dubs_every_good_job_and_fails_the_broken_one_alone(first_run):
     report, out = first_run["report"], first_run["out"]
     states = {r["job"]: r["state"] for r in report.rows}
     assert states == {"talk.fr.mp4": "done", "talk.de.mp4": "done", "portrait.fr.mp4": "done",
-                      "portrait.de.mp4": "done", "gone.fr.mp4": "failed"}
+                      "portrait.de.mp4": "done", "gone.fr.mp4": "failed", "talk.de.mov": "done"}
     gone = next(r for r in report.rows if r["job"] == "gone.fr.mp4")
     assert gone["line"] == 6 and "video file not found" in gone["error"] and "gone.mp4" in gone["error"]
-    assert report.exit_code == 1 and report.summary["done"] == 4 and report.summary["failed"] == 1
-    assert probe(out / "talk.fr.mp4").n_frames == 15 and probe(out / "talk.de.mp4").n_frames == 10  # 0.6 / 0.4 s
-    assert probe(out / "portrait.fr.mp4").n_frames == 18  # 0.6 s at the clip's 30 fps
+    assert report.exit_code == 1 and report.summary["done"] == 5 and report.summary["failed"] == 1
+    assert probe(out / "talk.fr.mp4").n_frames == 10 and probe(out / "talk.de.mp4").n_frames == 5  # 0.4 / 0.2 s
+    assert probe(out / "portrait.fr.mp4").n_frames == 12 and probe(out / "portrait.de.mp4").n_frames == 6  # 30 fps
     assert not (out / "gone.fr.mp4").exists() and _leftovers(out) == []
+    # the encode columns of row 7: ProRes in a .mov (the derived name's container), the audio tagged French
+    prores = probe(out / "talk.de.mov")
+    assert (prores.codec, prores.n_frames) == ("prores", 5) and probe(out / "talk.de.mp4").codec == "h264"
+    assert [(st.codec, st.language) for st in prores.streams if st.kind == "Audio"] == [("aac", "fra")]
     saved = json.loads((out / "report.json").read_text())
-    assert saved["summary"]["failed"] == 1 and len(saved["jobs"]) == 5
+    assert saved["summary"]["failed"] == 1 and len(saved["jobs"]) == 6
     assert (out / "report.csv").read_text().splitlines()[0].startswith("job,line,state")
 
 
@@ -179,9 +254,20 @@ def test_detection_runs_once_per_video_and_the_track_is_reused(first_run):
     assert [Path(v).name for v in first_run["detect_calls"]] == ["portrait.mp4"]  # two languages, one detection
     tracks_of = {r["job"]: r["track"] for r in report.rows if r["state"] == "done"}
     assert tracks_of == {"talk.fr.mp4": "box", "talk.de.mp4": "box", "portrait.fr.mp4": "detected",
-                         "portrait.de.mp4": "cached"}
+                         "portrait.de.mp4": "cached", "talk.de.mov": "box"}
     faces = [r for r in report.rows if r["job"].startswith("portrait")]
     assert all(r["frames"] > 0 for r in faces)
+
+
+def test_the_worker_keeps_one_prepared_generator_for_every_job(first_run):
+    from lipsync_cli.batch import worker
+    from lipsync_cli.device import resolve_precision
+    from lipsync_cli.dub import prepare_for_inference
+
+    precision = resolve_precision(first_run["opts"].dub.precision, "cpu")
+    models = [m for (ckpt, *_), m in worker._models.items() if ckpt == str(first_run["opts"].dub.checkpoint)]
+    assert len(models) == 1 and models[0]._prepared_for == ("cpu", precision)  # folded and cast once, for all 5 jobs
+    assert prepare_for_inference(models[0], "cpu", precision) is models[0]  # dub uses it as it is: no copy per job
 
 
 def test_rerun_does_nothing_and_still_exits_1_for_the_failure(first_run, fake_ckpt):
@@ -197,7 +283,7 @@ def test_rerun_does_nothing_and_still_exits_1_for_the_failure(first_run, fake_ck
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == before
     assert len(_events(out)) == n_events  # no job pending, running or re-run
     report = json.loads((out / "report.json").read_text())
-    assert report["summary"]["ran"] == 0 and report["summary"]["done"] == 4
+    assert report["summary"]["ran"] == 0 and report["summary"]["done"] == 5
     # --retry-failed runs the failed job alone again (it fails again: the video is still missing)
     code = run(["batch", str(first_run["man"]), "-o", str(out), "-c", str(fake_ckpt("wav2lip")), "--device", "cpu",
                 "--batch-size", "8", "--set", "detector=insightface", "--set", f"detector_weights={SCRFD_ONNX}",
@@ -211,16 +297,16 @@ def test_a_changed_input_reruns_only_its_job(clips, tmp_path, fake_ckpt):
     from lipsync_cli import DubOptions, run_batch
     from lipsync_cli.batch import BatchOptions
 
-    make_audio(tmp_path / "de.wav", seconds=0.4)
+    make_audio(tmp_path / "de.wav", seconds=0.2)
     man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}", f"{clips}/talk.mp4,de.wav,{BOX}"])
     opts = BatchOptions(outdir=tmp_path / "out", dub=DubOptions(checkpoint=fake_ckpt("wav2lip"), device="cpu",
                                                                  batch_size=8, offline=True))
     assert run_batch(man, opts).summary["ran"] == 2
-    make_audio(tmp_path / "de.wav", seconds=0.52)  # replaced: 13 frames instead of 10
+    make_audio(tmp_path / "de.wav", seconds=0.32)  # replaced: 8 frames instead of 5
     again = run_batch(man, opts)
     assert again.summary["ran"] == 1
     row = next(r for r in again.rows if r["job"] == "talk.de.mp4")
-    assert row["state"] == "done" and row["frames"] == 13 and row["note"] == "audio changed"
+    assert row["state"] == "done" and row["frames"] == 8 and row["note"] == "audio changed"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,7 +387,7 @@ def test_two_local_worker_processes_give_the_inline_outputs(clips, tmp_path, fak
     assert len({r["host"] for r in report.rows[:2]}) == 1  # same host, and two processes did the work
     pids = {ev.get("pid") for ev in _events(tmp_path / "out") if ev["state"] == "done"}
     assert len(pids) == 2
-    assert probe(tmp_path / "out" / "talk.de.mp4").n_frames == 10
+    assert probe(tmp_path / "out" / "talk.de.mp4").n_frames == 5
 
 
 def test_ray_flag_without_ray_says_how_to_install(monkeypatch, tmp_path, clips, capsys):
@@ -317,72 +403,115 @@ def test_ray_flag_without_ray_says_how_to_install(monkeypatch, tmp_path, clips, 
     assert "not installed" in err[0] and "lipsync-cli[ray]" in err[0]
 
 
+@pytest.fixture
+def local_ray():
+    """A Ray instance of this test alone: 2 CPUs, no dashboard, its own short temp folder (Unix socket paths are
+    limited to 107 bytes, and /tmp/ray may hold other users' sessions)."""
+    import shutil
+    import tempfile
+
+    from lipsync_cli.batch.ray_executor import import_ray
+
+    pytest.importorskip("ray")
+    ray = import_ray()  # with Ray's `uv run` hook off, so workers use this interpreter as they are
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(reason="on the shared helper machine Ray's workers failed to start under pytest "
-                          "(ActorUnschedulableError); passes as a standalone script: to investigate", strict=False)
-def test_ray_executor_gives_the_same_outputs_and_report(first_run, clips, tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray")
-    monkeypatch.setenv("RAY_raylet_start_wait_time_s", "180")  # a loaded 2-core CI machine starts Ray slowly
+def test_ray_executor_gives_the_same_outputs_and_report(first_run, local_ray, tmp_path):
     from lipsync_cli import run_batch
     from lipsync_cli.batch import BatchOptions
     from lipsync_cli.batch.ray_executor import RayExecutor
     from lipsync_cli.video import probe
 
-    for attempt in range(3):  # Ray's raylet gives its agent ~15 s to start: a loaded machine can miss it once
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
-    try:
-        opts = BatchOptions(outdir=tmp_path / "out", dub=first_run["opts"].dub)
-        report = run_batch(first_run["man"], opts, RayExecutor(None, cpus_per_job=1))
-    finally:
-        ray.shutdown()
+    # the workers run this interpreter as it is: no copy of the project, no `uv run` building a venv for them
+    # (what Ray's uv hook does under `uv run pytest`; its workers then missed the 60 s registration timeout)
+    env = local_ray.get_runtime_context().runtime_env
+    assert "working_dir" not in env and "py_executable" not in env, env
+    opts = BatchOptions(outdir=tmp_path / "out", dub=first_run["opts"].dub)
+    executor = RayExecutor(None, cpus_per_job=1)
+    report = run_batch(first_run["man"], opts, executor)
+    assert executor.slots == 2  # two actors on the 2 CPUs
     first = first_run["report"]
-    key = lambda rows: [(r["job"], r["state"], r["frames"], r["track"] is not None) for r in rows]  # noqa: E731
+    key = lambda rows: [(r["job"], r["state"], r["frames"], r["track"] == "box") for r in rows]  # noqa: E731
     assert key(report.rows) == key(first.rows), [r["error"] for r in report.rows]
-    assert report.exit_code == 1
+    # the two languages of the real clip may run at once on the two actors: one detects, the other waits for its
+    # track (the cache's lock) and reads it
+    assert sorted(r["track"] for r in report.rows if r["job"].startswith("portrait")) == ["cached", "detected"]
+    assert report.exit_code == 1 and report.summary == {**report.summary, "done": 5, "failed": 1, "ran": 6}
+    gone = next(r for r in report.rows if r["state"] == "failed")
+    assert "video file not found on node" in gone["error"]  # said by the actor, which runs apart
+    assert len({r["pid"] for r in _events(tmp_path / "out") if r["state"] == "done"} - {os.getpid()}) >= 1
     for r in report.rows:
         if r["state"] == "done":
             assert probe(r["output"]).n_frames == probe(first_run["out"] / r["job"]).n_frames
 
 
+def _last_states(outdir: Path) -> dict[str, str]:
+    last: dict[str, str] = {}
+    for ev in _events(outdir):
+        last[ev["job"]] = ev["state"]
+    return last
+
+
+def _signal_inside_a_job(proc, out: Path, after_done: int, sig: int, group: bool) -> str:
+    """Wait until ``after_done`` jobs are done and the next one is writing its temporary output (so it is in the
+    middle of its frames), send ``sig`` (to the process group: a terminal's Ctrl-C), return that job's id."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        last = _last_states(out) if out.exists() else {}
+        running = [j for j, st in last.items() if st == "running"]
+        if sum(st == "done" for st in last.values()) >= after_done and running:
+            if any(p.name.startswith(f".{running[0]}.lipsync-") for p in out.iterdir()):
+                (os.killpg if group else os.kill)(proc.pid, sig)
+                return running[0]
+        time.sleep(0.01)
+    raise AssertionError(f"no job was running in time: {proc.poll()=}, {_last_states(out)}")
+
+
 @pytest.mark.slow
-def test_sigterm_in_the_middle_then_a_rerun_finishes_the_rest(clips, tmp_path, fake_ckpt):
-    """The real CLI killed with SIGTERM while a job runs: exit 143, the finished job stays done, the running one
-    leaves no file and is pending; the same command again does only the rest."""
+def test_sigterm_then_ctrl_c_in_the_middle_of_a_job_then_a_rerun_finishes_the_rest(clips, tmp_path, fake_ckpt):
+    """The real CLI, stopped inside a job twice: by SIGTERM (what schedulers send: exit 143), then by Ctrl-C
+    (SIGINT to the whole process group, ffmpeg children too: exit 130). Each time the finished jobs stay done,
+    the running one leaves no file (no temporary either) and is pending; the same command again does the rest."""
     import os
     import signal
     import subprocess
     import sys
-    import time
 
-    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}"] * 3)
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}"] * 3)  # 10 frames, batches of 1
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lipsync_cli", "batch", str(man), "-o", str(out), "-c", str(fake_ckpt("wav2lip")),
-           "--device", "cpu", "--batch-size", "1", "--offline"]
+           "--device", "cpu", "--batch-size", "1", "--offline", "-q"]
     env = {**os.environ, "LIPSYNC_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline, running = time.monotonic() + 300, None
-    while time.monotonic() < deadline and running is None:
-        evs = _events(out) if out.exists() else []
-        if any(e["state"] == "done" for e in evs) and evs[-1]["state"] == "running":
-            running = evs[-1]["job"]
-        time.sleep(0.05)
-    time.sleep(1.0)  # inside the running job (15 generator batches of one frame)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    last = {}
-    for ev in _events(out):
-        last[ev["job"]] = ev["state"]
-    assert last["talk.fr.mp4"] == "done" and last[running] == "pending" and running != "talk.fr.mp4"
-    assert not (out / running).exists() and _leftovers(out) == []
-    rerun = subprocess.run([*cmd, "-q"], capture_output=True, text=True, env=env, timeout=300)
+    jobs = ["talk.fr.mp4", "talk.fr-2.mp4", "talk.fr-3.mp4"]
+    for done_before, sig, group, code in ((1, signal.SIGTERM, False, 143), (2, signal.SIGINT, True, 130)):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)  # its own group: the Ctrl-C reaches it alone
+        try:
+            stopped = _signal_inside_a_job(proc, out, done_before, sig, group)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == code, err
+        assert stopped == jobs[done_before]
+        last = _last_states(out)
+        assert last == {j: "done" if k < done_before else "pending" for k, j in enumerate(jobs)}, last
+        assert sorted(p.name for p in out.glob("*.mp4")) == sorted(jobs[:done_before])  # nothing partial
+        assert _leftovers(out) == []  # no temporary file in OUTDIR
+        assert _events(out)[-1] == {**_events(out)[-1], "job": stopped, "state": "pending", "note": "interrupted"}
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["summary"]["ran"] == sum(1 for v in last.values() if v != "done")
-    assert report["summary"]["done"] == 3
+    assert report["summary"]["ran"] == 1 and report["summary"]["done"] == 3
+    assert [r["frames"] for r in report["jobs"]] == [10, 10, 10] and _leftovers(out) == []

@@ -1,14 +1,19 @@
 """Batch manifests: CSV, JSONL or YAML files of dub jobs, parsed and validated before any work starts.
 
 One row a job: ``video``, ``audio``, an optional ``output`` and any ``DubOptions`` field as a column (``checkpoint``,
-``box``, ``blend``, ``crf``...), plus the fields of ``TrackOptions`` (``pads``, ``ref_box``, ``max_gap``, ``smooth``;
-``no_smooth`` as the CLI spells it). Columns are derived from the dataclasses, so a new dub option is a new column
-without touching this file. Every row is checked with ``DubOptions.validate()``; problems are collected with their
-line number and reported together (``ManifestError``) unless the caller skips invalid rows.
+``box``, ``blend``, ``crf``, ``preset``...), plus the fields of ``TrackOptions`` (``pads``, ``ref_box``, ``max_gap``,
+``smooth``; ``no_smooth`` as the CLI spells it), of ``EncodeOptions`` (``vcodec``, ``pix_fmt``, ``profile``,
+``acodec``, ``keep_streams``, ``language``) and the speaker options of ``lipsync dub`` (``ref_face``, ``speaker``,
+``ref_frame``, ``mix``, ``recognition_weights``, ``identity_threshold``, ``syncnet``). Columns are derived from the
+dataclasses, so a new dub option is a new column without touching this file. Every row is checked with
+``DubOptions.validate(output)``, the rules of ``lipsync dub`` (the encoder rules too: a codec this ffmpeg lacks, one
+the output's container cannot hold); problems are collected with their line number and reported together
+(``ManifestError``) unless the caller skips invalid rows. A derived output name takes the first container that
+holds the row's codec (``.mp4``, else ``.mov`` for ProRes and DNxHR).
 
-Paths in a row (inputs, ``checkpoint``, ``track``, ``detector_weights``) are relative to the manifest's folder;
-``output`` is relative to the batch's output folder. An input that does not exist is not a malformed row: that job
-fails on its own when it runs.
+Paths in a row (inputs, ``checkpoint``, ``track``, ``detector_weights``, reference faces, speaker audio) are
+relative to the manifest's folder; ``output`` is relative to the batch's output folder. An input that does not
+exist is not a malformed row: that job fails on its own when it runs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 from lipsync_cli.dub import OUTPUT_SUFFIXES, DubOptions
 from lipsync_cli.errors import BadOption, InputNotFound, LipsyncError
 from lipsync_cli.faces.track import TrackOptions
+from lipsync_cli.output_format import EncodeOptions, default_suffix
 
 MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml"}
 JOB_COLUMNS = ("video", "audio", "output")
@@ -146,9 +152,19 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-DUB_FIELDS = {k: v for k, v in _field_types(DubOptions).items() if k != "track_options"}
+DUB_FIELDS = {k: v for k, v in _field_types(DubOptions).items() if k not in ("track_options", "encode")}
 TRACK_FIELDS = _field_types(TrackOptions)
-OPTION_COLUMNS = tuple(sorted(set(DUB_FIELDS) | set(TRACK_FIELDS) | set(_ALIASES)))
+ENCODE_FIELDS = _field_types(EncodeOptions)
+# the three dataclasses' fields are flat columns: no name may mean two options
+assert not (set(DUB_FIELDS) & set(TRACK_FIELDS) or set(DUB_FIELDS) & set(ENCODE_FIELDS)
+            or set(TRACK_FIELDS) & set(ENCODE_FIELDS)), "an option name is in two option dataclasses"
+# `lipsync dub`'s speaker options, which are not DubOptions fields: with ``speakers`` (a speakers.yaml) they make
+# DubOptions.speakers through ``setup_from_options``, as on the command line. A list (ref_face, speaker) is a
+# JSON/YAML list or, in a CSV cell, items separated by ";".
+SPEAKER_COLUMNS = {"ref_face": list[str], "speaker": list[str], "ref_frame": int, "mix": Path,
+                   "recognition_weights": str, "identity_threshold": float, "syncnet": Path}
+OPTION_COLUMNS = tuple(sorted(set(DUB_FIELDS) | set(TRACK_FIELDS) | set(ENCODE_FIELDS) | set(SPEAKER_COLUMNS)
+                              | set(_ALIASES)))
 
 
 def _convert(value: Any, hint: Any, base: Path | None) -> Any:
@@ -161,6 +177,9 @@ def _convert(value: Any, hint: Any, base: Path | None) -> Any:
                 return None
             raise ValueError("a value is required")
         return _convert(value, args[0], base)
+    if origin is list:  # ref_face, speaker: a list, or "a;b" in a CSV cell
+        items = [v for v in value.split(";") if v.strip()] if isinstance(value, str) else list(value)
+        return [_convert(v, typing.get_args(hint)[0], base) for v in items]
     if origin is tuple:
         args = typing.get_args(hint)
         items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
@@ -206,19 +225,68 @@ def _normalise(key: str) -> str:
     return str(key).strip().lower().replace("-", "_")
 
 
+def _rel(text: str, base: Path | None) -> str:
+    p = Path(text).expanduser()
+    return str(p if p.is_absolute() or base is None else base / p)
+
+
+def _speaker_value(name: str, raw: Any, base: Path | None) -> Any:
+    """A speaker column's value, its paths relative to ``base`` (``VIDEO@SECONDS``: the video; ``speaker auto``
+    and an insightface pack name stay as they are)."""
+    value = _convert(raw, SPEAKER_COLUMNS[name], base)
+    if name == "ref_face":
+        return [f"{_rel(v.rpartition('@')[0], base)}@{v.rpartition('@')[2]}" if "@" in v else _rel(v, base)
+                for v in value]
+    if name == "speaker":
+        return [v if v == "auto" else _rel(v, base) for v in value]
+    if name == "recognition_weights" and value.lower().endswith(".onnx"):
+        return _rel(value, base)
+    return value
+
+
+def _speaker_setup(columns: dict[str, Any], speakers_file: Any, track: dict[str, Any], base_options: DubOptions,
+                   base: Path | None):
+    """DubOptions.speakers from the speaker columns of a row, as ``lipsync dub`` makes it from its options;
+    a ref_box given with ref_frame names the person on that frame and is no longer a box for every shot."""
+    from lipsync_cli.speakers import setup_from_options
+
+    ref_box = track.get("ref_box", base_options.track_options.ref_box)
+    path = None if speakers_file is None else _convert(speakers_file, Path, base)
+    setup = setup_from_options(speaker=columns.get("speaker", ()), ref_face=columns.get("ref_face", ()),
+                               ref_box=ref_box, ref_frame=columns.get("ref_frame"), speakers_file=path,
+                               mix=columns.get("mix"), recognition_weights=columns.get("recognition_weights"),
+                               identity_threshold=columns.get("identity_threshold"), syncnet=columns.get("syncnet"))
+    if setup is not None and columns.get("ref_frame") is not None:
+        track["ref_box"] = None
+    return setup
+
+
 def build_options(values: dict[str, Any], base_options: DubOptions = DubOptions(), base: Path | None = None
                   ) -> DubOptions:
-    """``base_options`` with the option columns of one row applied (names as DubOptions/TrackOptions fields or
-    the CLI's ``no_smooth``); validated. Raises BadOption (a bad value, naming the column) or KeyError."""
-    dub_kw: dict[str, Any] = {}
-    track_kw: dict[str, Any] = {}
+    """``base_options`` with the option columns of one row applied (names as DubOptions, TrackOptions or
+    EncodeOptions fields, or the CLI's ``no_smooth``); validated without an output (``validate(output)`` adds the
+    container's rules). Raises BadOption (a bad value, naming the column) or KeyError."""
+    kw: dict[str, dict[str, Any]] = {"dub": {}, "track": {}, "encode": {}, "speaker": {}}
+    speakers_file = None
+    has_speaker_columns = any(_normalise(k) in SPEAKER_COLUMNS for k in values)
     for key, raw in values.items():
         name = _normalise(key)
+        if name in SPEAKER_COLUMNS or (name == "speakers" and has_speaker_columns):
+            try:
+                if name == "speakers":
+                    speakers_file = raw  # read with the other speaker columns, which override its top fields
+                else:
+                    kw["speaker"][name] = _speaker_value(name, raw, base)
+            except (ValueError, TypeError) as err:
+                raise BadOption(f"{key}: {err}") from None
+            continue
         alias = _ALIASES.get(name)
         field_name, mapper = alias if alias else (name, None)
-        hint = DUB_FIELDS.get(field_name) or TRACK_FIELDS.get(field_name)
-        if hint is None:
+        group = next((g for g, fields in (("dub", DUB_FIELDS), ("track", TRACK_FIELDS), ("encode", ENCODE_FIELDS))
+                      if field_name in fields), None)
+        if group is None:
             raise KeyError(key)
+        hint = {"dub": DUB_FIELDS, "track": TRACK_FIELDS, "encode": ENCODE_FIELDS}[group][field_name]
         try:
             value = _convert(raw, hint, base)
         except (ValueError, TypeError) as err:
@@ -227,9 +295,14 @@ def build_options(values: dict[str, Any], base_options: DubOptions = DubOptions(
             value = mapper(value)
         if field_name == "cut_threshold" and value == 0:
             value = None  # as on the command line: 0 turns cut detection off
-        (dub_kw if field_name in DUB_FIELDS else track_kw)[field_name] = value
-    if track_kw:
-        dub_kw["track_options"] = dataclasses.replace(base_options.track_options, **track_kw)  # validates
+        kw[group][field_name] = value
+    dub_kw = kw["dub"]
+    if kw["speaker"]:
+        dub_kw["speakers"] = _speaker_setup(kw["speaker"], speakers_file, kw["track"], base_options, base)
+    if kw["track"]:
+        dub_kw["track_options"] = dataclasses.replace(base_options.track_options, **kw["track"])  # validates
+    if kw["encode"]:
+        dub_kw["encode"] = dataclasses.replace(base_options.encode, **kw["encode"])
     opts = dataclasses.replace(base_options, **dub_kw)
     opts.validate()
     return opts
@@ -239,8 +312,8 @@ def build_options(values: dict[str, Any], base_options: DubOptions = DubOptions(
 # the manifest
 
 
-def _derived_name(video: Path, audio: Path) -> str:
-    return f"{video.stem}.{audio.stem}.mp4"
+def _derived_name(video: Path, audio: Path, options: DubOptions) -> str:
+    return f"{video.stem}.{audio.stem}{default_suffix(options.encode)}"
 
 
 def load_manifest(path: str | Path, outdir: str | Path, defaults: dict[str, Any] | None = None,
@@ -298,15 +371,20 @@ def load_manifest(path: str | Path, outdir: str | Path, defaults: dict[str, Any]
             taken[out] = line
     for row_index, line, video, audio, output, opts in parsed:
         if output is None:
-            name = _derived_name(video, audio)
+            name = Path(_derived_name(video, audio, opts))
             out, k = outdir / name, 2
             while out.resolve() in taken:
-                out, k = outdir / f"{Path(name).stem}-{k}.mp4", k + 1
+                out, k = outdir / f"{name.stem}-{k}{name.suffix}", k + 1
             taken[out.resolve()] = line
         else:
             out = output.resolve()
             if taken.get(out) != line:
                 continue  # the colliding row, reported above
+        try:
+            opts.validate(out)  # what the encoder and the container take (dub checks the same before it starts)
+        except LipsyncError as err:
+            problems.append((row_index, line, str(err)))
+            continue
         try:
             job_id = out.relative_to(outdir).as_posix()
         except ValueError:

@@ -7,11 +7,20 @@ node that cannot see an input fails that job with a message saying so. The journ
 code stay with the driver.
 
 Ray is an optional extra: ``pip install 'lipsync-cli[ray]'`` (``uv sync --extra ray``).
+
+The workers run in the Python environment the node's Ray was started from (``ray start`` on that node, or this
+process's interpreter for a local instance), with the same package installed: we give Ray no ``runtime_env``.
+Ray's own ``uv run`` hook is turned off (``RAY_ENABLE_UV_RUN_RUNTIME_ENV=0`` unless the user set it): under
+``uv run`` it would copy the current folder to every node and have each worker run ``uv run`` there, which
+builds a fresh virtual environment (torch included, gigabytes) before the first job; on a 2-core machine the
+workers missed Ray's 60 s registration timeout and every job failed with ``ActorUnschedulableError``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -24,12 +33,20 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "install the extra: pip install 'lipsync-cli[ray]' (or: uv sync --extra ray)"
 
 
+UV_HOOK_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+
+
 def import_ray():
-    """The ``ray`` module, or a one-line LipsyncError saying how to install it."""
+    """The ``ray`` module, with its ``uv run`` runtime-env hook off (see the module doc), or a one-line
+    LipsyncError saying how to install it."""
+    os.environ.setdefault(UV_HOOK_VAR, "0")  # read by Ray when it is first imported...
     try:
         import ray
     except ImportError:
         raise LipsyncError("--ray needs Ray, which is not installed", INSTALL_HINT) from None
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and os.environ[UV_HOOK_VAR].strip().lower() not in ("1", "true"):  # as Ray reads it
+        constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False  # ...or read at ray.init() when it was imported before
     return ray
 
 

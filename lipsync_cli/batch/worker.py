@@ -49,11 +49,13 @@ def limit_threads(threads: int) -> None:
 
 
 def _generator(options, device: str):
-    from lipsync_cli.dub import load_dub_generator
+    from lipsync_cli.device import resolve_precision
+    from lipsync_cli.dub import load_dub_generator, prepare_for_inference
 
-    key = (str(options.checkpoint), options.arch, device)
-    if key not in _models:
-        _models[key] = load_dub_generator(options, device)
+    precision = resolve_precision(options.precision, device)
+    key = (str(options.checkpoint), options.arch, device, precision)
+    if key not in _models:  # kept prepared (folded, channels-last, cast): dub uses it as it is, job after job
+        _models[key] = prepare_for_inference(load_dub_generator(options, device), device, precision)
         stats["model_loads"] += 1
     return _models[key]
 
