@@ -616,3 +616,22 @@ def test_benchmark_report_that_cannot_be_written_is_a_write_error(tmp_path, monk
     assert res.exception.exit_code == 3 and "\n" not in str(res.exception)
     assert str(res.exception).startswith(f"could not write {out / 'benchmark.md'}: No space left on device")
     assert sorted(p.name for p in out.iterdir()) == ["benchmark.json"]  # written before; nothing of the table
+
+
+@pytest.mark.parametrize("n", [1, 5, 12, 13, 40])
+def test_crop_params_median_equals_scipy_without_its_warning(n):
+    import warnings
+
+    from scipy.signal import medfilt
+
+    rng = np.random.default_rng(n)
+    boxes = np.cumsum(rng.normal(0, 3, (n, 4)), axis=0) + [100, 100, 200, 220]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warns "kernel_size exceeds volume extent" for n < 13
+        got = L.crop_params(boxes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = boxes
+        want = [medfilt(v, L.MEDFILT_KERNEL) for v in ((b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2,
+                                                         np.maximum(b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]) / 2)]
+    np.testing.assert_array_equal(got, np.stack(want, axis=1))

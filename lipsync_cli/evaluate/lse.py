@@ -334,13 +334,19 @@ def crop_params(boxes: np.ndarray) -> np.ndarray:
     """(N, 3) [centre x, centre y, half size] per frame from (N, 4) x1 y1 x2 y2 boxes, each median-filtered
     over 13
     frames with zero padding at the ends (``scipy.signal.medfilt``, as ``run_pipeline.py`` does)."""
-    from scipy.signal import medfilt
-
     b = np.asarray(boxes, dtype=np.float64)
     s = np.maximum(b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]) / 2
     x = (b[:, 0] + b[:, 2]) / 2
     y = (b[:, 1] + b[:, 3]) / 2
-    return np.stack([medfilt(v, kernel_size=MEDFILT_KERNEL) for v in (x, y, s)], axis=1)
+    return np.stack([medfilt_zero(v, MEDFILT_KERNEL) for v in (x, y, s)], axis=1)
+
+
+def medfilt_zero(v: np.ndarray, kernel: int) -> np.ndarray:
+    """``scipy.signal.medfilt(v, kernel)`` for an odd ``kernel``: the median of each ``kernel``-wide window, zeros
+    beyond the ends; also for signals shorter than the kernel, where scipy gives the same numbers with a warning."""
+    half = kernel // 2
+    padded = np.pad(np.asarray(v, dtype=np.float64), half)
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, kernel), axis=1)
 
 
 def syncnet_crop(frame: np.ndarray, params: Sequence[float], crop_scale: float = CROP_SCALE) -> np.ndarray:
@@ -570,6 +576,9 @@ def score_videos(
         except LipsyncError as err:
             log.info("%s: %s", p, err)
             results.append(LSEResult(video=str(p), status=status_of(err), error=str(err)))
+        except (ValueError, MemoryError, RuntimeError, OSError) as err:  # one bad video never loses the others
+            log.warning("%s: %s", p, err, exc_info=log.isEnabledFor(logging.DEBUG))
+            results.append(LSEResult(video=str(p), status="error", error=f"{type(err).__name__}: {err}"))
     if progress is not None:
         progress(len(paths), len(paths), "")
     return results

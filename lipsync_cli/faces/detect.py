@@ -39,7 +39,8 @@ class FaceDetector(Protocol):
 
     ``detect(frames)``: ``frames`` are BGR uint8 arrays (H, W, 3), all the same size; returns, per frame, an
     (N, 5) float32 array ``[x1, y1, x2, y2, score]`` in the input frames' pixel coordinates (x right, y down;
-    boxes may reach past the frame edges), sorted by score descending; (0, 5) when the frame has no face.
+    sorted by score descending; (0, 5) when the frame has no face. Backends may return any numbers: the boxes
+    that leave :class:`ScaledDetector` are clipped to the frame and usable (see :func:`usable_boxes`).
     """
 
     def detect(self, frames: list[np.ndarray]) -> list[np.ndarray]: ...
@@ -56,9 +57,23 @@ def _check_frames(frames: list[np.ndarray]) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
+def usable_boxes(dets: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The boxes of ``dets`` (N, 5) a face can be cut from: finite, clipped to the ``width`` x ``height`` frame,
+    at least 1 px wide and high after clipping; the rest are dropped (a detector's degenerate output is a missing
+    face, never a box of 1e27 px). Row order (score descending) is kept. The one place boxes are checked."""
+    dets = np.asarray(dets, dtype=np.float64).reshape(-1, 5)
+    finite = np.isfinite(dets).all(axis=1)
+    d = dets[finite]
+    d[:, [0, 2]] = np.clip(d[:, [0, 2]], 0.0, float(width))
+    d[:, [1, 3]] = np.clip(d[:, [1, 3]], 0.0, float(height))
+    keep = ((d[:, 2] - d[:, 0]) >= 1.0) & ((d[:, 3] - d[:, 1]) >= 1.0)
+    return np.ascontiguousarray(d[keep], dtype=np.float32)
+
+
 class ScaledDetector:
     """A FaceDetector that shrinks frames to ``det_size`` (longest side, px; never enlarges), runs ``backend``
-    on ``batch_size`` frames at a time, and returns boxes in the original frames' pixels."""
+    on ``batch_size`` frames at a time, and returns boxes in the original frames' pixels, clipped to the frame
+    (:func:`usable_boxes`)."""
 
     def __init__(self, backend, det_size: int = DEFAULT_DET_SIZE, batch_size: int = DEFAULT_DETECT_BATCH):
         if det_size < MIN_DET_SIZE:
@@ -85,8 +100,8 @@ class ScaledDetector:
             if (dh, dw) != (h, w):
                 chunk = [cv2.resize(f, (dw, dh), interpolation=cv2.INTER_AREA) for f in chunk]
             for dets in self.backend.detect(chunk):
-                dets = np.asarray(dets, dtype=np.float32).reshape(-1, 5)
-                results.append(np.ascontiguousarray(dets * back, dtype=np.float32))
+                dets = np.asarray(dets, dtype=np.float64).reshape(-1, 5) * back
+                results.append(usable_boxes(dets, w, h))
         return results
 
 
