@@ -75,7 +75,8 @@ _HW_CONTAINERS = ("mp4", "mov", "matroska")
 
 # audio codecs each muxer takes as they are (stream copy); Matroska takes any
 _COPYABLE_AUDIO = {
-    "mp4": ("aac", "mp3", "ac3", "eac3", "opus", "flac", "alac", "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le"),
+    # no PCM: ffmpeg before 6.1 cannot write it in MP4, and most players and editors cannot read it there
+    "mp4": ("aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"),
     "mov": ("aac", "mp3", "ac3", "eac3", "alac", "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le",
             "pcm_f32le", "pcm_u8"),
 }
@@ -247,8 +248,10 @@ class EncodeOptions:
                 suffixes = sorted({s for s, m in MUXERS.items() if m in holds and s != ".m4v"})
                 raise BadOption(f"{self.vcodec} does not go in {Path(output).suffix} files; "
                                 f"use {' or '.join(suffixes)}")
-            if self.acodec == "flac" and muxer == "mov":
-                raise BadOption("--acodec flac does not go in .mov files; use .mkv or .mp4, or --acodec pcm")
+            if (problem := _acodec_problem(self.acodec, muxer)) is not None:
+                raise BadOption(problem)
+            if self.language is not None:
+                container_language(self.language, muxer)  # a language .mov cannot carry is refused here
         if is_hardware(self.vcodec) and (problem := _hardware_opens(self.vcodec)) is not None:
             raise BadOption(f"ffmpeg lists {self.vcodec} but cannot open it on this machine: {problem}",
                             "use a software encoder such as libx264")
@@ -262,9 +265,49 @@ def default_suffix(options: EncodeOptions) -> str:
     holds = codec.containers if codec is not None else _HW_CONTAINERS
     for suffix in (".mp4", ".mov", ".mkv"):
         muxer = MUXERS[suffix]
-        if muxer in holds and not (options.acodec == "flac" and muxer == "mov"):
+        if muxer in holds and _acodec_problem(options.acodec, muxer) is None:
             return suffix
     return ".mp4"
+
+
+# ISO 639-2 has two codes for 20 languages: bibliographic (B) and terminology (T)
+_B_TO_T = {"alb": "sqi", "arm": "hye", "baq": "eus", "bur": "mya", "chi": "zho", "cze": "ces", "dut": "nld",
+           "fre": "fra", "geo": "kat", "ger": "deu", "gre": "ell", "ice": "isl", "mac": "mkd", "mao": "mri",
+           "may": "msa", "per": "fas", "rum": "ron", "slo": "slk", "tib": "bod", "wel": "cym"}
+# The codes of QuickTime's old language table, as ffmpeg's .mov muxer spells them (libavformat/isom.c,
+# mov_mdhd_language_map): a .mov keeps only these (any other code is written as "undetermined"). The table mixes
+# B and T codes (ger, chi, dut but fra, ces, ron) and calls Swedish "sve".
+_QUICKTIME_LANGUAGES = frozenset(
+    "eng fra ger ita dut sve spa dan por nor heb jpn ara fin gre ice mlt tur chi urd hin tha kor lit pol hun est "
+    "lav rus iri alb ron ces slk slv yid mac bul ukr bel uzb kaz aze arm geo mol kir tgk tuk mon pus kur kas snd "
+    "tib nep san mar ben asm guj ori mal kan tam tel bur khm lao vie ind tgl may amh tir orm som swa run mlg epo "
+    "wel baq cat lat que grn aym tat uig dzo jav".split())
+
+
+def container_language(code: str, muxer: str) -> str:
+    """The spelling of ISO 639-2 ``code`` that ``muxer``'s files keep: MP4 takes the T code (ISO 14496-12), a .mov
+    the entry of QuickTime's table (``deu`` -> ``ger``, ``zho`` -> ``chi``, ``swe`` -> ``sve``); Matroska any.
+    Raises BadOption for a language a .mov cannot carry."""
+    t = _B_TO_T.get(code, code)
+    if muxer == "mp4":
+        return t
+    if muxer != "mov":
+        return code
+    for candidate in (code, t, *(b for b, tt in _B_TO_T.items() if tt == t), "sve" if t == "swe" else ""):
+        if candidate in _QUICKTIME_LANGUAGES:
+            return candidate
+    raise BadOption(f"--language {code}: .mov files cannot carry this language (QuickTime's language table lacks "
+                    "it, ffmpeg would write it as undetermined)", "use an .mp4 or .mkv output")
+
+
+def _acodec_problem(acodec: str, muxer: str) -> str | None:
+    """Why ``--acodec`` cannot go in ``muxer``'s files (None when it can)."""
+    if acodec == "flac" and muxer == "mov":
+        return "--acodec flac does not go in .mov files; use .mkv or .mp4, or --acodec pcm"
+    if acodec == "pcm" and muxer == "mp4":
+        return ("--acodec pcm does not go in .mp4 files (most players and editors cannot read it there); "
+                "use .mov or .mkv, or --acodec aac or flac")
+    return None
 
 
 def _chroma_depth(name: str) -> tuple[str, int]:
@@ -478,7 +521,7 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
     # --- audio, kept streams ---
     aargs = _audio_args(options.acodec, muxer, audio, out)
     if options.language:
-        aargs += ["-metadata:s:a:0", f"language={options.language}"]
+        aargs += ["-metadata:s:a:0", f"language={container_language(options.language, muxer)}"]
     aargs += ["-disposition:a:0", "default"]
     keep: list[str] = []
     if options.keep_streams and not source.is_image:
@@ -539,8 +582,9 @@ def _audio_args(acodec: str, muxer: str, audio: AudioInfo | None, out: Path) -> 
     if acodec == "flac":
         return ["-c:a", "flac"]
     if audio is not None and muxer in _COPYABLE_AUDIO and audio.codec not in _COPYABLE_AUDIO[muxer]:
-        raise BadOption(f"--acodec copy: {audio.codec} audio does not go in {out.suffix} files",
-                        "use --acodec aac, pcm or flac, or a .mkv output")
+        other = "use --acodec aac or flac, or a .mov or .mkv output" if audio.codec.startswith("pcm_") \
+            else "use --acodec aac, pcm or flac, or a .mkv output"
+        raise BadOption(f"--acodec copy: {audio.codec} audio does not go in {out.suffix} files", other)
     return ["-c:a", "copy"]
 
 

@@ -137,7 +137,7 @@ def test_encode_options_are_columns_checked_with_the_dub_rules(clips, tmp_path):
     from lipsync_cli.batch import ManifestError, load_manifest
 
     header = "video,audio,vcodec,pix_fmt,preset,crf,acodec,keep_streams,language,output"
-    rows = ["talk.mp4,fr.wav,libx265,yuv420p10le,ultrafast,28,pcm,yes,fra,",  # 2: fine
+    rows = ["talk.mp4,fr.wav,libx265,yuv420p10le,ultrafast,28,pcm,yes,fra,",  # 2: fine; named .mov (PCM: not in .mp4)
             "talk.mp4,de.wav,prores_ks,,,,,,deu,",  # 3: fine; named .mov (ProRes does not go in .mp4)
             "talk.mp4,fr.wav,h266,,,,,,,",  # 4
             "talk.mp4,fr.wav,,,warp,,,,,",  # 5
@@ -161,7 +161,7 @@ def test_encode_options_are_columns_checked_with_the_dub_rules(clips, tmp_path):
     hevc, prores = m.jobs
     assert (hevc.id, hevc.options.encode.vcodec, hevc.options.encode.pix_fmt, hevc.options.preset,
             hevc.options.crf, hevc.options.encode.acodec, hevc.options.encode.keep_streams,
-            hevc.options.encode.language) == ("talk.fr.mp4", "libx265", "yuv420p10le", "ultrafast", 28, "pcm", True,
+            hevc.options.encode.language) == ("talk.fr.mov", "libx265", "yuv420p10le", "ultrafast", 28, "pcm", True,
                                               "fra")
     assert (prores.id, prores.options.encode.vcodec, prores.options.encode.language) == ("talk.de.mov", "prores_ks",
                                                                                          "deu")

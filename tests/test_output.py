@@ -416,3 +416,46 @@ def test_cli_dub_10bit_keep_streams(src, tmp_path, fake_ckpt):
     assert (info.pix_fmt, info.colour, info.rate, info.n_frames, info.chapters) == ("yuv420p10le", BT709, NTSC,
                                                                                     12, 2)
     assert [(s.kind, s.language) for s in info.streams][1:3] == [("Audio", "spa"), ("Audio", "eng")]
+
+
+# ISO 639-2: .mov keeps only QuickTime's table (ger, chi: B codes; fra: T); MP4 the T code; Matroska any
+_SAME = {"ger": "deu", "chi": "zho", "fre": "fra"}
+
+
+@pytest.mark.parametrize("suffix", [".mov", ".mp4", ".mkv"])
+def test_language_tag_survives_every_container(src, tmp_path, suffix):
+    speech = src["speech"]
+    for lang in ("deu", "zho", "fra"):
+        out = dub_to(src["hevc10"], speech, tmp_path / f"{lang}{suffix}", vcodec="libx264", language=lang)
+        audio = [s for s in probe(out).streams if s.kind == "Audio"]
+        assert _SAME.get(audio[0].language, audio[0].language) == lang, (suffix, lang, audio[0].language)
+        if shutil.which("ffprobe"):
+            doc = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(out)],
+                                            capture_output=True, text=True, check=True).stdout)
+            tag = [s for s in doc["streams"] if s["codec_type"] == "audio"][0]["tags"]["language"]
+            assert _SAME.get(tag, tag) == lang
+
+
+def test_language_a_mov_cannot_carry_is_refused_before_work(src, tmp_path):
+    with pytest.raises(BadOption, match="mri: .mov files cannot carry"):
+        dub_to(src["hevc10"], src["speech"], tmp_path / "m.mov", language="mri")
+    assert not (tmp_path / "m.mov").exists()
+
+
+@pytest.mark.parametrize("acodec", ["pcm", "copy"])
+def test_pcm_audio_is_refused_for_mp4_before_any_work(tmp_path, acodec, fake_ckpt):
+    import sys
+
+    from synth import make_video
+
+    video, speech = make_video(tmp_path / "v.mp4", seconds=1.0, fps=25), make_audio(tmp_path / "s.wav", seconds=1.0)
+    out = tmp_path / "o.mp4"
+    r = subprocess.run([sys.executable, "-m", "lipsync_cli", "dub", str(video), str(speech), "-o", str(out),
+                        "--box", "0", "0", "64", "64", "--acodec", acodec, "--offline", "--checkpoint",
+                        str(fake_ckpt("wav2lip"))],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "does not go in .mp4 files" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2
+    assert not out.exists() and not list(tmp_path.glob(".*o.mp4*"))
+    assert "start-up" not in r.stderr and "frames/s" not in r.stderr  # refused before any frame was made
