@@ -45,13 +45,15 @@ STFT_BLOCK = 1024  # STFT frames computed at once (12.8 s of audio)
 # --------------------------------------------------------------------------------------------------------------
 
 def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, start: float = 0.0,
-               duration: float | None = None, min_samples: int | None = None) -> np.ndarray:
+               duration: float | None = None, min_samples: int | None = None,
+               channels: int | None = None) -> np.ndarray:
     """Decode the first audio stream of ``path`` to float32 mono at ``sr`` Hz (nominally in [-1, 1]) with ffmpeg.
 
     Works for wav of any rate/sample format/channel count, mp3, m4a/aac, and the audio track of a video.
     Channels are averaged (as librosa does in Wav2Lip). ``start``/``duration`` (seconds) select a part.
     ``min_samples`` (default: one
-    generator window, 0.2 s at ``sr``) is the shortest result accepted.
+    generator window, 0.2 s at ``sr``) is the shortest result accepted. ``channels=N`` keeps N channels instead
+    (ffmpeg's up/downmix), as an (n, N) array: for audio that is listened to, not analysed.
 
     Raises ``InputNotFound``, ``VideoOpenError`` (not media), ``NoAudioStream`` (no audio track: name it),
     ``AudioTooShort`` (empty or shorter than ``min_samples``), ``MediaError`` (decode failed).
@@ -67,10 +69,11 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, start: float = 0.
     if duration is not None:
         cmd += ["-t", f"{duration:.6f}"]
     # ffmpeg's own downmix weighs stereo by 0.707 each; Wav2Lip (librosa) averages the channels: do that
-    channels = info.channels if info.channels and info.channels > 1 else 1
+    keep = channels is not None
+    channels = channels if keep else (info.channels if info.channels and info.channels > 1 else 1)
     cmd += ["-i", str(info.path), "-map", f"0:{info.stream_index}", "-vn", "-sn", "-dn",
             "-ac", str(channels), "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-"]
-    wav, rc, err = _read_pcm(cmd, channels)
+    wav, rc, err = _read_pcm(cmd, channels, average=not keep)
     if rc != 0:
         msg = err.decode(errors="replace").strip().splitlines()
         raise MediaError(f"ffmpeg could not decode the audio of {info.path}: {msg[-1] if msg else 'no message'}")
@@ -81,9 +84,11 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, start: float = 0.
     return wav
 
 
-def _read_pcm(cmd: list[str], channels: int, block_bytes: int = 1 << 20) -> tuple[np.ndarray, int, bytes]:
+def _read_pcm(cmd: list[str], channels: int, block_bytes: int = 1 << 20,
+              average: bool = True) -> tuple[np.ndarray, int, bytes]:
     """Run ffmpeg ``cmd`` writing f32le with ``channels`` channels to stdout; return (mono float32, exit code,
-    stderr). Read in blocks and averaged as it comes, so memory is the mono result, not the whole raw stream."""
+    stderr). Read in blocks and averaged as it comes, so memory is the mono result, not the whole raw stream.
+    ``average=False``: the (n, channels) samples as they are."""
     import tempfile
 
     with tempfile.TemporaryFile() as err:
@@ -103,7 +108,9 @@ def _read_pcm(cmd: list[str], channels: int, block_bytes: int = 1 << 20) -> tupl
                 usable = len(data) - len(data) % frame
                 rest = data[usable:]
                 block = np.frombuffer(data[:usable], np.float32)
-                if channels > 1:
+                if not average:
+                    block = block.reshape(-1, channels).copy()  # (n, channels)
+                elif channels > 1:
                     block = block.reshape(-1, channels).mean(axis=1, dtype=np.float32)  # (n,)
                 else:
                     block = block.copy()
@@ -112,7 +119,8 @@ def _read_pcm(cmd: list[str], channels: int, block_bytes: int = 1 << 20) -> tupl
             proc.stdout.close()
             rc = proc.wait()
         err.seek(0)
-        return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), rc, err.read()
+        empty = np.zeros(0 if average else (0, channels), np.float32)
+        return (np.concatenate(parts) if parts else empty), rc, err.read()
 
 
 # --------------------------------------------------------------------------------------------------------------

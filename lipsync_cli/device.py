@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 from lipsync_cli.errors import BadOption
 
@@ -121,3 +122,11 @@ def empty_cache(device) -> None:
         torch.cuda.empty_cache()
     elif kind == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+def cpu_count() -> int:
+    """Cores this process may use (its affinity mask where the OS has one): what worker counts are capped by."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

@@ -26,7 +26,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -241,10 +241,10 @@ class Voices:
 
 
 def mix_tracks(tracks: Sequence[np.ndarray], headroom_db: float = HEADROOM_DB) -> np.ndarray:
-    """Sum mono float tracks (zero-padded to the longest); scaled down so the peak is at most ``headroom_db``
-    dBFS when the sum would pass it (never scaled up)."""
+    """Sum float tracks of one shape per sample ((n,) mono or (n, channels)), zero-padded to the longest; scaled
+    down so the peak is at most ``headroom_db`` dBFS when the sum would pass it (never scaled up)."""
     n = max(len(t) for t in tracks)
-    out = np.zeros(n, np.float64)
+    out = np.zeros((n, *np.shape(tracks[0])[1:]), np.float64)
     for t in tracks:
         out[:len(t)] += t
     peak = float(np.max(np.abs(out))) if n else 0.0
@@ -258,9 +258,15 @@ def load_voices(audio: Path | None, setup: SpeakerSetup | None) -> Voices:
     """Mels of each voice, and the output's audio.
 
     Without per-speaker audio there is one voice, ``audio``. With it, voice k is speaker k's track; shorter
-    tracks are padded with silence to the longest, so each mouth closes when its speaker is done."""
+    tracks are padded with silence to the longest, so each mouth closes when its speaker is done, and ``audio``
+    (when given) is the output's sound, as ``--mix`` is (both at once is refused: neither is ever ignored)."""
     from lipsync_cli.audio import load_audio, melspectrogram
 
+    if setup is not None and setup.has_own_audio and audio is not None:
+        if setup.mix:  # two files would both be the output's sound: never ignore one
+            raise BadOption(f"AUDIO {audio} and --mix {setup.mix} both give the output's sound: each --speaker "
+                            "has their own track to drive their mouth", "drop one of them")
+        setup = replace(setup, mix=Path(audio))  # AUDIO beside per-speaker tracks is the mix
     if setup is None or not setup.has_own_audio:
         if audio is None:
             raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO per person")
@@ -285,11 +291,14 @@ def output_audio(voices: Voices) -> Iterator[Path]:
     import soundfile
 
     from lipsync_cli.audio import load_audio
+    from lipsync_cli.video import probe_audio
 
+    # stereo when any track is (a mono track then sits in the middle), else mono; more channels fold to stereo
+    channels = 2 if any((probe_audio(p).channels or 1) > 1 for p in voices.mix_sources) else 1
     with tempfile.TemporaryDirectory(prefix="lipsync-mix-") as folder:
         path = Path(folder) / "speakers-mix.wav"
-        soundfile.write(str(path), mix_tracks([load_audio(p, sr=MIX_RATE) for p in voices.mix_sources]), MIX_RATE,
-                        subtype="FLOAT")
+        tracks = [load_audio(p, sr=MIX_RATE, channels=channels) for p in voices.mix_sources]
+        soundfile.write(str(path), mix_tracks(tracks), MIX_RATE, subtype="FLOAT")
         yield path
 
 

@@ -32,3 +32,12 @@ def assert_mouth_redrawn(src_video, out_video, box, n: int | None = None, noise:
     assert ch["upper"] < noise + 1, ch
     assert ch["mouth"] > 4 * noise, ch
     return ch
+
+
+def foreign_warnings(stderr: str) -> list[str]:
+    """The lines of a command's stderr where another library's warning reached the user (``FutureWarning: ...``,
+    ``UserWarning: ...``, Ray's ``WARNING ...``): our own messages are ``warning: ...`` lines, which do not count."""
+    import re
+
+    return [line for line in stderr.splitlines()
+            if re.search(r"\b[A-Z]\w*Warning\b|\bWARNING\b|warnings\.warn", line)]

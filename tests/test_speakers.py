@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from checks import foreign_warnings
 
 from lipsync_cli.errors import BadOption
 from lipsync_cli.faces.track import Track, link_tracks, video_fingerprint
@@ -383,10 +384,31 @@ def test_two_speakers_each_driven_by_their_own_track(two_people, two_track, fake
     heard = load_audio(out)[:16000]
     expected = mix_tracks([load_audio(a), load_audio(b)])[:16000]
     assert np.corrcoef(heard[:len(expected)], expected[:len(heard)])[0, 1] > 0.95
+    assert info.audio.channels == 2  # the tracks are stereo: so is their mix
+    left, right = load_audio(out, channels=2)[:16000].T
+    assert np.corrcoef(left, right)[0, 1] > 0.95  # a stereo mix, not one channel and silence
     # --mix: that file is the output's audio instead
     mix = make_audio(tmp_path / "mix.wav", seconds=1.2, kind="silence")
     dub(two_people["clip"], None, out, replace(options, speakers=replace(setup, mix=mix)), model=generator)
     assert np.max(np.abs(load_audio(out))) < 1e-3
+    # AUDIO beside per-speaker tracks is the output's sound (as --mix), never ignored; both at once is refused
+    dub(two_people["clip"], mix, out, options, model=generator)
+    assert np.max(np.abs(load_audio(out))) < 1e-3
+    with pytest.raises(BadOption, match="both give the output's sound"):
+        dub(two_people["clip"], a, out, replace(options, speakers=replace(setup, mix=mix)), model=generator)
+
+
+def test_mono_speaker_tracks_mix_to_mono(tmp_path):
+    from lipsync_cli.speakers import Voices, output_audio
+    from lipsync_cli.video import probe_audio
+
+    a = make_audio(tmp_path / "a.wav", seconds=0.5, channels=1)
+    b = make_audio(tmp_path / "b.wav", seconds=0.5, channels=1)
+    with output_audio(Voices([], 8000, None, (a, b))) as path:
+        assert probe_audio(path).channels == 1
+    c = make_audio(tmp_path / "c.wav", seconds=0.5, channels=2)
+    with output_audio(Voices([], 8000, None, (a, c))) as path:
+        assert probe_audio(path).channels == 2
 
 
 @pytest.mark.slow
@@ -448,6 +470,7 @@ def test_detect_preview_scores_and_auto_dub(two_people, fake_arcface, fake_ckpt,
                   "--syncnet", str(fake_ckpt("syncnet_v2")), "--recognition-weights", str(fake_arcface),
                   "--ref-face", str(two_people["photos"]["left"]), "--preview", str(preview), "--offline")
     assert res.returncode == 0, res.stderr
+    assert foreign_warnings(res.stderr) == []  # insightface's `estimate is deprecated` stays with us
     track = Track.load(track_path)
     assert len(track) == 25 and track.fingerprint == video_fingerprint(clip)
     assert track.embedder == f"{fake_arcface.name}:{fake_arcface.stat().st_size}"
@@ -473,6 +496,7 @@ def test_detect_preview_scores_and_auto_dub(two_people, fake_arcface, fake_ckpt,
                   "--track", str(track_path), "--speaker", "auto", "--device", "cpu", "--batch-size", "8",
                   "--offline", "-q")
     assert res.returncode == 0, res.stderr
+    assert foreign_warnings(res.stderr) == []
     got = read_frames(out)
     assert region_changes(src, got, FACES["right"])["mouth"] > 4 * NOISE
     assert region_changes(src, got, FACES["left"])["mouth"] < NOISE

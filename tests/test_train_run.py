@@ -208,3 +208,16 @@ def test_only_rank_0_draws_a_progress_bar(data, tmp_path, monkeypatch, rank):
         assert "syncnet" in shown and "4/4" in shown and "samples/s" in shown, shown
     else:
         assert shown == ""
+
+
+def test_train_syncnet_prints_no_foreign_warning(data, tmp_path):
+    """Default --workers: at most the cores this process may use (torch warns when a DataLoader has more)."""
+    import subprocess
+
+    from checks import foreign_warnings
+
+    args = [a for a in _cli_args(data, tmp_path / "run") if a not in ("--workers", "0")]
+    r = subprocess.run([sys.executable, "-m", "lipsync_cli", *args], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "LIPSYNC_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert foreign_warnings(r.stderr) == [], r.stderr

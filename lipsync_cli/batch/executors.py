@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lipsync_cli.batch.manifest import Job
+from lipsync_cli.device import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,6 @@ class Executor:
     def close(self) -> None:
         """Release the workers after a normal end."""
         self.stop()
-
-
-def cpu_count() -> int:
-    """Cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def visible_gpus() -> list[str]:

@@ -193,7 +193,8 @@ _EVALB = typer.Option(None, "--eval-batches", help="Batches of the val list per 
 _KEEP = typer.Option(None, "--keep-last", help="step_*.pt checkpoints kept (default 3).")
 _SEED = typer.Option(None, "--seed", help="Seed of the init and of the sample order (default 0).")
 _DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (torchrun: one GPU per process).")
-_WORKERS = typer.Option(None, "--workers", help="DataLoader processes decoding JPEGs (default 4).")
+_WORKERS = typer.Option(None, "--workers", help="DataLoader processes decoding JPEGs (default 4, at most the cores "
+                                                       "this process may use).")
 _PREC = typer.Option(None, "--precision", help="auto | fp32 | fp16 | bf16 (mixed precision on GPU).")
 _CLIP = typer.Option(None, "--grad-clip", help="Max gradient norm, 0 disables (default 1.0).")
 _TB = typer.Option(None, "--tensorboard/--no-tensorboard", help="TensorBoard logs in RUN/tb (default on).")

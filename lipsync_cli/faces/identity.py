@@ -201,10 +201,14 @@ class FaceEmbedder:
 
     def aligned(self, frame: np.ndarray, landmarks: np.ndarray) -> list[np.ndarray]:
         """The (size, size, 3) BGR crops of the faces with (K, 5, 2) ``landmarks``, ArcFace-aligned."""
+        import warnings
+
         from insightface.utils import face_align
 
-        return [face_align.norm_crop(frame, landmark=np.asarray(lm, np.float32), image_size=self.size)
-                for lm in landmarks]
+        with warnings.catch_warnings():  # insightface calls scikit-image's deprecated estimate(); not the user's
+            warnings.filterwarnings("ignore", message=r"`estimate` is deprecated", category=FutureWarning)
+            return [face_align.norm_crop(frame, landmark=np.asarray(lm, np.float32), image_size=self.size)
+                    for lm in landmarks]
 
     def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
         """(K, D) unit embeddings of aligned crops."""

@@ -26,6 +26,12 @@ DEFAULT_SYNC_THRESHOLD = 0.75  # eval sync loss below which ``--sync-weight auto
 DEFAULT_NEG_MIN_OFFSET = 5  # frames: negatives of the expert are at least this far off-sync (0.2 s at 25 fps)
 
 
+def default_workers() -> int:
+    from lipsync_cli.device import cpu_count
+
+    return min(4, cpu_count())
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on. Units: steps are optimizer steps, lr per step, fps frames/s."""
@@ -49,7 +55,9 @@ class TrainConfig:
     log_every: int = 10  # steps between progress/TensorBoard scalar updates
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
-    workers: int = 4  # DataLoader worker processes (JPEG decoding); 0 decodes in the main process
+    # DataLoader worker processes (JPEG decoding): 4, at most the cores this process may use; 0 decodes in the
+    # main process
+    workers: int = field(default_factory=lambda: default_workers())
     precision: str = "auto"  # see device.resolve_precision(training=True): bf16/fp16 on CUDA, fp32 elsewhere
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     sync_weight: str | float = "auto"  # "auto" or a number used from step 0
