@@ -231,3 +231,30 @@ def benchmark(
         plot_lse_c_hist(report.real, Path(plot) / "real_lse_c_hist.png", title="LSE-C of the real videos")
     if not quiet:
         _console().print(md, highlight=False)
+    _say_failures(report, out, err_console)
+    if not quiet:
+        err_console.print(f"wrote {out / 'benchmark.json'}, {out / 'benchmark.md'} and the dubbed videos in "
+                          f"{out / 'videos'}", highlight=False)
+
+
+def _say_failures(report, out: Path, err_console) -> None:
+    """The clips that were not scored, on stderr (also under --quiet: the table's means leave them out); a run
+    that scored no dubbed video is an error naming the first cause."""
+    from lipsync_cli.errors import LipsyncError
+
+    failures = report.failures()
+    rows = {r["method"]: r for r in report.summary["rows"]}
+    gen = report.summary["rows"][-1]
+    n = report.summary["test_clips"]
+    if failures:
+        counts = ", ".join(f"{name} {r['count']} of {r['count'] + r['failed']}" for name, r in rows.items())
+        err_console.print(f"warning: not every test clip was scored (scored: {counts}):", highlight=False)
+        for clip, why in failures[:10]:
+            err_console.print(f"  {clip}: {why}", highlight=False)
+        if len(failures) > 10:
+            err_console.print(f"  ... {len(failures) - 10} more", highlight=False)
+        err_console.print(f"  every row: {out / 'benchmark.json'}", highlight=False)
+    if gen["count"] == 0:
+        first = f"{failures[0][0]}: {failures[0][1]}" if failures else "no test clip to dub"
+        raise LipsyncError(f"no dubbed test video was scored (0 of {n}); first cause: {first}",
+                           f"every row in {out / 'benchmark.json'}")

@@ -8,6 +8,8 @@ Dataset layout (``lipsync prepare`` / the training issue): ``DATA/<speaker>/<cli
   choosing audio no longer than the video; each output is scored for LSE-D / LSE-C (whole frames: the clips
   are
   face crops, the LRS protocol).
+  The crops of one clip differ in size (``prepare``'s box follows the face): each is resized to the generator's
+  input, 96x96, as training reads them, before it is dubbed; the real row scores the crops as they are.
 * Reconstruction (``reconstruction=True``): every video is dubbed with its own audio, and the generated frames
   are also compared with the real ones: PSNR, SSIM, LPIPS (when AlexNet weights are local) and FID over the
   mouth halves of the crops (when Inception weights are local).
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lipsync_cli.constants import DEFAULT_FPS
+from lipsync_cli.constants import DEFAULT_FPS, FACE_SIZE
 from lipsync_cli.errors import BadOption, InputNotFound, LipsyncError, WeightsNotFound
 from lipsync_cli.evaluate.lse import (
     VSHIFT,
@@ -90,6 +92,17 @@ class BenchmarkReport:
     pairs: list[PairResult]
     summary: dict
     notes: list[str] = field(default_factory=list)
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(test clip, "status: error") of every clip that was not scored, real or dubbed; a clip that failed
+        both the same way once."""
+        out: list[tuple[str, str]] = []
+        for r in [*self.real, *self.pairs]:
+            if r.status != "ok":
+                why = (r.video, f"{r.status}: {r.error}" if r.error else r.status)
+                if why not in out:
+                    out.append(why)
+        return out
 
     def to_dict(self) -> dict:
         return {
@@ -173,7 +186,8 @@ def clip_run(data: Path, clip: str) -> range:
 
 def clip_frames(data: Path, clip: str, run: range | None = None) -> list[np.ndarray]:
     """The frames (BGR uint8) of ``run`` (default: :func:`clip_run`), read by index: element k is frame
-    ``run.start + k``. Raises MediaError for a frame that does not decode or differs in size."""
+    ``run.start + k``. Each keeps its own size: ``lipsync prepare``'s box follows the face, so the crops of one
+    clip differ by a few pixels. Raises MediaError for a frame that does not decode."""
     import cv2
 
     from lipsync_cli.errors import MediaError
@@ -185,9 +199,6 @@ def clip_frames(data: Path, clip: str, run: range | None = None) -> list[np.ndar
         img = cv2.imread(str(f))
         if img is None:
             raise MediaError(f"cannot decode frame {f}")
-        if frames and img.shape != frames[0].shape:
-            raise MediaError(f"frame {f} is {img.shape[1]}x{img.shape[0]} px, frame {run.start} "
-                             f"{frames[0].shape[1]}x{frames[0].shape[0]}")
         frames.append(img)
     return frames
 
@@ -325,6 +336,7 @@ def run_benchmark(
     from lipsync_cli.dub import DubOptions, dub
     from lipsync_cli.evaluate import metrics
     from lipsync_cli.evaluate.lse import load_syncnet
+    from lipsync_cli.train.data import fit_face
 
     data, out_dir = Path(data), Path(out_dir)
     if not data.is_dir():
@@ -428,6 +440,7 @@ def run_benchmark(
         crf=18,
     )
     results: list[PairResult] = []
+    resized: list[str] = []  # clips whose crops are not the generator's input size
     for video_clip, audio_clip in pairs:
         if progress:
             progress("dub", 1, len(pairs))
@@ -440,6 +453,11 @@ def run_benchmark(
             run = run_of(video_clip)
             row.first_frame = run.start
             frames = clip_frames(data, video_clip, run)
+            if any(f.shape[:2] != (FACE_SIZE, FACE_SIZE) for f in frames) and video_clip not in resized:
+                resized.append(video_clip)
+            # the generator's input, as training reads the crops: the dubbed video and the image metrics
+            # are at this size, whatever the size of each crop
+            frames = [fit_face(f) for f in frames]  # (FACE_SIZE, FACE_SIZE, 3) each
             h, w = frames[0].shape[:2]
             src = _write_clip_video(frames, work / f"{_safe(video_clip)}.mp4")
             speech = clip_audio(data, audio_clip)
@@ -468,6 +486,11 @@ def run_benchmark(
         except Exception as err:  # noqa: BLE001  one bad clip is a row, never the end of the batch
             row.status, row.error = _status(err), _message(err)
             row.lse = row.psnr = row.ssim = row.lpips = None
+
+    if resized:
+        say(f"face crops of {len(resized)} of {len(clips)} clips resized to {FACE_SIZE}x{FACE_SIZE} "
+            f"(the generator's input, as training reads them) before dubbing"
+            + ("; PSNR, SSIM, LPIPS and FID compare at that size" if options.reconstruction else ""))
 
     fid = None
     if inception is not None and len(mouths_real) >= 2:

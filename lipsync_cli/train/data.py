@@ -39,6 +39,17 @@ MEL_CACHE_CLIPS = 512  # mels kept in memory per worker (~150 kB for a 6 s clip)
 MEL_CACHE_NAME = "mel.npy"
 
 
+def fit_face(img: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+    """A face crop of any size as the generator's ``size`` x ``size`` input (INTER_AREA; unchanged when it already
+    is). Prepared crops differ in size within a clip (the box follows the face), so everything that feeds them to
+    a model (training here, ``lipsync eval benchmark``) resizes each one this way."""
+    import cv2
+
+    if img.shape[:2] == (size, size):
+        return img
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
 class BadSample(Exception):
     """One sample cannot be built (the message names the file); the dataset draws another."""
 
@@ -149,9 +160,7 @@ class ClipStore:
         img = cv2.imread(str(p))
         if img is None:
             raise BadSample(f"cannot read image {p}")
-        if img.shape[:2] != (self.face_size, self.face_size):
-            img = cv2.resize(img, (self.face_size, self.face_size), interpolation=cv2.INTER_AREA)
-        return img.astype(np.float32) / 255.0
+        return fit_face(img, self.face_size).astype(np.float32) / 255.0
 
     def window(self, i: int, start: int) -> np.ndarray:
         """(T, S, S, 3) faces of frames ``start .. start + T - 1``."""

@@ -4,7 +4,8 @@ Input: ``LRS2_ROOT/main/<speaker>/<clip>.mp4`` with ``LRS2_ROOT/{train,val,test}
 ``speaker/clip`` lines (test.txt's extra fields are ignored), and optionally
 ``LRS2_ROOT/pretrain/<speaker>/<clip>.mp4``.
 Output, readable by Wav2Lip's own training scripts as it is:
-    OUT/<speaker>/<clip>/<i>.jpg      face crop of frame i (0-based; frames without a face are absent)
+    OUT/<speaker>/<clip>/<i>.jpg      face crop of frame i (0-based; frames without a face are absent), the
+                                      frame's own box, so its size varies within a clip as the face moves
     OUT/<speaker>/<clip>/audio.wav    16 kHz mono PCM
     OUT/filelists/{train,val,test}.txt  ``speaker/clip`` lines of the clips that were prepared
 Pretrain clips go to ``OUT/pretrain/<speaker>/<clip>`` (listed in ``filelists/pretrain.txt``) so they never

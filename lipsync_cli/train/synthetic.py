@@ -228,6 +228,16 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: float, wav: np.ndarray 
             raise RuntimeError(f"ffmpeg failed writing {path}: {proc.stderr.decode(errors='replace')[-1000:]}")
 
 
+def _camera(frame: np.ndarray, zoom: float, shift: tuple[float, float]) -> np.ndarray:
+    """``frame`` seen by a camera zoomed in by ``zoom`` (about the centre) and moved by ``shift`` (x, y) px."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, zoom)
+    m[:, 2] += shift
+    return cv2.warpAffine(frame, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def make_synthetic_lrs2(
     root: str | os.PathLike,
     n_speakers: int = 2,
@@ -239,6 +249,7 @@ def make_synthetic_lrs2(
     face_size: int = 96,
     background: np.ndarray | None = None,
     pretrain_clips: int = 0,
+    motion: float = 0.0,
 ) -> dict[str, Path]:
     """Write an LRS2-shaped folder: ``root/main/<speaker>/<clip>.mp4`` and ``root/{train,val,test}.txt``.
 
@@ -248,7 +259,10 @@ def make_synthetic_lrs2(
     face:
     every frame is that image resized to the frame (the audio is still the synthetic one). ``pretrain_clips``
     > 0 also writes ``root/pretrain/<speaker>/<clip>.mp4``
-    with the same names as in ``main`` (to test that they do not collide). Returns ``{split: list path}``.
+    with the same names as in ``main`` (to test that they do not collide). ``motion`` > 0 moves the camera:
+    over each clip it zooms in by that fraction of the frame and pans a few pixels, so the face moves and a
+    detector's box changes size from frame to frame (as in real footage); 0 keeps it still.
+    Returns ``{split: list path}``.
     """
     import cv2
 
@@ -270,6 +284,9 @@ def make_synthetic_lrs2(
             if background is None:
                 y0, x0 = (h - face_size) // 2, (w - face_size) // 2
                 frame[y0 : y0 + face_size, x0 : x0 + face_size] = face
+            if motion:
+                t = len(frames) / max(1, len(faces) - 1)  # 0 -> 1 over the clip
+                frame = _camera(frame, 1.0 + motion * t, (4.0 * t, -3.0 * t))
             frames.append(frame)
         return wav, frames
 
