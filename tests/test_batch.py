@@ -259,6 +259,15 @@ def test_detection_runs_once_per_video_and_the_track_is_reused(first_run):
     assert all(r["frames"] > 0 for r in faces)
 
 
+def _cache_files(outdir: Path) -> list[str]:
+    return sorted(p.name for p in (outdir / ".cache" / "tracks").iterdir())
+
+
+def test_the_track_cache_keeps_its_tracks_and_no_lock_files(first_run):
+    files = _cache_files(first_run["out"])
+    assert len(files) == 1 and files[0].endswith(".track.json"), files  # the portrait's track, no `.KEY.lock`
+
+
 def test_the_worker_keeps_one_prepared_generator_for_every_job(first_run):
     from lipsync_cli.batch import worker
     from lipsync_cli.device import resolve_precision
