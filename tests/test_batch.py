@@ -448,6 +448,22 @@ def _ray_env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in drop}, "LIPSYNC_OFFLINE": "1", **extra}
 
 
+def test_cli_batch_ray_auto_with_no_instance_running_says_how_to_start_one(clips, tmp_path, fake_ckpt):
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    if _processes_with("gcs_server"):
+        pytest.skip("a Ray instance runs on this machine: --ray auto would join it")
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/de.wav,{BOX}"])
+    res = subprocess.run([sys.executable, "-m", "lipsync_cli", "batch", str(man), "-o", str(tmp_path / "out"),
+                          "--ray", "auto", "-c", str(fake_ckpt("wav2lip")), "--offline", "-q"],
+                         capture_output=True, text=True, env=_ray_env(RAY_TMPDIR=str(tmp_path)), timeout=120)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert "cannot connect to the Ray cluster at auto: Could not find any running Ray instance" in res.stderr
+    assert "ray start --head" in res.stderr and "--ray local" in res.stderr
+
+
 @pytest.fixture(scope="module")
 def ray_head():
     """A Ray head started as a user starts one (`ray start --head`, with this venv's `ray`): 2 CPUs, no dashboard,
