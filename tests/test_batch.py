@@ -554,9 +554,12 @@ def test_cli_batch_on_a_ray_head_gives_the_same_outputs_and_report(first_run, ra
 
 
 @pytest.mark.slow
-def test_cli_batch_ray_local_starts_a_private_instance_and_stops_it(clips, fake_ckpt, tmp_path):
+def test_cli_batch_ray_local_runs_on_a_private_instance_and_stops_it_on_ctrl_c(clips, fake_ckpt, tmp_path):
     """`--ray local`: a Ray instance for this run alone (even with RAY_ADDRESS pointing elsewhere), with its own
-    token (nothing written to ~/.ray, no token notice), and no Ray process of it left when the command is done."""
+    token (nothing written to ~/.ray, no token notice). The first job is done on its actor; Ctrl-C in the middle
+    of the second interrupts that job (no output, no temporary file; pending), and no Ray process of the run is
+    left afterwards."""
+    import signal
     import subprocess
     import sys
     import uuid
@@ -565,23 +568,27 @@ def test_cli_batch_ray_local_starts_a_private_instance_and_stops_it(clips, fake_
 
     from lipsync_cli.video import probe
 
-    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/de.wav,{BOX}"])
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}"] * 2)  # 10 frames, batches of 1
     out, home, marker = tmp_path / "out", tmp_path / "home", f"lipsync-test-{uuid.uuid4().hex}"
     home.mkdir()
     env = _ray_env(HOME=str(home), RAY_ADDRESS="127.0.0.1:1", LIPSYNC_TEST_MARK=marker)  # no cluster there
     proc = subprocess.Popen([sys.executable, "-m", "lipsync_cli", "batch", str(man), "-o", str(out), "--ray",
                              "local", "--ray-cpus-per-job", "2", "-c", str(fake_ckpt("wav2lip")), "--device", "cpu",
-                             "--offline"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--batch-size", "1", "--offline"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # its own group: the Ctrl-C reaches it (and its Ray) alone
     try:
-        _, err = proc.communicate(timeout=300)
+        stopped = _signal_inside_a_job(proc, out, 1, signal.SIGINT, group=True)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err
     assert foreign_warnings(err) == [], err
-    assert probe(out / "talk.de.mp4").n_frames == 5
-    assert [e["pid"] for e in _events(out) if e["state"] == "done"] not in ([], [proc.pid])  # on a Ray actor
+    assert stopped == "talk.fr-2.mp4" and _last_states(out) == {"talk.fr.mp4": "done", "talk.fr-2.mp4": "pending"}
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["talk.fr.mp4"] and _leftovers(out) == []
+    assert probe(out / "talk.fr.mp4").n_frames == 10
+    assert [e["pid"] for e in _events(out) if e["state"] == "done"] != [proc.pid]  # done on the Ray actor
     assert not (home / ".ray").exists()  # Ray's default token file was not created
     assert _processes_with(marker, in_env=True) == []  # the instance was shut down with the run
 

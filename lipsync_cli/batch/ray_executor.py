@@ -80,9 +80,23 @@ class _JobActor:
         self.cache_dir = cache_dir
 
     def run(self, job: Job) -> Outcome:
+        """Run ``job``; a ``ray.cancel`` of this call (the driver was stopped) interrupts it at its next progress
+        step, as Ctrl-C would: Ray only flags a running call of a (non-async) actor as cancelled, and killing the
+        actor instead would leave dub's temporary output behind."""
+        import ray
+
         from lipsync_cli.batch.worker import run_job
 
-        return run_job(job, self.cache_dir, None)
+        is_canceled = getattr(ray.get_runtime_context(), "is_canceled", None)  # Ray >= 2.x; else not interruptible
+
+        def check(stage: str, advanced: int, total: int | None) -> None:
+            if is_canceled is not None and is_canceled():
+                raise KeyboardInterrupt
+
+        try:
+            return run_job(job, self.cache_dir, check)
+        except KeyboardInterrupt:  # dub removed its temporary output; the driver puts the job back to pending
+            return {"state": "pending", "error": "interrupted", "wall_s": None}
 
 
 def _set_ray_auth(env: dict[str, str | None]) -> None:
@@ -208,8 +222,8 @@ class RayExecutor(Executor):
         return done
 
     def stop(self) -> None:
-        """Cancel the running calls (KeyboardInterrupt in the actor: dub removes its temporary output), then
-        end the actors."""
+        """Cancel the running calls (the actor interrupts its job at the next progress step: dub removes its
+        temporary output), wait for them (10 s at most), then end the actors and an instance we started."""
         ray = self.ray
         for ref in list(self._refs):
             try:
