@@ -46,8 +46,6 @@ AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 # something the user of `lipsync batch` acts on. Only this message of this logger is dropped.
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 _AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
-
-
 QUIET = logging.WARNING  # Ray's driver-side log level: its warnings, not its "Started a local Ray instance."
 
 
@@ -87,7 +85,8 @@ class _JobActor:
 
         from lipsync_cli.batch.worker import run_job
 
-        is_canceled = getattr(ray.get_runtime_context(), "is_canceled", None)  # Ray >= 2.x; else not interruptible
+        # newer Ray; with an older one a running job is not interrupted (stop() ends the actor after 10 s)
+        is_canceled = getattr(ray.get_runtime_context(), "is_canceled", None)
 
         def check(stage: str, advanced: int, total: int | None) -> None:
             if is_canceled is not None and is_canceled():
@@ -107,8 +106,10 @@ def _set_ray_auth(env: dict[str, str | None]) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    from ray._raylet import AuthenticationTokenLoader, Config
-
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token auth: the variables mean nothing to it
+        return
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
 
