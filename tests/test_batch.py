@@ -259,6 +259,15 @@ def test_detection_runs_once_per_video_and_the_track_is_reused(first_run):
     assert all(r["frames"] > 0 for r in faces)
 
 
+def _cache_files(outdir: Path) -> list[str]:
+    return sorted(p.name for p in (outdir / ".cache" / "tracks").iterdir())
+
+
+def test_the_track_cache_keeps_its_tracks_and_no_lock_files(first_run):
+    files = _cache_files(first_run["out"])
+    assert len(files) == 1 and files[0].endswith(".track.json"), files  # the portrait's track, no `.KEY.lock`
+
+
 def test_the_worker_keeps_one_prepared_generator_for_every_job(first_run):
     from lipsync_cli.batch import worker
     from lipsync_cli.device import resolve_precision
@@ -403,54 +412,185 @@ def test_ray_flag_without_ray_says_how_to_install(monkeypatch, tmp_path, clips, 
     assert "not installed" in err[0] and "lipsync-cli[ray]" in err[0]
 
 
-@pytest.fixture
-def local_ray():
-    """A Ray instance of this test alone: 2 CPUs, no dashboard, its own short temp folder (Unix socket paths are
-    limited to 107 bytes, and /tmp/ray may hold other users' sessions)."""
-    import shutil
-    import tempfile
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free now (held together while they are picked)."""
+    import socket
 
-    from lipsync_cli.batch.ray_executor import import_ray
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _processes_with(marker: str, *, in_env: bool = False) -> list[int]:
+    """The ids of this user's processes whose command line (or, with ``in_env``, environment) contains
+    ``marker`` (Linux: read from /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            text = (proc / ("environ" if in_env else "cmdline")).read_bytes()
+        except OSError:  # ended meanwhile, or another user's
+            continue
+        if marker.encode() in text:
+            found.append(int(proc.name))
+    return found
+
+
+def _ray_env(**extra: str) -> dict[str, str]:
+    """This environment without the Ray settings of whoever runs the tests (address, auth), plus ``extra``."""
+    drop = {"RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, "LIPSYNC_OFFLINE": "1", **extra}
+
+
+def test_cli_batch_ray_auto_with_no_instance_running_says_how_to_start_one(clips, tmp_path, fake_ckpt):
+    import subprocess
+    import sys
 
     pytest.importorskip("ray")
-    ray = import_ray()  # with Ray's `uv run` hook off, so workers use this interpreter as they are
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    if _processes_with("gcs_server"):
+        pytest.skip("a Ray instance runs on this machine: --ray auto would join it")
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/de.wav,{BOX}"])
+    res = subprocess.run([sys.executable, "-m", "lipsync_cli", "batch", str(man), "-o", str(tmp_path / "out"),
+                          "--ray", "auto", "-c", str(fake_ckpt("wav2lip")), "--offline", "-q"],
+                         capture_output=True, text=True, env=_ray_env(RAY_TMPDIR=str(tmp_path)), timeout=120)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert "cannot connect to the Ray cluster at auto: Could not find any running Ray instance" in res.stderr
+    assert "ray start --head" in res.stderr and "--ray local" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A Ray head started as a user starts one (`ray start --head`, with this venv's `ray`): 2 CPUs, no dashboard,
+    ports of its own, its own short temp folder (Unix socket paths are limited to 107 bytes, and /tmp/ray may hold
+    other users' sessions), and a token file, so that clients find a token and Ray turns token auth on (and wants
+    to say so: the notice `lipsync batch` must not show). Yields (address, the environment clients need).
+    Stopped afterwards: SIGTERM to `ray start --block` (which ends what it started), then every process still
+    running from its temp folder."""
+    import contextlib
+    import secrets
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    pytest.importorskip("ray")
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    (temp / "token").write_text(secrets.token_hex(32))
+    # RAY_TMPDIR: where `ray start` leaves the address (TEMP/ray/ray_current_cluster) and `--ray auto` finds it
+    env = _ray_env(RAY_AUTH_TOKEN_PATH=str(temp / "token"), RAY_TMPDIR=str(temp))
+    port, client, agent, agent_grpc, metrics, runtime_env, node_manager, object_manager = _free_ports(8)
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
+           "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+           f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_manager}",
+           f"--object-manager-port={object_manager}"]
+    with open(temp / "head.log", "wb") as log:
+        head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield ray
+        deadline = time.monotonic() + 120
+        while not (temp / "ray" / "ray_current_cluster").exists():  # written once the head's processes are up
+            assert head.poll() is None and time.monotonic() < deadline, (temp / "head.log").read_text()[-3000:]
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}", env
     finally:
-        ray.shutdown()
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        for pid in _processes_with(str(temp)):  # anything `ray start` left behind: its session is in temp
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_ray_executor_gives_the_same_outputs_and_report(first_run, local_ray, tmp_path):
-    from lipsync_cli import run_batch
-    from lipsync_cli.batch import BatchOptions
-    from lipsync_cli.batch.ray_executor import RayExecutor
+def test_cli_batch_on_a_ray_head_gives_the_same_outputs_and_report(first_run, ray_head, fake_ckpt, tmp_path):
+    """`lipsync batch --ray auto` as a user runs it, on the machine where `ray start --head` ran: it finds the
+    head (the address file `ray start` wrote) and Ray turns token auth on (a token is there). The same jobs,
+    outputs and exit code as in one process, and no Ray warning on the console: Ray's notice that it turned token
+    auth on is dropped. (Only when other Ray instances run on this machine too does Ray say which one it joins.)"""
+    import subprocess
+    import sys
+
+    from checks import foreign_warnings
+
     from lipsync_cli.video import probe
 
-    # the workers run this interpreter as it is: no copy of the project, no `uv run` building a venv for them
-    # (what Ray's uv hook does under `uv run pytest`; its workers then missed the 60 s registration timeout)
-    env = local_ray.get_runtime_context().runtime_env
-    assert "working_dir" not in env and "py_executable" not in env, env
-    opts = BatchOptions(outdir=tmp_path / "out", dub=first_run["opts"].dub)
-    executor = RayExecutor(None, cpus_per_job=1)
-    report = run_batch(first_run["man"], opts, executor)
-    assert executor.slots == 2  # two actors on the 2 CPUs
+    _, env = ray_head
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "lipsync_cli", "batch", str(first_run["man"]), "-o", str(out),
+                          "--ray", "auto", "-c", str(fake_ckpt("wav2lip")), "--device", "cpu", "--batch-size", "8",
+                          "--set", "detector=insightface", "--set", f"detector_weights={SCRFD_ONNX}",
+                          "--set", "det_size=160", "--offline"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 1, res.stderr  # one job fails, as in one process
+    others = "Found multiple active Ray instances"  # someone else's Ray on this machine: Ray names the one it joins
+    assert [w for w in foreign_warnings(res.stderr) if others not in w] == [], res.stderr
+    rows = json.loads((out / "report.json").read_text())["jobs"]
     first = first_run["report"]
     key = lambda rows: [(r["job"], r["state"], r["frames"], r["track"] == "box") for r in rows]  # noqa: E731
-    assert key(report.rows) == key(first.rows), [r["error"] for r in report.rows]
+    assert key(rows) == key(first.rows), [r["error"] for r in rows]
     # the two languages of the real clip may run at once on the two actors: one detects, the other waits for its
     # track (the cache's lock) and reads it
-    assert sorted(r["track"] for r in report.rows if r["job"].startswith("portrait")) == ["cached", "detected"]
-    assert report.exit_code == 1 and report.summary == {**report.summary, "done": 5, "failed": 1, "ran": 6}
-    gone = next(r for r in report.rows if r["state"] == "failed")
+    assert sorted(r["track"] for r in rows if r["job"].startswith("portrait")) == ["cached", "detected"]
+    assert len(_cache_files(out)) == 1  # the track; the lock is gone
+    gone = next(r for r in rows if r["state"] == "failed")
     assert "video file not found on node" in gone["error"]  # said by the actor, which runs apart
-    assert len({r["pid"] for r in _events(tmp_path / "out") if r["state"] == "done"} - {os.getpid()}) >= 1
-    for r in report.rows:
+    pids = {r["pid"] for r in _events(out) if r["state"] == "done"}
+    assert len(pids) == 2  # the head's two actors, processes of the head's own
+    for r in rows:
         if r["state"] == "done":
             assert probe(r["output"]).n_frames == probe(first_run["out"] / r["job"]).n_frames
+
+
+@pytest.mark.slow
+def test_cli_batch_ray_local_runs_on_a_private_instance_and_stops_it_on_ctrl_c(clips, fake_ckpt, tmp_path):
+    """`--ray local`: a Ray instance for this run alone (even with RAY_ADDRESS pointing elsewhere), with its own
+    token (nothing written to ~/.ray, no token notice). The first job is done on its actor; Ctrl-C in the middle
+    of the second interrupts that job (no output, no temporary file; pending), and no Ray process of the run is
+    left afterwards."""
+    import signal
+    import subprocess
+    import sys
+    import uuid
+
+    from checks import foreign_warnings
+
+    from lipsync_cli.video import probe
+
+    man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}"] * 2)  # 10 frames, batches of 1
+    out, home, marker = tmp_path / "out", tmp_path / "home", f"lipsync-test-{uuid.uuid4().hex}"
+    home.mkdir()
+    env = _ray_env(HOME=str(home), RAY_ADDRESS="127.0.0.1:1", LIPSYNC_TEST_MARK=marker)  # no cluster there
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync_cli", "batch", str(man), "-o", str(out), "--ray",
+                             "local", "--ray-cpus-per-job", "2", "-c", str(fake_ckpt("wav2lip")), "--device", "cpu",
+                             "--batch-size", "1", "--offline"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # its own group: the Ctrl-C reaches it (and its Ray) alone
+    try:
+        stopped = _signal_inside_a_job(proc, out, 1, signal.SIGINT, group=True)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert foreign_warnings(err) == [], err
+    assert stopped == "talk.fr-2.mp4" and _last_states(out) == {"talk.fr.mp4": "done", "talk.fr-2.mp4": "pending"}
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["talk.fr.mp4"] and _leftovers(out) == []
+    assert probe(out / "talk.fr.mp4").n_frames == 10
+    assert [e["pid"] for e in _events(out) if e["state"] == "done"] != [proc.pid]  # done on the Ray actor
+    assert not (home / ".ray").exists()  # Ray's default token file was not created
+    assert _processes_with(marker, in_env=True) == []  # the instance was shut down with the run
 
 
 def _last_states(outdir: Path) -> dict[str, str]:

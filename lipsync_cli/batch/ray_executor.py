@@ -8,6 +8,13 @@ code stay with the driver.
 
 Ray is an optional extra: ``pip install 'lipsync-cli[ray]'`` (``uv sync --extra ray``).
 
+Where the jobs run (``--ray``): ``auto``, the running Ray instance this machine belongs to (Ray's meaning:
+``RAY_ADDRESS``, else the cluster ``ray start`` started here; an error when none runs); ``HOST:PORT``, that
+cluster; ``local``, a private instance started for this run on this machine's CPUs and GPUs and stopped after it
+(also on an error or Ctrl-C). The private instance gets a token of its own (``RAY_AUTH_MODE=token`` with a random
+``RAY_AUTH_TOKEN``, unless the user set Ray's auth variables): nobody else on the network can submit work to it,
+nothing is written to ``~/.ray``, and Ray does not print its token-authentication warning.
+
 The workers run in the Python environment the node's Ray was started from (``ray start`` on that node, or this
 process's interpreter for a local instance), with the same package installed: we give Ray no ``runtime_env``.
 Ray's own ``uv run`` hook is turned off (``RAY_ENABLE_UV_RUN_RUNTIME_ENV=0`` unless the user set it): under
@@ -31,9 +38,20 @@ from lipsync_cli.errors import BadOption, LipsyncError
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "install the extra: pip install 'lipsync-cli[ray]' (or: uv sync --extra ray)"
-
+LOCAL = "local"  # --ray local: a private instance for the run
 
 UV_HOOK_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+# Ray's notice when it turns token auth on by itself (a token in ~/.ray): a fact about the cluster we join, not
+# something the user of `lipsync batch` acts on. Only this message of this logger is dropped.
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
+QUIET = logging.WARNING  # Ray's driver-side log level: its warnings, not its "Started a local Ray instance."
+
+
+class _DropAuthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_AUTH_NOTICE)
 
 
 def import_ray():
@@ -60,14 +78,46 @@ class _JobActor:
         self.cache_dir = cache_dir
 
     def run(self, job: Job) -> Outcome:
+        """Run ``job``; a ``ray.cancel`` of this call (the driver was stopped) interrupts it at its next progress
+        step, as Ctrl-C would: Ray only flags a running call of a (non-async) actor as cancelled, and killing the
+        actor instead would leave dub's temporary output behind."""
+        import ray
+
         from lipsync_cli.batch.worker import run_job
 
-        return run_job(job, self.cache_dir, None)
+        # newer Ray; with an older one a running job is not interrupted (stop() ends the actor after 10 s)
+        is_canceled = getattr(ray.get_runtime_context(), "is_canceled", None)
+
+        def check(stage: str, advanced: int, total: int | None) -> None:
+            if is_canceled is not None and is_canceled():
+                raise KeyboardInterrupt
+
+        try:
+            return run_job(job, self.cache_dir, check)
+        except KeyboardInterrupt:  # dub removed its temporary output; the driver puts the job back to pending
+            return {"state": "pending", "error": "interrupted", "wall_s": None}
+
+
+def _set_ray_auth(env: dict[str, str | None]) -> None:
+    """Set (or, for None, remove) Ray's auth variables and have this process's Ray read them again (as Ray does
+    itself when it turns token auth on: its config and its token are read once and cached)."""
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token auth: the variables mean nothing to it
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 class RayExecutor(Executor):
-    """Jobs on the Ray cluster at ``address`` ('auto': the one this machine belongs to; None: the Ray instance
-    already initialised in this process, or a new local one)."""
+    """Jobs on Ray: ``address`` 'auto' (the running instance this machine belongs to), 'local' (a private instance
+    for the run, stopped after it), HOST:PORT (that cluster), or None (the instance already initialised in this
+    process with ``ray.init``, else as 'local')."""
 
     name = "ray"
 
@@ -80,6 +130,7 @@ class RayExecutor(Executor):
         self.gpus_per_job, self.cpus_per_job = gpus_per_job, cpus_per_job
         self.max_actors = max_actors
         self._we_started = False
+        self._auth_before: dict[str, str | None] | None = None  # the auth variables before --ray local set them
         self._actors: list = []
         self._idle: list = []
         self._refs: dict = {}  # ObjectRef -> (job, actor)
@@ -89,13 +140,45 @@ class RayExecutor(Executor):
         ray = self.ray
         if ray.is_initialized():
             return
+        if self.address in (None, LOCAL):
+            self._start_local()
+            return
+        notice = _DropAuthNotice()
+        logging.getLogger(_AUTH_LOGGER).addFilter(notice)
         try:
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level=QUIET)
+        except ray.exceptions.AuthenticationError as err:
+            raise LipsyncError(f"the Ray cluster at {self.address} refused this machine's token: "
+                               f"{str(err).splitlines()[0]}",
+                               "give this process the cluster's token (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or "
+                               "RAY_AUTH_TOKEN_PATH, as on the nodes)") from None
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise LipsyncError(f"cannot connect to the Ray cluster at {self.address}: {str(err).splitlines()[0]}",
                                "start one with `ray start --head` (and `ray start --address HEAD:6379` on the "
-                               "other nodes), or give its address to --ray") from None
+                               "other nodes), give its address to --ray, or use --ray local for a private "
+                               "instance on this machine") from None
+        finally:
+            logging.getLogger(_AUTH_LOGGER).removeFilter(notice)
         self._we_started = True
+
+    def _start_local(self) -> None:
+        """A new Ray instance on this machine, whatever RAY_ADDRESS or a running cluster say (``address="local"``),
+        with a token of its own unless the user configured Ray's auth."""
+        import secrets
+
+        ray = self.ray
+        if not any(os.environ.get(k) for k in AUTH_VARS):
+            self._auth_before = {k: os.environ.get(k) for k in AUTH_VARS}
+            _set_ray_auth({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+        self._we_started = True  # from here on stop() shuts it down, also when ray.init is interrupted
+        try:
+            ray.init(address=LOCAL, include_dashboard=False, log_to_driver=False, logging_level=QUIET)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            self.stop()
+            raise LipsyncError(f"cannot start a local Ray instance: {str(err).splitlines()[0]}") from None
+        except BaseException:
+            self.stop()
+            raise
 
     def start(self, cache_dir: Path | None, progress: ProgressSink | None) -> None:
         super().start(cache_dir, progress)
@@ -140,8 +223,8 @@ class RayExecutor(Executor):
         return done
 
     def stop(self) -> None:
-        """Cancel the running calls (KeyboardInterrupt in the actor: dub removes its temporary output), then
-        end the actors."""
+        """Cancel the running calls (the actor interrupts its job at the next progress step: dub removes its
+        temporary output), wait for them (10 s at most), then end the actors and an instance we started."""
         ray = self.ray
         for ref in list(self._refs):
             try:
@@ -160,3 +243,6 @@ class RayExecutor(Executor):
         if self._we_started:
             ray.shutdown()
             self._we_started = False
+        if self._auth_before is not None:
+            _set_ray_auth(self._auth_before)
+            self._auth_before = None

@@ -87,8 +87,9 @@ def batch(
                                                                         "and report.json / report.csv."),
     workers: Optional[int] = typer.Option(None, help="Worker processes (default: one per GPU, 1 on a CPU; 1 "
                                                      "runs in this process)."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run on a Ray cluster: auto (the one this machine "
-                                                          "belongs to) or its ADDRESS (needs the ray extra)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray (needs the ray extra): auto (the running "
+                                                          "instance this machine belongs to), a cluster's ADDRESS, "
+                                                          "or local (a private instance for this run)."),
     ray_gpus_per_job: float = typer.Option(0.0, help="GPUs each Ray actor holds (one actor per this many)."),
     ray_cpus_per_job: float = typer.Option(1.0, help="CPUs each Ray actor holds."),
     shard: Optional[str] = typer.Option(None, help="I/N: run only every Nth row starting at row I (SLURM/k8s "
