@@ -86,7 +86,8 @@ def dub(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
                                               help="Generator weights (default: wav2lip_gan from the registry)."),
     arch: Optional[str] = typer.Option(None, help="wav2lip | attn_wav2lip | lpips_attn_wav2lip (default: from "
-                                                  "the checkpoint)."),
+                                                  "the checkpoint; a Wav2Lip file is not run as attn_wav2lip: "
+                                                  "its attention would be untrained)."),
     detector: str = typer.Option("s3fd", help="Face detector: s3fd | insightface."),
     detector_weights: Optional[Path] = typer.Option(None, help="Detector weights: s3fd .pth, or an insightface "
                                                                  "pack name / .onnx file."),

@@ -1,0 +1,50 @@
+"""What the CLI says: refusals of runs that would silently do the wrong thing, and summaries that say what happened
+(issue 19). Each test reads the real `lipsync` CLI's stderr."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from synth import make_audio, make_image, make_video
+
+BOX = ("40", "20", "120", "100")  # inside the 160x120 synthetic frames
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "LIPSYNC_OFFLINE": "1", **(env or {})}
+    full_env.pop("LIPSYNC_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "lipsync_cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=600)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("msgmedia")
+    return {
+        "video": make_video(d / "clip.mp4", seconds=0.6, fps=25),
+        "short": make_video(d / "short.mp4", seconds=0.2, fps=25),
+        "speech": make_audio(d / "speech.wav", seconds=0.6),
+        "jpg": make_image(d / "still.jpg"),
+        "dir": d,
+    }
+
+
+def test_attn_wav2lip_with_an_official_wav2lip_file_is_refused(clips, fake_ckpt, tmp_path):
+    """--arch attn_wav2lip on a Wav2Lip file would run 14 attention layers at their initial values: refused in
+    one line that names them and the fine-tuning command; nothing is written."""
+    out = tmp_path / "o.mp4"
+    r = run_cli("dub", str(clips["video"]), str(clips["speech"]), "-o", str(out), "-c", str(fake_ckpt("wav2lip")),
+                "--arch", "attn_wav2lip", "--box", *BOX)
+    assert r.returncode == 5, r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "14 attention layers" in lines[0] and "untrained" in lines[0]
+    assert "lipsync train generator --arch attn_wav2lip --init" in lines[0]
+    assert not out.exists()
