@@ -48,3 +48,14 @@ def test_attn_wav2lip_with_an_official_wav2lip_file_is_refused(clips, fake_ckpt,
     assert "14 attention layers" in lines[0] and "untrained" in lines[0]
     assert "lipsync train generator --arch attn_wav2lip --init" in lines[0]
     assert not out.exists()
+
+
+def test_weights_export_and_import_write_files_of_the_usual_mode(fake_ckpt, tmp_path):
+    """Every output gets 0666 less the umask (0644 usually), .safetensors too (safetensors writes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for cmd, name in (("export", "w.safetensors"), ("export", "w.pt"), ("import", "i.safetensors")):
+        out = tmp_path / name
+        r = run_cli("weights", cmd, str(fake_ckpt("wav2lip")), str(out))
+        assert r.returncode == 0, r.stderr
+        assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~umask), (cmd, name)
