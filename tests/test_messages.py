@@ -59,3 +59,18 @@ def test_weights_export_and_import_write_files_of_the_usual_mode(fake_ckpt, tmp_
         r = run_cli("weights", cmd, str(fake_ckpt("wav2lip")), str(out))
         assert r.returncode == 0, r.stderr
         assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~umask), (cmd, name)
+
+
+@pytest.mark.parametrize("name", ["nosuch.onnx", "nosuch.pth"])
+def test_missing_enhancer_weights_is_one_line_like_a_missing_checkpoint(clips, fake_ckpt, tmp_path, name):
+    out = tmp_path / "o.mp4"
+    common = ["dub", str(clips["video"]), str(clips["speech"]), "-o", str(out), "--box", *BOX]
+    r = run_cli(*common, "-c", str(fake_ckpt("wav2lip")), "--enhance", "--enhancer-weights", str(tmp_path / name))
+    lines = error_lines(r.stderr)
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0] == f"error: enhancer weights not found: {tmp_path / name} (give a GFPGANv1.4 .pth or an ONNX " \
+                       "restorer, or leave out --enhancer-weights)"
+    assert not out.exists()
+    if name.endswith(".pth"):  # the same shape of message as --checkpoint's
+        r = run_cli(*common, "-c", str(tmp_path / name))
+        assert (r.returncode, error_lines(r.stderr)) == (2, [f"error: checkpoint not found: {tmp_path / name}"])
