@@ -74,3 +74,82 @@ def test_missing_enhancer_weights_is_one_line_like_a_missing_checkpoint(clips, f
     if name.endswith(".pth"):  # the same shape of message as --checkpoint's
         r = run_cli(*common, "-c", str(tmp_path / name))
         assert (r.returncode, error_lines(r.stderr)) == (2, [f"error: checkpoint not found: {tmp_path / name}"])
+
+
+def summary(stderr: str) -> dict[str, str]:
+    """The summary lines of `lipsync dub` by their first word ('wrote', 'frames', 'cpu/fp32'...)."""
+    return {line.split()[0]: line for line in stderr.splitlines() if line.strip()}
+
+
+def stage_rates(stderr: str) -> dict[str, str]:
+    words = stderr.split("stage frames/s:")[1].splitlines()[0].split()
+    return dict(zip(words[::2], words[1::2]))
+
+
+def test_frames_that_pass_through_say_whether_a_face_was_there(clips, fake_ckpt, tmp_path):
+    """Frames where other faces are on screen but not the dubbed one are not 'no face': each kind is named with
+    its frames. And a stage that did nothing (blend of no face) prints no rate made of timer noise."""
+    import numpy as np
+
+    from lipsync_cli.engine import MIN_TIMED_S
+    from lipsync_cli.faces.track import Track
+
+    big, small = [10, 10, 90, 100, 0.99], [110, 40, 150, 80, 0.99]
+    layout = {**dict.fromkeys([*range(5), *range(10, 15)], [big, small]), **dict.fromkeys(range(5, 8), [small])}
+    faces = [np.array(layout.get(i, np.zeros((0, 5))), np.float32).reshape(-1, 5) for i in range(15)]
+    track = tmp_path / "track.json"
+    Track(160, 120, 25.0, faces).save(track)
+    r = run_cli("dub", str(clips["video"]), str(clips["speech"]), "-o", str(tmp_path / "o.mp4"),
+                "-c", str(fake_ckpt("wav2lip")), "--track", str(track))
+    assert r.returncode == 0, r.stderr
+    assert "frames 8-9 (2 frames): no face found; passed through unchanged" in r.stderr, r.stderr
+    assert "frames 5-7 (3 frames): the dubbed face is not on screen (1 other face); passed through unchanged" \
+        in r.stderr, r.stderr
+    assert "had no face" not in r.stderr
+
+    # every face missing: blend has nothing to do in ~0 s; its rate is a bound, not 15 frames / 3 microseconds
+    Track(160, 120, 25.0, [np.zeros((0, 5), np.float32)] * 15).save(track)
+    r = run_cli("dub", str(clips["video"]), str(clips["speech"]), "-o", str(tmp_path / "none.mp4"),
+                "-c", str(fake_ckpt("wav2lip")), "--track", str(track), "--stats")
+    assert r.returncode == 0, r.stderr
+    assert "frames 0-14 (15 frames): no face found" in r.stderr
+    for name, rate in stage_rates(r.stderr).items():
+        assert rate.startswith(">") or float(rate) <= 15 / MIN_TIMED_S, (name, rate)
+    blend_row = [s for s in r.stderr.splitlines() if s.startswith("  blend ")][0]
+    assert float(blend_row.split()[-2].lstrip(">")) <= 15 / MIN_TIMED_S, blend_row
+
+
+def test_summary_names_the_files_pixel_format_and_the_looping(clips, fake_ckpt, tmp_path):
+    """A JPEG still (full range) comes out as limited-range yuv420p, which is what the summary says; a
+    full-range video stays full range and the summary says so; a still and a short video say how they were
+    stretched to the audio."""
+    import re
+
+    from lipsync_cli.video import probe
+
+    def pix_fmt_said(stderr: str) -> str:
+        return re.search(r"; libx264 (\S+) \((.*?)\) in mp4", summary(stderr)["wrote"]).group(1, 2)
+
+    out = tmp_path / "still.mp4"
+    r = run_cli("dub", str(clips["jpg"]), str(clips["speech"]), "-o", str(out), "-c", str(fake_ckpt("wav2lip")),
+                "--box", *BOX)
+    assert r.returncode == 0, r.stderr
+    assert probe(out).pix_fmt == "yuv420p"
+    assert pix_fmt_said(r.stderr) == ("yuv420p", "8-bit")
+    assert "the still image held for 15 frames" in summary(r.stderr)["wrote"]
+
+    full = make_video(tmp_path / "full.mp4", seconds=0.2, fps=25, pix_fmt="yuvj420p")
+    out = tmp_path / "full_out.mp4"
+    r = run_cli("dub", str(full), str(clips["speech"]), "-o", str(out), "-c", str(fake_ckpt("wav2lip")),
+                "--box", *BOX, "--loop", "forward")
+    assert r.returncode == 0, r.stderr
+    assert probe(out).pix_fmt == "yuvj420p"  # how ffmpeg names full-range yuv420p
+    assert pix_fmt_said(r.stderr) == ("yuv420p", "8-bit, full range")
+    assert "the 5-frame video looped forward to the audio's 15 frames" in summary(r.stderr)["wrote"]
+
+
+def test_pads_need_four_numbers(clips, tmp_path):
+    r = run_cli("dub", str(clips["video"]), str(clips["speech"]), "-o", str(tmp_path / "o.mp4"),
+                "--pads", "0", "10")
+    assert r.returncode == 2, r.stderr
+    assert "--pads" in r.stderr and "requires 4 arguments" in r.stderr and "Traceback" not in r.stderr

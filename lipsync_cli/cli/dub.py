@@ -198,15 +198,8 @@ def dub(
         result = run_dub(video, audio, output, opts, progress=progress, notify=notify)
     if quiet:
         return
-    if result.no_face_frames:
-        console.print(f"{len(result.no_face_frames)} frame(s) had no face and passed through unchanged")
-    rate = result.stage_fps()
-    stages = "  ".join(f"{k} {v:.1f}" for k, v in rate.items() if result.stage_frames.get(k))
-    console.print(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps "
-                  f"({result.frames / result.fps:.2f} s), {result.faces} faces redrawn; {result.encoding}")
-    console.print(f"{result.device}/{result.precision} batch {result.batch_size}: {result.wall_seconds:.1f} s, "
-                  f"{result.frames / result.wall_seconds:.1f} frames/s end to end, "
-                  f"{result.realtime_factor:.2f}x real time; stage frames/s: {stages}", highlight=False)
+    for line in result.summary_lines():
+        console.print(line, highlight=False, markup=False)
     console.print(startup_line(result.startup, before), highlight=False)
     if stats:
         for line in result.stats_lines():
