@@ -153,3 +153,24 @@ def test_pads_need_four_numbers(clips, tmp_path):
                 "--pads", "0", "10")
     assert r.returncode == 2, r.stderr
     assert "--pads" in r.stderr and "requires 4 arguments" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_weights_list_names_the_file_to_use_and_agrees_with_verify(fake_ckpt, tmp_path):
+    """`weights list` shows the file name each entry is looked for under, and a file of the wrong size is not
+    'yes' there while `weights verify` calls it a mismatch."""
+    import shutil
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(fake_ckpt("wav2lip"), home / "wav2lip_gan.pth")  # a fake: not the registry's size
+    env = {"LIPSYNC_HOME": str(home), "COLUMNS": "250", "INSIGHTFACE_HOME": str(tmp_path / "if"),
+           "TORCH_HOME": str(tmp_path / "torch")}
+    r = run_cli("weights", "list", env=env)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in r.stdout.splitlines() if line.startswith("│")}
+    assert rows["wav2lip_gan"][1] == "wav2lip_gan.pth" and rows["buffalo_l"][1] == "buffalo_l/det_10g.onnx"
+    assert rows["s3fd"][1] == "s3fd-619a316812.pth" and rows["s3fd"][3] == "missing"
+    assert rows["wav2lip_gan"][3].startswith("wrong size ") and str(home / "wav2lip_gan.pth") in r.stdout
+    r = run_cli("weights", "verify", "wav2lip_gan", env=env)
+    assert r.returncode == 1 and "MISMATCH" in r.stdout
