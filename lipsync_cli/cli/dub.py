@@ -136,7 +136,8 @@ def dub(
                                                "and on CUDA GPUs that have it, fp16 on other GPUs, else fp32)."),
     blend: str = typer.Option("feather", help="feather (soft lower-face mask) | paste (exactly Wav2Lip)."),
     enhance: bool = typer.Option(False, "--enhance", help="Sharpen the dubbed mouth with a face restorer (GFPGAN "
-                                                          "v1.4 by default; ~1 s per face on a 2-core CPU)."),
+                                                          "v1.4 by default; slow on a CPU: 10-17 s per face measured "
+                                                          "on a busy 2-core EPYC, ~4 s idle; see the README)."),
     enhancer_weights: Optional[Path] = typer.Option(None, help="Restorer for --enhance: a GFPGANv1.4-format .pth or "
                                                                 "an ONNX restorer (GFPGAN, CodeFormer, GPEN, "
                                                                 "RestoreFormer++; 1x3xNxN RGB in [-1, 1])."),
