@@ -150,7 +150,8 @@ class DubResult:
     startup: dict[str, float] = field(default_factory=dict)
     # of no_face_frames, those where the video has faces but not the one(s) dubbed: {output frame: faces there}
     others_on_screen: dict[int, int] = field(default_factory=dict)
-    dubbed: str = "the dubbed face"  # who no_face_frames miss: 'the dubbed person (alice.jpg)'
+    # what others_on_screen frames lack: 'the dubbed person (alice.jpg) is not on screen'
+    dubbed_absent: str = "the dubbed face is not on screen"
     looped: str = ""  # how the video was stretched to the audio ('' when it was not): see loop_note
 
     @property
@@ -172,7 +173,7 @@ class DubResult:
         if others:
             counts = sorted({self.others_on_screen[i] for i in others})
             n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-            lines.append(f"{_frames_phrase(others)}: {self.dubbed} is not on screen ({n} other "
+            lines.append(f"{_frames_phrase(others)}: {self.dubbed_absent} ({n} other "
                          f"face{'' if counts[-1] == 1 else 's'}); passed through unchanged")
         return lines
 
@@ -453,13 +454,17 @@ def _others_on_screen(no_face: list[int], track: Track | None, n_src: int, is_im
     return out
 
 
-def _dubbed_who(options: DubOptions) -> str:
+def _dubbed_absent(options: DubOptions) -> str:
+    """How the summary says that frames lack whoever ``options`` dub: 'the dubbed person (alice.jpg) is not on
+    screen'."""
     if options.speakers is None:
-        return "the dubbed face"
+        return "the dubbed face is not on screen"
     if options.speakers.auto:
-        return "the speaking face"
+        return "the speaking face is not on screen"
     names = [spec.label for spec in options.speakers.speakers]
-    return f"the dubbed person ({names[0]})" if len(names) == 1 else f"none of the dubbed people ({', '.join(names)})"
+    if len(names) == 1:
+        return f"the dubbed person ({names[0]}) is not on screen"
+    return f"none of the dubbed people ({', '.join(names)}) is on screen"
 
 
 def detection_size(options: DubOptions, device: str) -> int:
@@ -708,7 +713,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         pending_bytes=(run.peak_bytes, options.max_pending_bytes), stream_seconds=run.wall, startup=startup,
         others_on_screen=_others_on_screen(run.no_face, track, n_src, info.is_image, options.loop,
                                            options.track_options.min_score),
-        dubbed=_dubbed_who(options), looped=loop_note(info.is_image, n_src, run.frames, options.loop),
+        dubbed_absent=_dubbed_absent(options), looped=loop_note(info.is_image, n_src, run.frames, options.loop),
     )
 
 

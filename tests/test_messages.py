@@ -174,3 +174,27 @@ def test_weights_list_names_the_file_to_use_and_agrees_with_verify(fake_ckpt, tm
     assert rows["wav2lip_gan"][3].startswith("wrong size ") and str(home / "wav2lip_gan.pth") in r.stdout
     r = run_cli("weights", "verify", "wav2lip_gan", env=env)
     assert r.returncode == 1 and "MISMATCH" in r.stdout
+
+
+def test_pass_through_lines_name_the_dubbed_people(tmp_path):
+    """With --ref-face / --speaker the line names whom the frames miss (the CLI path is the test above)."""
+    from pathlib import Path
+
+    from lipsync_cli.dub import DubOptions, DubResult, _dubbed_absent
+    from lipsync_cli.speakers import Reference, SpeakerSetup, SpeakerSpec
+
+    def lines(setup, no_face, others):
+        who = _dubbed_absent(DubOptions(speakers=setup))
+        return DubResult(Path("o.mp4"), 100, 25.0, 0, no_face, 4.0, 1.0, {}, {}, others_on_screen=others,
+                         dubbed_absent=who).no_face_lines()
+
+    alice = SpeakerSpec(reference=Reference(photo=Path("alice.jpg")))
+    bob = SpeakerSpec(reference=Reference(photo=Path("bob.jpg")), name="Bob")
+    gone = [*range(10, 25), *range(80, 96)]
+    assert lines(SpeakerSetup(speakers=(alice,)), [3, *gone], dict.fromkeys(gone, 2)) == [
+        "frame 3: no face found; passed through unchanged",
+        "frames 10-24, 80-95 (31 frames): the dubbed person (alice.jpg) is not on screen (2 other faces); "
+        "passed through unchanged"]
+    assert lines(SpeakerSetup(speakers=(alice, bob)), [7, 8], {7: 1, 8: 3}) == [
+        "frames 7-8 (2 frames): none of the dubbed people (alice.jpg, Bob) is on screen (1-3 other faces); "
+        "passed through unchanged"]
