@@ -4,9 +4,8 @@ A dubbing catalogue has each video several times (one job per language). The det
 of them, so its track is stored in a cache folder under a key made of the video's content hash (SHA-256 of the
 whole file: a renamed or touched copy is still a hit, an edited one never is) and every option that changes the
 boxes (detector, its weights, detection size, every-Nth-frame, cut threshold, and the frame rate of a still
-image). Writers take a lock on the key (``flock`` on a ``.KEY.lock`` file that exists only while it is held), so
-two workers dubbing the same video into two languages at once detect it once: the second waits for the first and
-reads its track.
+image). Writers take a lock on the key (``flock``), so two workers dubbing the same video into two languages at
+once detect it once: the second waits for the first and reads its track.
 """
 
 from __future__ import annotations
@@ -59,38 +58,18 @@ def detection_key(video_hash: str, options: DubOptions, device: str, is_image: b
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` for the block (released when the process dies too); the file is created for
-    the block and removed after it, so the cache keeps only its entries.
-
-    Removing a lock file is safe only with a check: a waiter may have opened the file just before the holder
-    removed it, and would then hold a lock on a file nobody else sees. So after taking the lock, a writer checks
-    that ``path`` is still the file it locked (same inode) and starts again if not; the holder removes the file
-    before it unlocks."""
+    """An exclusive lock on ``path`` (created if needed) for the block; released when the process dies too."""
     try:
         import fcntl
     except ImportError:  # Windows: no lock; at worst two workers detect the same video
         yield
         return
-    while True:
-        f = open(path, "a+b")
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
-            except FileNotFoundError:  # removed by the holder we waited for
-                same = False
-        except BaseException:
-            f.close()
-            raise
-        if same:
-            break
-        f.close()  # unlocks
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        f.close()  # unlocks, after the unlink: a waiter that gets the lock now sees a removed file
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def cached_track(video: str | Path, options: DubOptions, cache_dir: str | Path, *, device: str = "cpu",
