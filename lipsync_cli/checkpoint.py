@@ -72,12 +72,16 @@ def build_loaded(arch: str, config: dict, sd: dict, path: str | os.PathLike = "<
     return model
 
 
-def load_generator(path: str | os.PathLike, arch: str | None = None, device: str = "cpu"):
+def load_generator(path: str | os.PathLike, arch: str | None = None, device: str = "cpu", *,
+                   untrained: bool = False):
     """Rebuild a generator from an upstream Wav2Lip file or one of ours (training, exported ``.pt`` or
     ``.safetensors``); eval mode, on ``device``.
 
-    Ours carry ``arch`` and ``config``, so ``arch`` is only needed to start a different architecture from
-    upstream Wav2Lip weights (``arch="attn_wav2lip"``: the shared layers load, the attention stays at init).
+    Ours carry ``arch`` and ``config``, so ``arch`` is only needed to name what the file holds. A Wav2Lip file
+    with ``arch="attn_wav2lip"`` would leave the attention layers at their initial values: that is refused
+    (CheckpointMismatch naming the untrained layers and ``lipsync train generator --init``, which is how such a
+    model is made), unless ``untrained`` (tests, and the start of a fine-tuning run): the shared layers load,
+    the attention stays at init.
     """
     from lipsync_cli.models import build_generator
 
@@ -92,12 +96,24 @@ def load_generator(path: str | os.PathLike, arch: str | None = None, device: str
         model = build_loaded(kind, config, sd, path)
     else:  # a different architecture initialised from the layers it shares with this file
         model = build_generator(arch, config)
+        if not untrained:
+            raise _untrained(path, kind, arch, [k for k in model.state_dict() if k not in sd])
         try:
             model.load_state_dict(sd, strict=False)
         except RuntimeError as err:
             raise _mismatch(path, arch, err) from None
     model.mel_lead = generator_mel_lead(obj)
     return model.to(device).eval()
+
+
+def _untrained(path, kind: str, arch: str, fresh: list[str]) -> CheckpointMismatch:
+    """The refusal of a ``kind`` file run as ``arch``: ``fresh`` are the tensors the file does not have."""
+    blocks = sorted({k.split(".cbam.")[0] if ".cbam." in k else k.rsplit(".", 1)[0] for k in fresh})
+    return CheckpointMismatch(
+        f"{path} holds a {KIND_NAMES[kind]}: as --arch {arch} its {len(blocks)} attention layers "
+        f"({blocks[0]} .. {blocks[-1]}) would run untrained, at their initial values",
+        f"drop --arch to use it as {kind}, or fine-tune first: "
+        f"lipsync train generator --arch {arch} --init {path}")
 
 
 LEGACY_MEL_LEAD = 2  # our checkpoints from before the lead was stored were all trained with GeneratorDataset's 2

@@ -148,6 +148,11 @@ class DubResult:
     # seconds of start-up per STARTUP_PHASES, and "total": from the call until the face pass (stage "detect") and
     # the frames begin; what it does not count is the interpreter and the imports before dub() was called
     startup: dict[str, float] = field(default_factory=dict)
+    # of no_face_frames, those where the video has faces but not the one(s) dubbed: {output frame: faces there}
+    others_on_screen: dict[int, int] = field(default_factory=dict)
+    # what others_on_screen frames lack: 'the dubbed person (alice.jpg) is not on screen'
+    dubbed_absent: str = "the dubbed face is not on screen"
+    looped: str = ""  # how the video was stretched to the audio ('' when it was not): see loop_note
 
     @property
     def realtime_factor(self) -> float:
@@ -156,6 +161,38 @@ class DubResult:
 
     def stage_fps(self) -> dict[str, float]:
         return {k: (self.stage_frames.get(k, 0) / s if s > 0 else float("inf")) for k, s in self.stage_seconds.items()}
+
+    def no_face_lines(self) -> list[str]:
+        """What happened to the frames that passed through: those without any face, and those whose faces are
+        not the dubbed person's, each with its frames ('frames 10-24, 80: ...')."""
+        absent = [i for i in self.no_face_frames if i not in self.others_on_screen]
+        others = [i for i in self.no_face_frames if i in self.others_on_screen]
+        lines = []
+        if absent:
+            lines.append(f"{_frames_phrase(absent)}: no face found; passed through unchanged")
+        if others:
+            counts = sorted({self.others_on_screen[i] for i in others})
+            n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+            lines.append(f"{_frames_phrase(others)}: {self.dubbed_absent} ({n} other "
+                         f"face{'' if counts[-1] == 1 else 's'}); passed through unchanged")
+        return lines
+
+    def summary_lines(self) -> list[str]:
+        """The closing summary of ``lipsync dub``: the frames that passed through, what was written (frames,
+        faces, encoding as the file has it, looping), and the speed (end to end and per stage, frames/s)."""
+        from lipsync_cli.engine import format_rate
+
+        stages = "  ".join(f"{k} {format_rate(self.stage_frames[k], s)}" for k, s in self.stage_seconds.items()
+                           if self.stage_frames.get(k))
+        wall = max(self.wall_seconds, 1e-9)
+        return [
+            *self.no_face_lines(),
+            f"wrote {self.output}: {self.frames} frames at {self.fps:g} fps ({self.frames / self.fps:.2f} s), "
+            f"{self.faces} faces redrawn; {self.encoding}" + (f"; {self.looped}" if self.looped else ""),
+            f"{self.device}/{self.precision} batch {self.batch_size}: {self.wall_seconds:.1f} s, "
+            f"{format_rate(self.frames, wall)} frames/s end to end, {self.realtime_factor:.2f}x real time; "
+            f"stage frames/s: {stages}",
+        ]
 
     def stats_lines(self) -> list[str]:
         """The summary of ``lipsync dub --stats``: per-stage busy time, queue occupancy, frames in flight."""
@@ -241,8 +278,9 @@ def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str
     (:class:`FrameSpool`, in ``spool_dir`` or the system temp folder): either way each output frame costs at
     most one decoded frame, so decoding is linear in the output length. Without room on disk for the spool,
     backward runs are decoded again in chunks (slower, same frames). ``info`` (from ``probe``) saves probing the
-    file again per pass. ``stats["decoded"]`` counts the frames decoded from the file. ``depth``: 8 (uint8
-    frames) or 16 bits per channel (uint16, see ``output_format``).
+    file again per pass. ``stats["decoded"]`` counts the frames decoded from the file; ``stats["source_frames"]``,
+    set when the video loops, is its length in frames. ``depth``: 8 (uint8 frames) or 16 bits per channel
+    (uint16, see ``output_format``).
     """
     from lipsync_cli.video import FrameReader
 
@@ -281,6 +319,7 @@ def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str
         n = produced
         if produced >= n_out or n == 0:
             return
+        stats["source_frames"] = n  # the video is shorter than the output: it loops
         if spool is not None and spool.n == n:
             for i in range(produced, n_out):
                 src = loop_index(i, n, loop)
@@ -381,6 +420,51 @@ def _frame_ranges(idx: list[int]) -> str:
             start = prev = i
     shown = ", ".join(parts[:10])
     return shown + (f" and {len(parts) - 10} more ranges" if len(parts) > 10 else "")
+
+
+def _frames_phrase(idx: list[int]) -> str:
+    """'frame 7' / 'frames 3-7, 12 (6 frames)' for sorted output frame indices."""
+    if len(idx) == 1:
+        return f"frame {idx[0]}"
+    return f"frames {_frame_ranges(idx)} ({len(idx)} frames)"
+
+
+def loop_note(is_image: bool, n_source: int, n_out: int, mode: str) -> str:
+    """How ``n_out`` output frames came from a source of ``n_source`` frames: '' when each was used once."""
+    if is_image:
+        return f"the still image held for {n_out} frames"
+    if n_source <= 0 or n_source >= n_out:
+        return ""
+    return f"the {n_source}-frame video looped {mode} to the audio's {n_out} frames"
+
+
+def _others_on_screen(no_face: list[int], track: Track | None, n_src: int, is_image: bool, loop: str,
+                      min_score: float) -> dict[int, int]:
+    """For each output frame of ``no_face`` whose source frame has detections (at least ``min_score``), their
+    number: faces were there, just not the dubbed one."""
+    if track is None or not len(track):
+        return {}
+    out = {}
+    for i in no_face:
+        j = 0 if is_image else min(loop_index(i, n_src, loop), len(track) - 1)
+        dets = track.faces[j]
+        n = int((np.asarray(dets)[:, 4] >= min_score).sum()) if len(dets) else 0
+        if n:
+            out[i] = n
+    return out
+
+
+def _dubbed_absent(options: DubOptions) -> str:
+    """How the summary says that frames lack whoever ``options`` dub: 'the dubbed person (alice.jpg) is not on
+    screen'."""
+    if options.speakers is None:
+        return "the dubbed face is not on screen"
+    if options.speakers.auto:
+        return "the speaking face is not on screen"
+    names = [spec.label for spec in options.speakers.speakers]
+    if len(names) == 1:
+        return f"the dubbed person ({names[0]}) is not on screen"
+    return f"none of the dubbed people ({', '.join(names)}) is on screen"
 
 
 def detection_size(options: DubOptions, device: str) -> int:
@@ -620,12 +704,16 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
                                       stats=decode_stats, depth=plan.depth), writer)
     if run.frames == 0:
         raise BadOption(f"{video} produced no frames")
+    n_src = 1 if info.is_image else decode_stats.get("source_frames", run.frames)
     return DubResult(
         output=out, frames=run.frames, fps=fps, faces=run.n_faces, no_face_frames=run.no_face,
         audio_seconds=n_samples / SAMPLE_RATE, wall_seconds=time.perf_counter() - t_start, stage_seconds=stage_s,
         stage_frames=stage_n, device=device, precision=precision, batch_size=run.gen["batch"],
         decoded_frames=decode_stats.get("decoded", 0), encoding=describe(plan), queue_stats=run.queue_stats,
         pending_bytes=(run.peak_bytes, options.max_pending_bytes), stream_seconds=run.wall, startup=startup,
+        others_on_screen=_others_on_screen(run.no_face, track, n_src, info.is_image, options.loop,
+                                           options.track_options.min_score),
+        dubbed_absent=_dubbed_absent(options), looped=loop_note(info.is_image, n_src, run.frames, options.loop),
     )
 
 

@@ -229,6 +229,17 @@ class Pipeline:
         return {name: ch.stats().as_dict() for name, ch in self.channels.items()}
 
 
+MIN_TIMED_S = 0.01  # busy times below this are mostly timer and thread noise: no rate is computed from them
+
+
+def format_rate(items: int, seconds: float) -> str:
+    """Items per second, '12.3'; for a busy time under ``MIN_TIMED_S`` only the bound it proves, '>7500' (75
+    items in under 10 ms), never the noise of dividing by almost nothing."""
+    if seconds >= MIN_TIMED_S:
+        return f"{items / seconds:.1f}"
+    return f">{items / MIN_TIMED_S:.0f}"
+
+
 def format_stats(stage_seconds: dict[str, float], stage_frames: dict[str, int], stream_seconds: float,
                  queue_stats: dict[str, dict], pending_bytes: tuple[int, int] = (0, 0),
                  face_stages: tuple[str, ...] = ("generate", "enhance")) -> list[str]:
@@ -244,7 +255,7 @@ def format_stats(stage_seconds: dict[str, float], stage_frames: dict[str, int], 
     for name, s, n in rows:
         unit = "faces" if name in face_stages else "frames"
         share = "  before" if name == "detect" else f"{100 * s / wall:5.0f}%"
-        rate = f"{n / s:8.1f} {unit}/s" if s > 0 else ""
+        rate = f"{format_rate(n, s):>8s} {unit}/s"
         mark = "  <- limits the run" if name == limit else ""
         lines.append(f"  {name:9s} {s:7.2f} s {share} {n:7d} {unit:6s}{rate}{mark}")
     if queue_stats:

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,8 +86,9 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; when the block succeeds it is renamed to ``path`` (atomic on
-    one filesystem), when it raises (Ctrl-C, SIGTERM too) it is deleted. The folder is created if needed, and
-    stale temporary files of killed runs there are removed first.
+    one filesystem), when it raises (Ctrl-C, SIGTERM too) it is deleted. The file gets the mode ``open()`` gives
+    (0666 less the umask: 0644 usually), whatever the writer of the temporary file did. The folder is created if
+    needed, and stale temporary files of killed runs there are removed first.
 
     An ``OSError`` while writing or renaming (disk full, permission denied) becomes a ``WriteError`` naming
     ``path`` and the cause; nothing is left behind."""
@@ -96,10 +98,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         remove_stale_temps(path.parent)
         tmp = temp_path(path, suffix if suffix.startswith(".tmp") else ".tmp" + suffix)
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies, as for open()
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
     except OSError as err:
         raise write_error(path, err) from None
     try:
         yield tmp
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that made its own file (safetensors: 0600)
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)

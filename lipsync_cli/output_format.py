@@ -13,7 +13,8 @@ The rules, in one place:
 - pixel format: ``--pix-fmt``; else the profile's (ProRes, DNxHR); else the source's chroma subsampling at the
   source's depth, or the nearest the encoder has (never the deprecated full-range yuvj formats: range is a tag).
 - colour: the source's primaries, transfer, matrix and range are written as tags, and the RGB -> YUV conversion
-  uses the source's matrix and range, so what the decoder turned into RGB goes back to the same YUV values.
+  uses the source's matrix and range, so what the decoder turned into RGB goes back to the same YUV values. A still
+  image (a JPEG is full range) becomes limited-range video, the range every player expects.
 - size: x264, x265 and the hardware encoders need even sides for 4:2:0 (and an even width for 4:2:2); ProRes,
   DNxHR and VP9 take any size. For the former, an odd-sized source is encoded 4:4:4 at the same depth (exact size,
   less player support); where the user chose the pixel format, one edge column/row is repeated to pad it to even.
@@ -350,6 +351,7 @@ class EncodePlan:
     source: Path | None = None
     encoded_size: tuple[int, int] = (0, 0)
     notes: tuple[str, ...] = ()
+    colour_range: str = ""  # the range tag written: "tv" (limited), "pc" (full), "" (none: limited for YUV)
 
     @property
     def pipe_pix_fmt(self) -> str:
@@ -484,7 +486,9 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
         filters.append(f"format={fmt}")
         rng, space = "pc", "gbr"
     else:
-        rng = c.range or ("pc" if source.pix_fmt.startswith("yuvj") else "")
+        # a still becomes limited-range video, the range players expect (full-range H.264 decodes as the
+        # deprecated yuvj formats); a video keeps its own range
+        rng = "tv" if source.is_image else c.range or ("pc" if source.pix_fmt.startswith("yuvj") else "")
         space = c.space if c.space != "gbr" else ""
         if not space and vcodec in SELF_TAGGING:  # its files always claim a matrix: convert to that one
             space = SELF_TAGGING[vcodec]
@@ -530,7 +534,8 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
     enc_w, enc_h = (width + width % 2, height + height % 2) if pad else (width, height)
     return EncodePlan(vcodec=vcodec, pix_fmt=fmt, depth=depth, muxer=muxer, pipe_args=tuple(pipe_args),
                       video_args=tuple(vargs), audio_args=tuple(aargs), keep_args=tuple(keep),
-                      source=source.path if keep else None, encoded_size=(enc_w, enc_h), notes=tuple(notes))
+                      source=source.path if keep else None, encoded_size=(enc_w, enc_h), notes=tuple(notes),
+                      colour_range=rng)
 
 
 def _default_profile(vcodec: str, src: PixFmt | None) -> str:
@@ -619,8 +624,11 @@ def _keep_args(source: VideoInfo, muxer: str) -> tuple[list[str], list[str]]:
 
 
 def describe(plan: EncodePlan) -> str:
-    """One line for the closing summary: 'prores_ks yuv422p10le (10-bit) in mov'."""
+    """One line for the closing summary: 'prores_ks yuv422p10le (10-bit) in mov'; a full-range YUV file says so
+    ('yuv420p (8-bit, full range)': ffprobe calls that yuvj420p)."""
     pf = pix_fmt(plan.pix_fmt)
-    bits = f" ({pf.depth}-bit)" if pf is not None else ""
-    return f"{plan.vcodec} {plan.pix_fmt}{bits} in {plan.muxer}"
+    full = plan.colour_range == "pc" and not (pf is not None and pf.rgb)
+    bits = [f"{pf.depth}-bit"] if pf is not None else []
+    bits += ["full range"] if full else []
+    return f"{plan.vcodec} {plan.pix_fmt}{' (' + ', '.join(bits) + ')' if bits else ''} in {plan.muxer}"
 

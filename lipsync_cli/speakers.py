@@ -109,6 +109,11 @@ class SpeakerSpec:
     name: str = ""
     threshold: float | None = None  # None: SpeakerSetup.identity_threshold
 
+    @property
+    def label(self) -> str:
+        """How messages name this person: ``name``, else the reference ('alice.jpg', 'clip.mp4@3')."""
+        return self.name or (self.reference.describe() if self.reference is not None else "the speaker")
+
 
 @dataclass(frozen=True)
 class SpeakerSetup:
@@ -537,7 +542,7 @@ def plan_faces(video: Path, track, setup: SpeakerSetup, track_options, *, detect
         if found == 0 and notify is not None:
             spec = setup.speakers[s]
             near = float(np.min(dist[:, s])) if dist.size and np.isfinite(dist[:, s]).any() else math.inf
-            notify(f"warning: {spec.name or spec.reference.describe()} is not in the video (nearest face at "
+            notify(f"warning: {spec.label} is not in the video (nearest face at "
                    f"distance {near:.2f}, threshold {setup.thresholds()[s]:.2f}); their frames pass through")
     return plan
 

@@ -672,11 +672,22 @@ def resolve(name: str, explicit: str | os.PathLike | None = None, *, offline: bo
         raise
 
 
+def file_name(spec: WeightSpec) -> str:
+    """The name to give the file in a weights folder: ``wav2lip_gan.pth``; a pack's member in its folder
+    (``buffalo_l/det_10g.onnx``)."""
+    return f"{spec.pack}/{spec.file}" if spec.pack else spec.file
+
+
 def status_rows() -> list[dict]:
-    """One dict per registry entry for ``lipsync weights list``: spec fields plus ``path`` (or None)."""
+    """One dict per registry entry for ``lipsync weights list``: spec fields plus ``path`` (or None), ``file_name``
+    (see :func:`file_name`) and ``found_size`` (bytes of the file at ``path``: a size other than ``size`` is what
+    :func:`verify` reports as a mismatch, without hashing)."""
     rows = []
     for name, spec in REGISTRY.items():
+        path = find(name)
         rows.append({"name": name, "kind": spec.kind, "arch": spec.arch, "file": spec.file, "size": spec.size,
-                     "licence": spec.licence, "path": find(name), "description": spec.description})
+                     "file_name": file_name(spec), "licence": spec.licence, "path": path,
+                     "found_size": path.stat().st_size if path is not None else None,
+                     "description": spec.description})
     return rows
 

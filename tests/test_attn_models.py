@@ -290,7 +290,7 @@ def test_fft_runs_in_float32_under_autocast():
 def test_wav2lip_checkpoint_initialises_attn_wav2lip(fake_ckpt):
     path = fake_ckpt("wav2lip")
     sd = unwrap_state_dict(load_file(path))
-    for model in (AttnWav2Lip.from_wav2lip_state_dict(sd), load_generator(path, arch="attn_wav2lip")):
+    for model in (AttnWav2Lip.from_wav2lip_state_dict(sd), load_generator(path, arch="attn_wav2lip", untrained=True)):
         assert isinstance(model, AttnWav2Lip)
         own = model.state_dict()
         assert set(sd) < set(own)
@@ -440,7 +440,7 @@ def test_inspect_attention_cli_writes_grid(fake_ckpt, tmp_path):
     from lipsync_cli.inspect_attention import CELL, HEADER
 
     ckpt = tmp_path / "attn.pth"
-    atomic_save(make_checkpoint(load_generator(fake_ckpt("wav2lip"), arch="attn_wav2lip")), ckpt)
+    atomic_save(make_checkpoint(load_generator(fake_ckpt("wav2lip"), arch="attn_wav2lip", untrained=True)), ckpt)
     video = make_video(tmp_path / "clip.mp4", seconds=1.0, size=(160, 120))
     out = tmp_path / "maps.png"
     args = ["inspect", "attention", str(video), str(video), "-o", str(out), "-c", str(ckpt),
@@ -470,7 +470,8 @@ def test_inspect_attention_feeds_each_frame_the_window_of_the_generators_lead(fa
     from lipsync_cli.cli import app
 
     ckpt = tmp_path / "attn.pth"
-    atomic_save(make_checkpoint(load_generator(fake_ckpt("wav2lip"), arch="attn_wav2lip"), mel_lead=lead), ckpt)
+    model = load_generator(fake_ckpt("wav2lip"), arch="attn_wav2lip", untrained=True)
+    atomic_save(make_checkpoint(model, mel_lead=lead), ckpt)
     video = make_video(tmp_path / "clip.mp4", seconds=1.0, size=(160, 120), audio=False)
     speech = make_audio(tmp_path / "speech.wav", seconds=1.0, sample_rate=16000, channels=1)
     seen = {}

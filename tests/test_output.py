@@ -205,7 +205,7 @@ def test_still_image_becomes_8bit_420_without_rgb_tags(tmp_path, suffix):
     plan = plan_output(probe(image), EncodeOptions(), tmp_path / "o.mp4")
     assert (plan.pix_fmt, plan.depth) == ("yuv420p", 8)
     tags = dict(zip(plan.video_args[::2], plan.video_args[1::2]))
-    assert tags.get("-color_range") == (None if suffix == ".png" else "pc")  # full-range JPEG values stay full
+    assert tags.get("-color_range") == "tv"  # limited range, as players expect (a JPEG is full range)
 
 
 def test_odd_size_is_kept_exact_in_444_and_said(src, tmp_path):

@@ -86,7 +86,8 @@ def dub(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
                                               help="Generator weights (default: wav2lip_gan from the registry)."),
     arch: Optional[str] = typer.Option(None, help="wav2lip | attn_wav2lip | lpips_attn_wav2lip (default: from "
-                                                  "the checkpoint)."),
+                                                  "the checkpoint; a Wav2Lip file is not run as attn_wav2lip: "
+                                                  "its attention would be untrained)."),
     detector: str = typer.Option("s3fd", help="Face detector: s3fd | insightface."),
     detector_weights: Optional[Path] = typer.Option(None, help="Detector weights: s3fd .pth, or an insightface "
                                                                  "pack name / .onnx file."),
@@ -135,7 +136,8 @@ def dub(
                                                "and on CUDA GPUs that have it, fp16 on other GPUs, else fp32)."),
     blend: str = typer.Option("feather", help="feather (soft lower-face mask) | paste (exactly Wav2Lip)."),
     enhance: bool = typer.Option(False, "--enhance", help="Sharpen the dubbed mouth with a face restorer (GFPGAN "
-                                                          "v1.4 by default; ~1 s per face on a 2-core CPU)."),
+                                                          "v1.4 by default; slow on a CPU: 10-17 s per face measured "
+                                                          "on a busy 2-core EPYC, ~4 s idle; see the README)."),
     enhancer_weights: Optional[Path] = typer.Option(None, help="Restorer for --enhance: a GFPGANv1.4-format .pth or "
                                                                 "an ONNX restorer (GFPGAN, CodeFormer, GPEN, "
                                                                 "RestoreFormer++; 1x3xNxN RGB in [-1, 1])."),
@@ -197,15 +199,8 @@ def dub(
         result = run_dub(video, audio, output, opts, progress=progress, notify=notify)
     if quiet:
         return
-    if result.no_face_frames:
-        console.print(f"{len(result.no_face_frames)} frame(s) had no face and passed through unchanged")
-    rate = result.stage_fps()
-    stages = "  ".join(f"{k} {v:.1f}" for k, v in rate.items() if result.stage_frames.get(k))
-    console.print(f"wrote {result.output}: {result.frames} frames at {result.fps:g} fps "
-                  f"({result.frames / result.fps:.2f} s), {result.faces} faces redrawn; {result.encoding}")
-    console.print(f"{result.device}/{result.precision} batch {result.batch_size}: {result.wall_seconds:.1f} s, "
-                  f"{result.frames / result.wall_seconds:.1f} frames/s end to end, "
-                  f"{result.realtime_factor:.2f}x real time; stage frames/s: {stages}", highlight=False)
+    for line in result.summary_lines():
+        console.print(line, highlight=False, markup=False)
     console.print(startup_line(result.startup, before), highlight=False)
     if stats:
         for line in result.stats_lines():

@@ -47,7 +47,7 @@ def attention_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="PNG grid to write."),
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Generator weights with attention."),
     arch: Optional[str] = typer.Option(None, help="attn_wav2lip | lpips_attn_wav2lip (default: from the "
-                                                  "checkpoint; attn_wav2lip also accepts a Wav2Lip file)."),
+                                                  "checkpoint)."),
     blocks: Optional[list[str]] = typer.Option(None, "--blocks", "-b",
                                                help="Attention blocks to show, repeated or comma-separated "
                                                     "(e.g. enc0,enc3,dec6; default: four across the network; "

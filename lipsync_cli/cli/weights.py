@@ -25,22 +25,31 @@ _console = console
 
 @weights_app.command("list")
 def list_cmd() -> None:
-    """Table of the known weights: kind, size, where the file is (or that it is missing), licence."""
+    """Table of the known weights: kind, the file name to use, size, where the file is (or that it is missing, or
+    of the wrong size, as `verify` would say), licence."""
+    from rich.markup import escape
     from rich.table import Table
 
     from lipsync_cli import weights
 
     table = Table(title="Known weights", title_justify="left")
     table.add_column("name", no_wrap=True)
-    for col in ("kind", "size", "present", "licence"):
+    for col in ("kind", "file", "size", "present", "licence"):
         table.add_column(col, overflow="fold")
     for row in weights.status_rows():
-        where = f"[green]yes[/] {row['path']}" if row["path"] else "[red]missing[/]"
+        if row["path"] is None:
+            where = "[red]missing[/]"
+        elif row["found_size"] != row["size"]:
+            where = f"[red]wrong size[/] {escape(str(row['path']))} ({weights.human_size(row['found_size'])})"
+        else:
+            where = f"[green]yes[/] {escape(str(row['path']))}"
         licence = row["licence"].split(" (")[0]  # the full note is in `download` and weights/README.md
-        table.add_row(row["name"], row["kind"], weights.human_size(row["size"]), where, licence)
+        table.add_row(row["name"], row["kind"], escape(row["file_name"]), weights.human_size(row["size"]), where,
+                      licence)
     out = _console()
     out.print(table)
-    out.print("searched, in order: " + ", ".join(str(d) for d in weights.weights_dirs())
+    out.print("a file of the 'file' name in one of these folders is used (`lipsync weights verify` checks its "
+              "sha256); searched, in order: " + ", ".join(str(d) for d in weights.weights_dirs())
               + f" (downloads go to {weights.user_cache_dir()}; set LIPSYNC_HOME to change it); "
               + f"insightface packs also in {weights.insightface_root()} ($INSIGHTFACE_HOME), "
               + f"torchvision files also in {weights.torch_hub_dir() / 'checkpoints'} ($TORCH_HOME), "

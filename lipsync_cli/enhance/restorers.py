@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from lipsync_cli.errors import BadOption, CheckpointError, CheckpointMismatch
+from lipsync_cli.errors import BadOption, CheckpointError, CheckpointMismatch, InputNotFound
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,9 @@ def load_restorer(path: str | os.PathLike, device: str = "cpu", precision: str =
     """A restorer from a file: ``.onnx`` -> :class:`OnnxRestorer`; anything else is read as a GFPGANv1.4-format
     weight file (``weights_only=True``) -> :class:`TorchGFPGAN`."""
     path = Path(path)
+    if not path.is_file():
+        raise InputNotFound(f"enhancer weights not found: {path}",
+                            "give a GFPGANv1.4 .pth or an ONNX restorer, or leave out --enhancer-weights")
     if path.suffix.lower() == ".onnx":
         if noise != "fixed":
             raise BadOption("--enhance-noise random needs the GFPGAN .pth (an ONNX restorer has its noise built in)")

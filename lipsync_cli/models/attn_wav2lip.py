@@ -5,9 +5,10 @@ blocks and each of the 7 face-decoder blocks; the decoder's attention acts on th
 encoder skip is concatenated (Algorithm 1, lines 12-14), and no attention touches the raw input image.
 
 Every layer Wav2Lip has keeps Wav2Lip's name, so an official ``wav2lip.pth`` initialises all of them
-(:meth:`AttnWav2Lip.from_wav2lip_state_dict`, or ``checkpoint.load_generator(path, arch="attn_wav2lip")``);
-the attention layers live under ``face_encoder_attn.N.cbam.*`` / ``face_decoder_attn.N.cbam.*`` and start
-fresh.
+(:meth:`AttnWav2Lip.from_wav2lip_state_dict`, ``train generator --init``, or
+``checkpoint.load_generator(path, arch="attn_wav2lip", untrained=True)``: without ``untrained`` that is refused, as
+dubbing with it would run untrained attention); the attention layers live under ``face_encoder_attn.N.cbam.*`` /
+``face_decoder_attn.N.cbam.*`` and start fresh.
 """
 
 from __future__ import annotations
