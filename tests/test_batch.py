@@ -381,7 +381,9 @@ def test_two_local_worker_processes_give_the_inline_outputs(clips, tmp_path, fak
     from lipsync_cli.video import probe
 
     man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}",
-                                          f"{clips}/talk.mp4,{clips}/de.wav,{BOX}", f"{clips}/nope.mp4,x.wav,"])
+                                          f"{clips}/talk.mp4,{clips}/de.wav,{BOX}",
+                                          f"{clips}/broken.mp4,{clips}/de.wav,{BOX}"])
+    (clips / "broken.mp4").write_bytes(b"not a video")  # passes the checks, fails in its worker
     opts = BatchOptions(outdir=tmp_path / "out", dub=DubOptions(checkpoint=fake_ckpt("wav2lip"), device="cpu",
                                                                  batch_size=8, offline=True))
     report = run_batch(man, opts, LocalExecutor(2, gpus=[]))
