@@ -150,7 +150,8 @@ def _run_app(args: list[str], debug: bool) -> int:
 
 def _usage_hint(args: list[str], err: BaseException) -> str | None:
     """A line for a usage error whose cause is a renamed option (old usage), else None."""
-    if args[:1] == ["detect"] and "'--speakers' requires an argument" in str(err):
+    after = [args[k + 1] if k + 1 < len(args) else "" for k, a in enumerate(args) if a == "--speakers"]
+    if args[:1] == ["detect"] and any(not value or value.startswith("-") for value in after):  # the old flag
         from lipsync_cli.cli.dub import SPEAKING_HINT
 
         return f"--speakers takes a speakers.yaml, as in `lipsync dub`; {SPEAKING_HINT}"
