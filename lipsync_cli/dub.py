@@ -23,6 +23,7 @@ from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_fr
 from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, ENHANCE_NOISE, MEL_WINDOW, SAMPLE_RATE
 from lipsync_cli.device import DEVICES, PRECISIONS, autocast, device_type, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
+from lipsync_cli.faces.detect import DEFAULT_DETECTOR
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video, video_fingerprint
 from lipsync_cli.output_format import PRESETS, EncodeOptions
 
@@ -47,7 +48,7 @@ class DubOptions:
 
     checkpoint: Path | None = None  # generator weights; None -> the registry default (wav2lip_gan)
     arch: str | None = None  # None -> from the checkpoint
-    detector: str = "s3fd"
+    detector: str = DEFAULT_DETECTOR  # prepare's too
     detector_weights: Path | None = None  # None -> the registry default (s3fd) / insightface pack
     det_size: int | None = None  # longest side of the frames given to the detector, px; None: 640 GPU, 320 CPU
     detect_every: int = 4  # detect every Nth frame, interpolate between when the same faces are at both ends
@@ -468,9 +469,11 @@ def _dubbed_absent(options: DubOptions) -> str:
 
 
 def detection_size(options: DubOptions, device: str) -> int:
-    """``options.det_size``, or by default 640 px on a GPU and 320 px on a CPU (S3FD costs ~4x less there and a
-    talking head is still 50+ px wide in a 720p frame shrunk to 320)."""
-    return options.det_size or (320 if device == "cpu" else 640)
+    """``options.det_size``, or by default 640 px on a GPU and 320 px on a CPU (``default_det_size``, as
+    ``lipsync prepare``)."""
+    from lipsync_cli.faces.detect import default_det_size
+
+    return options.det_size or default_det_size(device)
 
 
 def _resolve_weights(name: str, options: DubOptions, progress: ProgressFn | None, notify) -> Path:

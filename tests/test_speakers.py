@@ -466,7 +466,7 @@ def test_detect_preview_scores_and_auto_dub(two_people, fake_arcface, fake_ckpt,
                     str(clip)], check=True, capture_output=True)
     track_path, preview = tmp_path / "track.json", tmp_path / "preview.mp4"
     res = run_cli("detect", str(clip), "-o", str(track_path), "--detector", "insightface", "--detector-weights",
-                  str(SCRFD_ONNX), "--det-size", "320", "--device", "cpu", "--identity", "--speakers",
+                  str(SCRFD_ONNX), "--det-size", "320", "--device", "cpu", "--identity", "--speaking",
                   "--syncnet", str(fake_ckpt("syncnet_v2")), "--recognition-weights", str(fake_arcface),
                   "--ref-face", str(two_people["photos"]["left"]), "--preview", str(preview), "--offline")
     assert res.returncode == 0, res.stderr

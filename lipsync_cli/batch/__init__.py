@@ -7,10 +7,20 @@ parses its options and calls it. Executors: ``InlineExecutor`` (this process), `
 
 from lipsync_cli.batch.executors import Executor, InlineExecutor, LocalExecutor, default_workers
 from lipsync_cli.batch.manifest import Job, Manifest, ManifestError, load_manifest
-from lipsync_cli.batch.run import BatchOptions, BatchReport, merge_reports, parse_shard, run_batch
+from lipsync_cli.batch.run import (
+    BatchOptions,
+    BatchPlan,
+    BatchReport,
+    PlannedJob,
+    merge_reports,
+    parse_shard,
+    plan_batch,
+    run_batch,
+)
 
 __all__ = [
     "BatchOptions",
+    "BatchPlan",
     "BatchReport",
     "Executor",
     "InlineExecutor",
@@ -22,5 +32,7 @@ __all__ = [
     "load_manifest",
     "merge_reports",
     "parse_shard",
+    "plan_batch",
+    "PlannedJob",
     "run_batch",
 ]

@@ -12,8 +12,11 @@ the output's container cannot hold); problems are collected with their line numb
 holds the row's codec (``.mp4``, else ``.mov`` for ProRes and DNxHR).
 
 Paths in a row (inputs, ``checkpoint``, ``track``, ``detector_weights``, reference faces, speaker audio) are
-relative to the manifest's folder; ``output`` is relative to the batch's output folder. An input that does not
-exist is not a malformed row: that job fails on its own when it runs.
+relative to the manifest's folder, those of the command line's defaults to the current folder; ``output`` is
+relative to the batch's output folder. Before any job runs, each job's files must be readable and its weights must
+resolve (``lipsync_cli.batch.checks``): a missing input is a malformed row like a bad value. A CSV header names
+only known columns, even when a column's cells are all empty; an unknown option in the defaults (``--set``) is one
+``BadOption`` naming it.
 """
 
 from __future__ import annotations
@@ -47,13 +50,13 @@ class ManifestError(LipsyncError):
 
     exit_code = 2
 
-    def __init__(self, manifest: Path, problems: list[tuple[int, str]]):
+    def __init__(self, manifest: Path, problems: list[tuple[int, str]],
+                 hint: str = "fix them, or pass --skip-invalid to run the other rows"):
         self.manifest = manifest
         self.problems = problems
         first = "; ".join(f"line {n}: {m}" for n, m in problems[:3])
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-        super().__init__(f"{manifest}: {len(problems)} malformed row(s): {first}{more}",
-                         "fix them, or pass --skip-invalid to run the other rows")
+        super().__init__(f"{manifest}: {len(problems)} malformed row(s): {first}{more}", hint)
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,9 @@ class Manifest:
 # reading rows
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line, raw row) of each job of the file; a broken file is one ManifestError."""
+def _read_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """(line, raw row) of each job of the file, and the CSV header's names ([] for JSONL / YAML); a broken file
+    is one ManifestError."""
     kind = MANIFEST_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise BadOption(f"manifest {path} must end in one of {', '.join(MANIFEST_SUFFIXES)}")
@@ -102,7 +106,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             if not any(str(v).strip() for v in row.values()):
                 continue  # blank line
             rows.append((reader.line_num, row))
-        return rows
+        return rows, [k for k in reader.fieldnames or () if k is not None]
     if kind == "jsonl":
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -114,7 +118,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 rows.append((n, {ERROR: f"not JSON ({err.msg})"}))
                 continue
             rows.append((n, obj if isinstance(obj, dict) else {ERROR: "a row must be a JSON object"}))
-        return rows
+        return rows, []
     import yaml
 
     try:
@@ -138,7 +142,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     for k, item in enumerate(items):
         line = nodes[k].start_mark.line + 1 if nodes and k < len(nodes) else k + 1
         out.append((line, item if isinstance(item, dict) else {ERROR: "a job must be a mapping"}))
-    return out
+    return out, []
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -316,19 +320,68 @@ def _derived_name(video: Path, audio: Path, options: DubOptions) -> str:
     return f"{video.stem}.{audio.stem}{default_suffix(options.encode)}"
 
 
+def column_type(name: str) -> Any:
+    """The type of option column ``name`` (a field's hint; ``no_smooth``: bool)."""
+    if name in _ALIASES:
+        return bool
+    for fields in (DUB_FIELDS, TRACK_FIELDS, ENCODE_FIELDS, SPEAKER_COLUMNS):
+        if name in fields:
+            return fields[name]
+    raise KeyError(name)
+
+
+def _is_path(hint: Any) -> bool:
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return any(a is Path or getattr(a, "__name__", "") == "SpeakerSetup" for a in args)
+
+
+def check_defaults(defaults: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
+    """The option columns that apply to every row (the command line's flags and ``--set``), checked once: an
+    unknown name or a value of the wrong type is one BadOption naming it (not one problem per row). Paths are
+    made absolute against ``base`` (default: the current folder), so rows relative to the manifest leave them."""
+    base = Path.cwd() if base is None else base
+    out: dict[str, Any] = {}
+    for key, raw in defaults.items():
+        name = _normalise(key)
+        if name not in OPTION_COLUMNS:
+            raise BadOption(f"{key!r} is not a dub option", "`lipsync batch --list-columns` lists them")
+        hint = column_type(name)
+        try:
+            if name in SPEAKER_COLUMNS:
+                out[name] = _speaker_value(name, raw, base)
+            elif _is_path(hint):  # absolute here; read as a row's cell (speakers.yaml) with the row
+                out[name] = _convert(raw, Path | None, base)
+            else:
+                out[name] = _convert(raw, hint, base)
+        except (ValueError, TypeError) as err:
+            raise BadOption(f"{key}={raw!r}: {err}") from None
+    return out
+
+
 def load_manifest(path: str | Path, outdir: str | Path, defaults: dict[str, Any] | None = None,
-                  base_options: DubOptions = DubOptions(), *, skip_invalid: bool = False) -> Manifest:
+                  base_options: DubOptions = DubOptions(), *, skip_invalid: bool = False,
+                  check_files: bool = True) -> Manifest:
     """Parse and validate every row of ``path``; jobs write into ``outdir``.
 
     ``defaults``: option columns (as in a row) that apply to every row that does not set them (the command line's
-    options); ``base_options`` the options under them. Malformed rows raise one ManifestError listing all of
-    them with their line numbers, unless ``skip_invalid`` (then they are returned in ``Manifest.invalid``)."""
+    options, see ``check_defaults``); ``base_options`` the options under them. ``check_files``: also check each
+    job's inputs and weights (``checks.job_problems``). Malformed rows raise one ManifestError listing all of
+    them with their line numbers, unless ``skip_invalid`` (then they are returned in ``Manifest.invalid``); an
+    unknown column in a CSV header is a ManifestError even then."""
+    from lipsync_cli.batch.checks import WeightsCheck, job_problems
+
     path = Path(path).resolve()
     outdir = Path(outdir).resolve()
     folder = path.parent
-    rows = _read_rows(path)
+    defaults = check_defaults(defaults or {})
+    rows, header = _read_rows(path)
+    unknown = sorted(k for k in map(_normalise, header) if k not in JOB_COLUMNS and k not in OPTION_COLUMNS)
+    if unknown:
+        raise ManifestError(path, [(1, f"unknown column(s) {', '.join(unknown)} in the header")],
+                            "rename or remove them (`lipsync batch --list-columns` lists the columns)")
     problems: list[tuple[int, int, str]] = []
     parsed: list[tuple[int, int, Path, Path, Path | None, DubOptions]] = []
+    weights = WeightsCheck()
     for row_index, (line, raw) in enumerate(rows):
         try:
             if ERROR in raw:
@@ -339,7 +392,7 @@ def load_manifest(path: str | Path, outdir: str | Path, defaults: dict[str, Any]
             unknown = sorted(k for k in cols if k not in JOB_COLUMNS and k not in OPTION_COLUMNS)
             if unknown:
                 raise BadOption(f"unknown column(s) {', '.join(unknown)}",
-                                f"a column is video, audio, output or a dub option ({', '.join(OPTION_COLUMNS)})")
+                                "a column is video, audio, output or a dub option (`lipsync batch --list-columns`)")
             for need in ("video", "audio"):
                 if cols.get(need) in (None, "") or not str(cols[need]).strip():
                     raise BadOption(f"no {need}")
@@ -350,7 +403,7 @@ def load_manifest(path: str | Path, outdir: str | Path, defaults: dict[str, Any]
                 output = _convert(cols["output"], Path, outdir)
                 if output.suffix.lower() not in OUTPUT_SUFFIXES:
                     raise BadOption(f"output {output.name} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
-            merged = {**(defaults or {}), **{k: v for k, v in cols.items() if k not in JOB_COLUMNS}}
+            merged = {**defaults, **{k: v for k, v in cols.items() if k not in JOB_COLUMNS}}
             # command-line defaults are relative to the current folder (already absolute), row values to the manifest
             opts = build_options(merged, base_options, folder)
             parsed.append((row_index, line, video, audio, output, opts))
@@ -389,7 +442,12 @@ def load_manifest(path: str | Path, outdir: str | Path, defaults: dict[str, Any]
             job_id = out.relative_to(outdir).as_posix()
         except ValueError:
             job_id = out.as_posix()
-        jobs.append(Job(job_id, row_index, line, video, audio, out, opts))
+        job = Job(job_id, row_index, line, video, audio, out, opts)
+        missing = job_problems(job, weights) if check_files else []
+        if missing:
+            problems.append((row_index, line, "; ".join(missing)))
+            continue
+        jobs.append(job)
     problems.sort()
     if problems and not skip_invalid:
         raise ManifestError(path, [(line, msg) for _, line, msg in problems])

@@ -1,10 +1,10 @@
 """``run_batch``: plan a manifest against its journal, run what is left on an executor, report.
 
-The driver is the only writer of the journal. Before anything runs, every row is validated (``load_manifest``)
-and every job is planned: done and still valid -> kept; failed -> kept unless ``retry_failed`` or its inputs
-changed; anything else (new, pending, left ``running`` by a killed run, done but its inputs, options or output
-changed) -> run. An interrupt (Ctrl-C, SIGTERM) stops the executor, puts the running jobs back to pending,
-writes the report, and re-raises.
+The driver is the only writer of the journal. Before anything runs, every row is validated (``load_manifest``:
+values, files, weights) and every job is planned (``plan_batch``, what ``--dry-run`` shows): done and still
+valid -> kept; failed -> kept unless ``retry_failed`` or its inputs changed; anything else (new, pending, left
+``running`` by a killed run, done but its inputs, options or output changed) -> run. An interrupt (Ctrl-C, SIGTERM)
+stops the executor, puts the running jobs back to pending, writes the report, and re-raises.
 """
 
 from __future__ import annotations
@@ -137,6 +137,63 @@ def merge_reports(outdir: str | Path) -> BatchReport:
     return BatchReport(rows, summary, jpath, cpath)
 
 
+@dataclass(frozen=True)
+class PlannedJob:
+    """What a run would do with one job, and why."""
+
+    job: Job
+    runs: bool  # False: kept as it is (done, or failed without --retry-failed)
+    why: str  # new | pending | interrupted | done | failed | retried | options changed | video changed | ...
+    note: str | None  # the report's note: why it runs again, or why it is kept
+    previous: dict | None  # its last journal event
+
+
+@dataclass
+class BatchPlan:
+    manifest: Manifest
+    jobs: list[PlannedJob]  # those of this shard, in row order
+    invalid: list[tuple[int, int, str]]  # (row, line, reason) of this shard's malformed rows (skip_invalid)
+
+    @property
+    def todo(self) -> list[Job]:
+        return [p.job for p in self.jobs if p.runs]
+
+
+def plan_batch(manifest: str | Path | Manifest, options: BatchOptions) -> BatchPlan:
+    """Validate ``manifest`` (every row, its files and weights: ``load_manifest``) and decide each job against
+    the journals of ``options.outdir``, writing nothing: ``lipsync batch --dry-run`` prints this, ``run_batch``
+    runs it. Raises ManifestError for malformed rows unless ``options.skip_invalid``."""
+    options.validate()
+    outdir = Path(options.outdir).resolve()
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest, outdir, options.defaults, options.dub, skip_invalid=options.skip_invalid)
+    states = load_states(outdir)
+    planned = []
+    for job in (j for j in manifest.jobs if in_shard(j.row, options.shard)):
+        inputs, fp = job_inputs(job), options_fingerprint(job.options)
+        prev = states.get(job.id)
+        state = prev["state"] if prev else None
+        if state == "done":
+            changed = still_valid(prev, inputs, fp, job.output)
+            p = (PlannedJob(job, False, "done", "done in an earlier run", prev) if changed is None
+                 else PlannedJob(job, True, changed, changed, prev))
+        elif state == "failed":
+            changed = still_valid({**prev, "output_size": None}, inputs, fp, job.output)
+            if not options.retry_failed and changed in (None, "output missing"):
+                p = PlannedJob(job, False, "failed", "failed in an earlier run (--retry-failed runs it)", prev)
+            else:
+                note = "retried" if options.retry_failed else changed
+                p = PlannedJob(job, True, note, note, prev)
+        elif state in ("pending", "running"):  # running: its run was killed
+            why = "interrupted" if state == "running" or prev.get("note") == "interrupted" else "pending"
+            p = PlannedJob(job, True, why, None, prev)
+        else:
+            p = PlannedJob(job, True, "new", None, prev)
+        planned.append(p)
+    invalid = [(row, line, reason) for row, line, reason in manifest.invalid if in_shard(row, options.shard)]
+    return BatchPlan(manifest, planned, invalid)
+
+
 def run_batch(manifest: str | Path | Manifest, options: BatchOptions, executor: Executor | None = None, *,
               on_event: EventFn | None = None) -> BatchReport:
     """Run every job of ``manifest`` (a path, or a ``Manifest`` from ``load_manifest``) that is not already
@@ -146,48 +203,34 @@ def run_batch(manifest: str | Path | Manifest, options: BatchOptions, executor: 
     Raises ManifestError (nothing runs) for malformed rows unless ``options.skip_invalid``; KeyboardInterrupt
     after a clean stop. A failed job never raises: see ``BatchReport.failed`` / ``exit_code``."""
     t0 = time.perf_counter()
-    options.validate()
+    plan = plan_batch(manifest, options)
     outdir = Path(options.outdir).resolve()
-    if not isinstance(manifest, Manifest):
-        manifest = load_manifest(manifest, outdir, options.defaults, options.dub, skip_invalid=options.skip_invalid)
     emit = on_event or (lambda kind, job_id, data: None)
     outdir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(options.cache_dir) if options.cache_dir else outdir / ".cache" / "tracks"
-    jobs = [j for j in manifest.jobs if in_shard(j.row, options.shard)]
-    by_id = {j.id: j for j in jobs}
-    states = load_states(outdir)
+    by_id = {p.job.id: p.job for p in plan.jobs}
     rows: dict[str, dict[str, Any]] = {}
     todo: list[Job] = []
     notes: dict[str, str | None] = {}  # why a job runs again (inputs changed, retried...)
     with Journal(journal_path(outdir, options.shard)) as journal:
-        for row, line, reason in manifest.invalid:
-            if in_shard(row, options.shard):
-                key = f"line-{line}"
-                ev = journal.record(key, "skipped", line=line, error=reason)
-                rows[key] = _row(None, ev)
-        for job in jobs:
-            inputs, fp = job_inputs(job), options_fingerprint(job.options)
-            prev = states.get(job.id)
+        for _row_index, line, reason in plan.invalid:
+            key = f"line-{line}"
+            ev = journal.record(key, "skipped", line=line, error=reason)
+            rows[key] = _row(None, ev)
+        for p in plan.jobs:
+            job = p.job
+            if not p.runs:
+                rows[job.id] = _row(job, {**p.previous, "note": p.note})
+                continue
             where = {"line": job.line, "video": str(job.video), "audio": str(job.audio), "output": str(job.output)}
-            note = None
-            if prev is not None and prev["state"] == "done":
-                note = still_valid(prev, inputs, fp, job.output)
-                if note is None:
-                    rows[job.id] = _row(job, {**prev, "note": "done in an earlier run"})
-                    continue
-            elif prev is not None and prev["state"] == "failed":
-                changed = still_valid({**prev, "output_size": None}, inputs, fp, job.output)
-                if not options.retry_failed and changed in (None, "output missing"):
-                    rows[job.id] = _row(job, {**prev, "note": "failed in an earlier run (--retry-failed runs it)"})
-                    continue
-                note = "retried" if options.retry_failed else changed
-            ev = journal.record(job.id, "pending", **where, note=note)
+            ev = journal.record(job.id, "pending", **where, note=p.note)
             rows[job.id] = _row(job, ev)
-            notes[job.id] = note
+            notes[job.id] = p.note
             todo.append(job)
-        emit("plan", None, {"jobs": len(jobs), "todo": len(todo), "done": sum(
+        emit("plan", None, {"jobs": len(plan.jobs), "todo": len(todo), "done": sum(
             1 for r in rows.values() if r["state"] == "done"), "failed": sum(
-            1 for r in rows.values() if r["state"] == "failed")})
+            1 for r in rows.values() if r["state"] == "failed"),
+            "again": [(p.job.id, p.why) for p in plan.jobs if p.runs and p.why != "new"]})
 
         executor = executor or InlineExecutor()
         running: dict[str, Job] = {}

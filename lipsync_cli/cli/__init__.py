@@ -128,6 +128,9 @@ def _run_app(args: list[str], debug: bool) -> int:
         kind = _click_kind(err)
         if kind == "usage":
             err.show()  # usage line, the --help hint and the error, on stderr
+            hint = _usage_hint(args, err)
+            if hint:
+                print(f"hint: {hint}", file=sys.stderr)
             return EXIT_USAGE
         if kind == "abort":  # click's wrapper of Ctrl-C (or of end of input at a prompt)
             print("interrupted", file=sys.stderr)
@@ -143,6 +146,16 @@ def _run_app(args: list[str], debug: bool) -> int:
               "and please report it)", file=sys.stderr)
         return EXIT_INTERNAL
     return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+
+
+def _usage_hint(args: list[str], err: BaseException) -> str | None:
+    """A line for a usage error whose cause is a renamed option (old usage), else None."""
+    after = [args[k + 1] if k + 1 < len(args) else "" for k, a in enumerate(args) if a == "--speakers"]
+    if args[:1] == ["detect"] and any(not value or value.startswith("-") for value in after):  # the old flag
+        from lipsync_cli.cli.dub import SPEAKING_HINT
+
+        return f"--speakers takes a speakers.yaml, as in `lipsync dub`; {SPEAKING_HINT}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,13 @@ from typing import Optional
 import typer
 
 from lipsync_cli.cli.app import app, console
+from lipsync_cli.cli.options import FLAGS_BY_NAME, column_rows, given, with_dub_flags
+
+
+def _print_again(err, data: dict) -> None:
+    """One line per job a rerun does again, with the reason (options changed, video changed, interrupted...)."""
+    for job_id, why in data.get("again", ()):
+        err.print(f"runs again: {job_id} ({why})", highlight=False, markup=False)
 
 
 @contextmanager
@@ -28,6 +35,7 @@ def _progress(quiet: bool, total_hint: list):
                 state["todo"] = data["todo"]
                 err.print(f"{data['jobs']} job(s): {data['todo']} to run, {data['done']} already done, "
                           f"{data['failed']} failed before")
+                _print_again(err, data)
             elif kind == "finish":
                 state["n"] += 1
                 what = f"{data['frames']} frames, {data['wall_s']:.1f} s" if data["state"] == "done" else data["error"]
@@ -45,6 +53,7 @@ def _progress(quiet: bool, total_hint: list):
         def rich_event(kind, job_id, data):
             if kind == "plan":
                 bar.update(jobs_task, total=data["todo"])
+                _print_again(bar.console, data)
             elif kind == "progress":
                 stage, adv, total = data
                 key = (job_id, stage)
@@ -79,7 +88,55 @@ def _summary_table(report) -> None:
         out.print(f"report: {report.json_path}, {report.csv_path}", highlight=False)
 
 
+def _defaults(flags: dict, sets: list[str]) -> dict:
+    """The options every row gets unless it sets them: dub's flags given to batch, and ``--set KEY=VALUE``."""
+    from lipsync_cli.errors import BadOption
+
+    defaults = given(flags)
+    for item in sets:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise BadOption(f"--set {item!r}: give KEY=VALUE")
+        if key in defaults and key in flags and flags[key] is not None:
+            raise BadOption(f"--set {item} and {FLAGS_BY_NAME[key].flag} both give {key}: use one")
+        defaults[key] = value
+    return defaults
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as plain lines, every column but the last padded to its widest cell (greppable, any width)."""
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]) - 1)]
+    return ["  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
+
+
+def _list_columns() -> None:
+    out = console()
+    rows = [("column", "type", "default", "meaning"), *column_rows()]
+    for line in _aligned(rows):
+        out.print(line, highlight=False, markup=False)
+
+
+def _dry_run_table(plan) -> None:
+    rows = [(p.job.line, p.job.id, str(p.job.video), str(p.job.audio), "run" if p.runs else "keep", p.why)
+            for p in plan.jobs]
+    rows += [(line, "-", "-", "-", "skip", f"invalid: {reason}") for _row, line, reason in plan.invalid]
+    rows = [("line", "job", "video", "audio", "will", "why"),
+            *((str(r[0]), *r[1:]) for r in sorted(rows, key=lambda r: r[0]))]
+    out = console()
+    for line in _aligned(rows):
+        out.print(line, highlight=False, markup=False)
+    runs = [p for p in plan.jobs if p.runs]
+    whys: dict[str, int] = {}
+    for p in runs:
+        whys[p.why] = whys.get(p.why, 0) + 1
+    out.print(f"dry run: {len(runs)} job(s) would run ({', '.join(f'{n} {w}' for w, n in whys.items()) or 'none'}), "
+              f"{len(plan.jobs) - len(runs)} kept, {len(plan.invalid)} malformed row(s); nothing was run",
+              highlight=False)
+
+
 @app.command()
+@with_dub_flags(unset=True)
 def batch(
     manifest: Optional[Path] = typer.Argument(None, help="Jobs: a .csv, .jsonl or .yaml file, one row a job "
                                                           "(video, audio, optional output, any dub option)."),
@@ -99,23 +156,32 @@ def batch(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run the jobs that failed before again."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Run the valid rows even when some are "
                                                                     "malformed (those are reported skipped)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check every row (values, files, weights) and print "
+                                                          "what each job would do and why; run nothing (exit 0, "
+                                                          "or 2 with malformed rows)."),
+    list_columns: bool = typer.Option(False, "--list-columns", help="Print every manifest column: its type, "
+                                                                    "default and meaning."),
     cache_dir: Optional[Path] = typer.Option(None, help="Face-track cache (default OUTDIR/.cache/tracks); share "
                                                         "it between batches to never detect a video twice."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Default generator weights."),
-    box: Optional[tuple[int, int, int, int]] = typer.Option(None, help="Default fixed face box X1 Y1 X2 Y2."),
-    device: Optional[str] = typer.Option(None, help="Default device: auto | cpu | cuda | mps."),
-    batch_size: Optional[int] = typer.Option(None, help="Default generator batch."),
-    strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Default for frames without a face."),
-    option: list[str] = typer.Option([], "--set", help="Default for any dub option column, KEY=VALUE (e.g. "
-                                                       "--set crf=23 --set 'pads=0 10 0 0'); repeatable."),
+    option: list[str] = typer.Option([], "--set", help="Default of every row for any column, KEY=VALUE (e.g. "
+                                                       "--set crf=23 --set 'pads=0 10 0 0'), as a script writes "
+                                                       "it; repeatable."),
+    *,
     offline: bool = typer.Option(False, "--offline", help="Never download weights (also LIPSYNC_OFFLINE=1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+    **flags,
 ) -> None:
-    """Dub every row of MANIFEST into -o OUTDIR: resumable (rerun the same command), in parallel, on Ray."""
-    from lipsync_cli.batch import BatchOptions, merge_reports, parse_shard, run_batch
+    """Dub every row of MANIFEST into -o OUTDIR: resumable (rerun the same command), in parallel, on Ray.
+
+    Every option of `lipsync dub` is also an option here, with the same name: the default of every row (a row's
+    own cell wins). Paths given here are relative to the current folder, those in the manifest to its folder."""
+    from lipsync_cli.batch import BatchOptions, merge_reports, parse_shard, plan_batch, run_batch
     from lipsync_cli.dub import DubOptions
     from lipsync_cli.errors import BadOption
 
+    if list_columns:
+        _list_columns()
+        return
     if outdir is None:
         raise BadOption("give the output folder with -o OUTDIR")
     if merge:
@@ -125,20 +191,18 @@ def batch(
         raise typer.Exit(report.exit_code)
     if manifest is None:
         raise BadOption("give a MANIFEST (or --merge-reports)")
-    defaults: dict = {}
-    for item in option:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise BadOption(f"--set {item!r}: give KEY=VALUE")
-        defaults[key.strip()] = value
-    for key, value in (("checkpoint", checkpoint and checkpoint.resolve()), ("box", box), ("device", device),
-                       ("batch_size", batch_size), ("strict", strict)):
-        if value is not None:
-            defaults[key] = value
-    opts = BatchOptions(outdir=outdir, dub=DubOptions(offline=True if offline else None), defaults=defaults,
-                        skip_invalid=skip_invalid, retry_failed=retry_failed,
-                        shard=parse_shard(shard) if shard else None, cache_dir=cache_dir)
+    opts = BatchOptions(outdir=outdir, dub=DubOptions(offline=True if offline else None),
+                        defaults=_defaults(flags, option), skip_invalid=skip_invalid or dry_run,
+                        retry_failed=retry_failed, shard=parse_shard(shard) if shard else None, cache_dir=cache_dir)
     opts.validate()
+    if dry_run:
+        plan = plan_batch(manifest, opts)
+        _dry_run_table(plan)
+        if plan.invalid:
+            console(stderr=True).print(f"error: {manifest}: {len(plan.invalid)} malformed row(s); fix them, or "
+                                       "pass --skip-invalid to run the other rows", highlight=False)
+            raise typer.Exit(2)
+        return
     if ray is not None:
         if workers is not None:
             raise BadOption("--workers is for this machine; with --ray the cluster's resources decide")

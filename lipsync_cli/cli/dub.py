@@ -10,7 +10,9 @@ from typing import Optional
 import typer
 
 from lipsync_cli.cli.app import app, console
-from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, DEFAULT_PADS, MAX_GAP
+from lipsync_cli.cli.options import given, with_dub_flags
+
+SPEAKING_HINT = "to score who speaks in the video's own audio, use `lipsync detect --speaking`"
 
 
 def _console():
@@ -40,17 +42,6 @@ def progress_bars(quiet: bool):
         yield progress
 
 
-def _track_options(pads, no_smooth: bool, ref_box, max_gap: int):
-    from lipsync_cli.faces.track import TrackOptions
-
-    return TrackOptions(pads=tuple(pads), smooth=not no_smooth, ref_box=tuple(ref_box) if ref_box else None,
-                        max_gap=max_gap)
-
-
-def _cut_threshold(value: float) -> float | None:
-    return None if value == 0 else value
-
-
 def seconds_since_process_start() -> float | None:
     """Wall seconds since this process started (interpreter start-up included), from Linux's /proc; None
     elsewhere."""
@@ -77,117 +68,26 @@ def startup_line(startup: dict[str, float], before: float | None = None) -> str:
 
 
 @app.command()
+@with_dub_flags()
 def dub(
     video: Path = typer.Argument(..., help="Video (any format ffmpeg reads) or still image (jpg/png/webp)."),
     audio: Optional[Path] = typer.Argument(None, help="Speech: any audio file ffmpeg reads, or a video's audio "
                                                       "track (not needed when each --speaker has their own)."),
     output: Path = typer.Option(..., "-o", "--output", help="Output video (.mp4, .mov, .mkv: the container), "
                                                            "written only on success."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
-                                              help="Generator weights (default: wav2lip_gan from the registry)."),
-    arch: Optional[str] = typer.Option(None, help="wav2lip | attn_wav2lip | lpips_attn_wav2lip (default: from "
-                                                  "the checkpoint; a Wav2Lip file is not run as attn_wav2lip: "
-                                                  "its attention would be untrained)."),
-    detector: str = typer.Option("s3fd", help="Face detector: s3fd | insightface."),
-    detector_weights: Optional[Path] = typer.Option(None, help="Detector weights: s3fd .pth, or an insightface "
-                                                                 "pack name / .onnx file."),
-    det_size: Optional[int] = typer.Option(None, help="Longest side (px) of the frames the detector sees "
-                                                       "(default 320 on CPU, 640 on GPU)."),
-    detect_every: int = typer.Option(4, help="Detect faces every N frames and interpolate between (frames "
-                                             "whose ends disagree are detected too); 1 detects every frame."),
-    box: Optional[tuple[int, int, int, int]] = typer.Option(None, help="Fixed face box X1 Y1 X2 Y2 (pixels, x "
-                                                                         "right, y down): skips detection."),
-    track: Optional[Path] = typer.Option(None, help="Reuse face boxes from `lipsync detect -o track.json`."),
-    pads: tuple[int, int, int, int] = typer.Option(DEFAULT_PADS, help="Pixels added TOP BOTTOM LEFT RIGHT "
-                                                                      "around detected faces."),
-    no_smooth: bool = typer.Option(False, "--no-smooth", help="Do not smooth face boxes over time."),
-    ref_box: Optional[tuple[int, int, int, int]] = typer.Option(None, help="Dub the face nearest this box X1 Y1 "
-                                                                            "X2 Y2 in each shot (default: the "
-                                                                            "largest, most persistent face)."),
-    max_gap: int = typer.Option(MAX_GAP, help="Frames the dubbed face may go undetected (hand, head turn, blur) "
-                                              "and stay the same person; those frames pass through."),
-    cut_threshold: float = typer.Option(CUT_THRESHOLD, help="Shot-cut sensitivity (PySceneDetect content score; "
-                                                            "lower finds more cuts, 0 turns cut detection off)."),
-    ref_face: Optional[list[str]] = typer.Option(
-        None, metavar="PHOTO|VIDEO@SECONDS",
-        help="Dub this person, in every shot: a photo, or VIDEO@SECONDS. Repeat it, one per --speaker."),
-    ref_frame: Optional[int] = typer.Option(None, help="With --ref-box: the person is the face in that box on "
-                                                       "frame N of VIDEO (identity, across cuts)."),
-    speaker: Optional[list[str]] = typer.Option(
-        None, metavar="AUDIO|auto",
-        help="AUDIO of one person (pair each with a --ref-face, in order), or `auto`: dub whoever speaks in "
-             "VIDEO's own audio."),
-    speakers: Optional[Path] = typer.Option(None, help="speakers.yaml: one entry per person (audio, ref_face or "
-                                                       "ref_box + ref_frame, threshold)."),
-    mix: Optional[Path] = typer.Option(None, help="The output's audio with several speakers (default: their "
-                                                  "tracks summed with headroom)."),
-    recognition_weights: Optional[str] = typer.Option(None, help="ArcFace weights: an insightface pack name or "
-                                                                 "a .onnx file (default buffalo_l)."),
-    identity_threshold: Optional[float] = typer.Option(None, help="Cosine distance beyond which a face is not "
-                                                                  "the reference's person (default 0.6)."),
-    syncnet: Optional[Path] = typer.Option(None, help="SyncNet v2 weights for --speaker auto (default: the "
-                                                      "registry's syncnet_v2)."),
-    strict: bool = typer.Option(False, help="Fail, naming the frames, when a frame has no face (default: those "
-                                            "frames pass through unchanged)."),
-    batch_size: Optional[int] = typer.Option(None, help="Faces per generator batch (default 16 on CPU, 128 on "
-                                                        "GPU; halved automatically on GPU out-of-memory)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | mps (auto: cuda > mps > cpu)."),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with native bf16 "
-                                               "and on CUDA GPUs that have it, fp16 on other GPUs, else fp32)."),
-    blend: str = typer.Option("feather", help="feather (soft lower-face mask) | paste (exactly Wav2Lip)."),
-    enhance: bool = typer.Option(False, "--enhance", help="Sharpen the dubbed mouth with a face restorer (GFPGAN "
-                                                          "v1.4 by default; slow on a CPU: 10-17 s per face measured "
-                                                          "on a busy 2-core EPYC, ~4 s idle; see the README)."),
-    enhancer_weights: Optional[Path] = typer.Option(None, help="Restorer for --enhance: a GFPGANv1.4-format .pth or "
-                                                                "an ONNX restorer (GFPGAN, CodeFormer, GPEN, "
-                                                                "RestoreFormer++; 1x3xNxN RGB in [-1, 1])."),
-    enhance_strength: float = typer.Option(1.0, help="Blend weight of the restored mouth, 0..1."),
-    enhance_noise: str = typer.Option("fixed", help="GFPGAN's noise: fixed (stored, no flicker) | random (as "
-                                                    "GFPGANer: changes every frame)."),
-    loop: str = typer.Option("pingpong", help="When the audio outlasts the video: pingpong (no jump cut) | "
-                                             "forward (as Wav2Lip)."),
-    fps: float = typer.Option(DEFAULT_FPS, help="Frame rate of the video made from a still image."),
-    crf: int = typer.Option(18, help="Quality of libx264/libx265/libvpx-vp9/nvenc (0 lossless .. 51 worst)."),
-    preset: str = typer.Option("veryfast", help="x264/x265 preset (ultrafast .. veryslow)."),
-    vcodec: str = typer.Option("libx264", help="libx264 | libx265 | prores_ks | dnxhd (DNxHR) | libvpx-vp9 | a "
-                                               "hardware encoder of this ffmpeg (h264_nvenc, hevc_nvenc, "
-                                               "h264_videotoolbox...)."),
-    pix_fmt: Optional[str] = typer.Option(None, help="Output pixel format, e.g. yuv420p, yuv422p10le (default: "
-                                                     "the source's subsampling and bit depth)."),
-    profile: Optional[str] = typer.Option(None, help="Codec profile: ProRes proxy|lt|standard|hq|4444|4444xq, "
-                                                     "DNxHR dnxhr_lb|sq|hq|hqx|444, x264/x265 profiles."),
-    acodec: str = typer.Option("aac", help="New audio track: aac | pcm | flac | copy (the audio file's own)."),
-    keep_streams: bool = typer.Option(False, "--keep-streams", help="Also copy the source's audio tracks, "
-                                                                    "subtitles and chapters (after the new "
-                                                                    "audio, which stays first and default)."),
-    language: Optional[str] = typer.Option(None, help="ISO 639-2 language of the new audio track (eng, fra...)."),
+    *,
     offline: bool = typer.Option(False, "--offline", help="Never download weights (also LIPSYNC_OFFLINE=1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     stats: bool = typer.Option(False, "--stats", help="End with each stage's busy time and each queue's "
                                                      "occupancy: which stage limits the run."),
+    **flags,
 ) -> None:
     """Re-draw the speaker's mouth in VIDEO to match AUDIO and write the result to -o."""
-    from lipsync_cli.dub import DubOptions
+    from lipsync_cli.batch.manifest import build_options
     from lipsync_cli.dub import dub as run_dub
-    from lipsync_cli.output_format import EncodeOptions
-    from lipsync_cli.speakers import setup_from_options
 
-    setup = setup_from_options(speaker=speaker or (), ref_face=ref_face or (), ref_box=ref_box, ref_frame=ref_frame,
-                               speakers_file=speakers, mix=mix, recognition_weights=recognition_weights,
-                               identity_threshold=identity_threshold, syncnet=syncnet)
-    if setup is not None and ref_frame is not None:
-        ref_box = None  # the box names the person on that frame, not a position in every shot
-    opts = DubOptions(
-        checkpoint=checkpoint, arch=arch, detector=detector, detector_weights=detector_weights, det_size=det_size,
-        detect_every=detect_every, cut_threshold=_cut_threshold(cut_threshold), box=tuple(box) if box else None,
-        track=track, track_options=_track_options(pads, no_smooth, ref_box, max_gap),
-        strict=strict, batch_size=batch_size, device=device, precision=precision, blend=blend, loop=loop, fps=fps,
-        crf=crf, preset=preset, offline=True if offline else None, speakers=setup,
-        enhance=enhance, enhancer_weights=enhancer_weights, enhance_strength=enhance_strength,
-        enhance_noise=enhance_noise,
-        encode=EncodeOptions(vcodec=vcodec, pix_fmt=pix_fmt, profile=profile, acodec=acodec,
-                             keep_streams=keep_streams, language=language),
-    )
+    # the options of cli/options.py's table, by name: the same conversion as a manifest row's columns
+    opts = build_options({**given(flags), **({"offline": True} if offline else {})})
     opts.validate(output)  # every option mistake is reported before the video is opened
     console = _console()
 
@@ -208,50 +108,47 @@ def dub(
 
 
 @app.command()
+@with_dub_flags(only=("detector", "detector_weights", "det_size", "detect_every", "cut_threshold", "device",
+                      "speakers", "recognition_weights"))
 def detect(
     video: Path = typer.Argument(..., help="Video or still image."),
     output: Path = typer.Option(..., "-o", "--output", help="Track file to write (JSON)."),
-    detector: str = typer.Option("s3fd", help="Face detector: s3fd | insightface."),
-    detector_weights: Optional[Path] = typer.Option(None, help="Detector weights (s3fd .pth, insightface pack "
-                                                                 "name or .onnx)."),
-    det_size: Optional[int] = typer.Option(None, help="Longest side (px) of the frames the detector sees "
-                                                       "(default 320 on CPU, 640 on GPU)."),
-    detect_every: int = typer.Option(4, help="Detect every N frames, interpolating between (1: every frame)."),
-    cut_threshold: float = typer.Option(CUT_THRESHOLD, help="Shot-cut sensitivity (PySceneDetect content score; "
-                                                            "0 turns cut detection off)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
+    *,
     identity: bool = typer.Option(False, "--identity", help="Store face embeddings (ArcFace) in the track, for "
                                                            "`lipsync dub --track --ref-face`."),
-    speakers: bool = typer.Option(False, "--speakers", help="Score who speaks in the video's own audio "
-                                                           "(SyncNet v2) and store the scores, for --speaker auto."),
+    speaking: bool = typer.Option(False, "--speaking", help="Score who speaks in the video's own audio (SyncNet v2) "
+                                                           "and store the scores, for `dub --speaker auto`."),
     ref_face: Optional[list[str]] = typer.Option(
         None, metavar="PHOTO|VIDEO@SECONDS",
         help="Reference faces (photo or VIDEO@SECONDS): the preview shows each face's distance to them."),
-    speakers_file: Optional[Path] = typer.Option(None, help="A dub's speakers.yaml: the preview shows each face's "
-                                                            "distance to its speakers' reference faces."),
-    recognition_weights: Optional[str] = typer.Option(None, help="ArcFace weights: pack name or .onnx."),
-    syncnet: Optional[Path] = typer.Option(None, help="SyncNet v2 weights for --speakers."),
+    syncnet: Optional[Path] = typer.Option(None, help="SyncNet v2 weights for --speaking (default: the registry's "
+                                                      "syncnet_v2)."),
     preview: Optional[Path] = typer.Option(None, help="Also write OUT.mp4: every face track's box, id, identity "
                                                       "distance and speaking score drawn on the frames."),
-    offline: bool = typer.Option(False, "--offline", help="Never download weights."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    offline: bool = typer.Option(False, "--offline", help="Never download weights (also LIPSYNC_OFFLINE=1)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
+    **flags,
 ) -> None:
     """Detect the faces of every frame once and save them, for `lipsync dub --track` (one video, many dubs)."""
+    from lipsync_cli.batch.manifest import build_options
     from lipsync_cli.device import resolve_device
-    from lipsync_cli.dub import DubOptions, detect_track
+    from lipsync_cli.dub import detect_track
     from lipsync_cli.errors import BadOption, InputNotFound
 
     if not video.is_file():
         raise InputNotFound(f"video file not found: {video}")
     if output.suffix.lower() != ".json":
         raise BadOption(f"track output {output} should end in .json")
-    opts = DubOptions(detector=detector, detector_weights=detector_weights, det_size=det_size,
-                      detect_every=detect_every, cut_threshold=_cut_threshold(cut_threshold),
-                      offline=True if offline else None)
-    opts.validate()
+    speakers_file = flags.pop("speakers")
+    recognition_weights = flags.pop("recognition_weights")
+    if speakers_file is not None and str(speakers_file).startswith("-"):  # `--speakers --preview x.mp4`
+        raise BadOption(f"--speakers takes a speakers.yaml (as in `lipsync dub`), got {speakers_file}",
+                        SPEAKING_HINT)
+    opts = build_options({**given(flags), **({"offline": True} if offline else {})})
+    detector, detector_weights, device = opts.detector, opts.detector_weights, flags["device"]
     setup = None
-    if identity or speakers or ref_face or speakers_file:  # checked before the detection pass
-        from lipsync_cli.speakers import Reference, SpeakerSetup, SpeakerSpec, annotate_track
+    if identity or speaking or ref_face or speakers_file:  # checked before the detection pass
+        from lipsync_cli.speakers import Reference, SpeakerSetup, SpeakerSpec
 
         top = {"recognition_weights": recognition_weights, "syncnet": syncnet}
         if speakers_file is not None:
@@ -270,7 +167,9 @@ def detect(
                              notify=lambda m: console.print(m, highlight=False))
         distances = None
         if setup is not None:
-            distances = annotate_track(video, track, identity=identity, speaking=speakers, setup=setup,
+            from lipsync_cli.speakers import annotate_track
+
+            distances = annotate_track(video, track, identity=identity, speaking=speaking, setup=setup,
                                        detector=detector, detector_weights=detector_weights,
                                        device=resolve_device(device), offline=True if offline else None,
                                        notify=lambda m: console.print(m, highlight=False), progress=progress)

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from lipsync_cli.cli.app import app, console
+from lipsync_cli.cli.options import with_dub_flags
 
 train_app = typer.Typer(
     help="Train the SyncNet lip-sync expert or a generator on a prepared dataset (see `lipsync prepare`).",
@@ -27,15 +28,12 @@ def _console():
 
 
 @app.command()
+@with_dub_flags(only=("detector", "detector_weights", "det_size"))  # dub's: the same detector, the same crops
 def prepare(
     lrs2_root: Path = typer.Argument(..., help="LRS2 folder: main/<speaker>/<clip>.mp4 and train/val/test.txt."),
     out: Path = typer.Argument(..., help="Output: <speaker>/<clip>/<i>.jpg + audio.wav, and filelists/."),
     workers: int = typer.Option(1, help="Clips processed in parallel (processes; GPUs shared round-robin)."),
-    detector: str = typer.Option("insightface", help="Face detector: insightface | s3fd."),
-    detector_weights: Optional[str] = typer.Option(
-        None, help="Detector weights: an insightface pack name / .onnx file, or s3fd .pth."
-    ),
-    det_size: int = typer.Option(640, help="Longest side (px) frames are shrunk to for detection."),
+    *,
     box: Optional[tuple[int, int, int, int]] = typer.Option(
         None, help="Fixed face box X1 Y1 X2 Y2 (source pixels) for every frame, instead of a detector."
     ),
@@ -46,6 +44,7 @@ def prepare(
     pretrain: bool = typer.Option(False, help="Also prepare LRS2_ROOT/pretrain (into OUT/pretrain/)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N clips (a quick trial)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    **flags,
 ) -> None:
     """Preprocess LRS2 into Wav2Lip's layout (face crops + audio.wav + filelists). Resumable: rerun to
     continue."""
@@ -54,9 +53,9 @@ def prepare(
 
     options = PrepareOptions(
         workers=workers,
-        detector=detector,
-        detector_weights=detector_weights,
-        det_size=det_size,
+        detector=flags["detector"],
+        detector_weights=None if flags["detector_weights"] is None else str(flags["detector_weights"]),
+        det_size=flags["det_size"],
         box=tuple(box) if box else None,
         device=device,
         fps=fps if resample else None,

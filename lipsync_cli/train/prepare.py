@@ -20,6 +20,7 @@ folder removed.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -34,6 +35,7 @@ import numpy as np
 
 from lipsync_cli.constants import DEFAULT_FPS, DEFAULT_PADS, SAMPLE_RATE, SYNC_T
 from lipsync_cli.errors import BadOption, InputNotFound, LipsyncError, MediaError, WriteError
+from lipsync_cli.faces.detect import DEFAULT_DETECTOR, default_det_size
 from lipsync_cli.files import atomic_write, write_error
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,9 @@ class PrepareOptions:
     """How clips are prepared.
 
     workers: clips processed in parallel (processes; GPUs, when present, are shared round-robin).
-    detector / detector_weights / det_size: the face detector (see ``lipsync_cli.faces.load_detector``).
+    detector / detector_weights / det_size: the face detector (see ``lipsync_cli.faces.load_detector``); by
+        default the one ``lipsync dub`` uses (S3FD), at its size on each device (det_size None: 320 px on a CPU,
+        640 on a GPU), so the generator trains on crops like those a dub gives it.
     box: a fixed (x1, y1, x2, y2) face box in source pixels for every frame instead of a detector.
     device: "auto" (GPUs when present), "cpu", "cuda", "cuda:1"...
     fps: resample every clip to this frame rate (frames/s) before cropping; None keeps the source rate.
@@ -59,9 +63,9 @@ class PrepareOptions:
     """
 
     workers: int = 1
-    detector: str = "insightface"
+    detector: str = DEFAULT_DETECTOR
     detector_weights: str | None = None
-    det_size: int = 640
+    det_size: int | None = None  # None: default_det_size(device), as dub
     box: tuple[int, int, int, int] | None = None
     device: str = "auto"
     fps: float | None = DEFAULT_FPS
@@ -241,12 +245,18 @@ def prepare_clip(job: ClipJob, out_root: Path, detector, options: PrepareOptions
 _WORKER: dict = {}
 
 
+def _on_device(options: PrepareOptions, device: str) -> PrepareOptions:
+    """``options`` with the detection size resolved for ``device`` (dub's default when not given)."""
+    return dataclasses.replace(options, det_size=options.det_size or default_det_size(device))
+
+
 def _make_detector(options: PrepareOptions, device: str):
     if options.box is not None:
         return FixedBoxDetector(options.box)
     from lipsync_cli.faces import load_detector
 
-    return load_detector(options.detector, options.detector_weights, device=device, det_size=options.det_size)
+    return load_detector(options.detector, options.detector_weights, device=device,
+                         det_size=_on_device(options, device).det_size)
 
 
 def _devices(option: str) -> list[str]:
@@ -267,7 +277,7 @@ def _init_worker(options: PrepareOptions, devices, threads: int) -> None:
     cv2.setNumThreads(threads)
     device = devices.get() if hasattr(devices, "get") else devices[0]
     _WORKER["detector"] = _make_detector(options, device)
-    _WORKER["options"] = options
+    _WORKER["options"] = _on_device(options, device)
 
 
 def _run_job(job: ClipJob, out_root: Path) -> tuple[str, int, str | None]:
@@ -333,8 +343,9 @@ def prepare(
             progress(done, total, name, "prepared" if err is None else "failed")
 
     if todo and options.workers == 1:
-        det = detector if detector is not None else _make_detector(options, _devices(options.device)[0])
-        _WORKER.update(detector=det, options=options)
+        device = _devices(options.device)[0]
+        det = detector if detector is not None else _make_detector(options, device)
+        _WORKER.update(detector=det, options=_on_device(options, device))
         for job in todo:
             record(*_run_job(job, out_root))
     elif todo:
