@@ -49,8 +49,8 @@ def test_prepared_moving_faces_are_all_scored(tmp_path, scrfd_onnx, testmedia, f
     root = tmp_path / "lrs2"
     make_synthetic_lrs2(root, 1, 2, seconds=0.6, frame_size=(256, 144), background=photo, motion=0.15)
     data = tmp_path / "data"
-    code, _, err = lipsync("prepare", str(root), str(data), "--detector-weights", str(scrfd_onnx), "--device",
-                           "cpu", "--det-size", "256", "-q")
+    code, _, err = lipsync("prepare", str(root), str(data), "--detector", "insightface", "--detector-weights",
+                           str(scrfd_onnx), "--device", "cpu", "--det-size", "256", "-q")
     assert code == 0, err
     clips = (data / "filelists" / "train.txt").read_text().split()
     assert clips == ["spk00/00000", "spk00/00001"]
