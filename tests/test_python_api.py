@@ -49,3 +49,23 @@ def test_readme_python_example_detects_once(tmp_path, monkeypatch, fake_ckpt, ca
     assert printed[0].split()[0] == "10" and printed[1] == "1 0"  # 0.4 s at 25 fps; one job done, none failed
     assert (tmp_path / "talk.fr.mp4").is_file() and len(list((tmp_path / "dubbed").glob("*.mp4"))) == 1
     assert lipsync_cli.__all__  # the names came from the package
+
+
+def test_dub_track_argument_is_checked_like_track_option(tmp_path, fake_ckpt):
+    """dub(track=) takes a Track or a track file; one of another video, or given with a box, is refused in one
+    line before any weights load, and nothing is written."""
+    import numpy as np
+    import pytest
+
+    from lipsync_cli import DubOptions, LipsyncError, Track, dub
+
+    video, audio = make_video(tmp_path / "talk.mp4", seconds=0.4, fps=25), make_audio(tmp_path / "a.wav", 0.4)
+    other = Track(320, 240, 25.0, [np.zeros((0, 5), np.float32)] * 10)  # the video is 160x120
+    other.save(tmp_path / "other.json")
+    opts = DubOptions(checkpoint=fake_ckpt("wav2lip"), device="cpu", offline=True)
+    for track in (other, tmp_path / "other.json", str(tmp_path / "other.json")):
+        with pytest.raises(LipsyncError, match="made for a 320x240 video, this one is 160x120"):
+            dub(video, audio, tmp_path / "out.mp4", opts, track=track)
+    with pytest.raises(LipsyncError, match="box and a track"):
+        dub(video, audio, tmp_path / "out.mp4", DubOptions(box=(0, 0, 50, 50)), track=other)
+    assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".out*"))
