@@ -6,6 +6,7 @@ The Python API (what pipelines that embed us call)::
 
     dub("talk.mp4", "talk.fr.wav", "talk.fr.mp4", DubOptions(box=(40, 20, 120, 100)))
     track = detect("talk.mp4", DubOptions(), cache_dir="tracks/")
+    dub("talk.mp4", "talk.de.wav", "talk.de.mp4", track=track)  # the faces found above: no second detection
     report = run_batch("jobs.csv", BatchOptions(outdir=Path("out")))
 
 The names are imported on first use, so ``import lipsync_cli`` (and ``lipsync --help``) stays instant.

@@ -5,8 +5,9 @@ each network registers what its state dict looks like (``checkpoint_kinds``).
 
 Our format (a dict saved with torch.save, atomically):
     {"format": "lipsync_cli", "format_version": 1, "kind": <KIND_NAMES key>, "arch": <registry name>,
-     "config": {...}, "state_dict": {...}, and for training checkpoints: "optimizer", "scaler", "step",
-     "epoch", "train_config", "metrics", "rng", ...}
+     "config": {...}, "state_dict": {...}, and for training checkpoints: "step", "epoch", "train_config",
+     "metrics", ..., plus in a run's last.pt alone what resuming needs: "optimizers", "scalers", "rng", ...
+     (``train.core.RESUME_KEYS``)}
 Store only plain containers (dict/list/str/int/float/bool/None) and tensors in it: anything else (a
 dataclass, a numpy array) would need code to unpickle and would be refused on load.
 Exported inference files hold only kind/arch/config/state_dict; as ``.safetensors`` the tensors are the

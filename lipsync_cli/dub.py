@@ -551,8 +551,13 @@ def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progr
 
 def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: DubOptions = DubOptions(), *,
         progress: ProgressFn | None = None, notify: Callable[[str], None] | None = None,
-        model=None, frame_sink: Callable[[int, np.ndarray], None] | None = None, restorer=None) -> DubResult:
+        track: Track | str | Path | None = None, model=None,
+        frame_sink: Callable[[int, np.ndarray], None] | None = None, restorer=None) -> DubResult:
     """Dub ``video`` (a video or still image) with the speech in ``audio``; write ``out`` atomically.
+
+    ``track``: the faces of ``video`` already found, a :class:`Track` (what ``detect(video)`` returns) or a track
+    file (``lipsync detect -o``): no detection pass runs. It is checked against the video as ``options.track`` is,
+    and replaces it.
 
     ``model`` (and ``restorer``, for ``--enhance``) bypass weight loading (tests, the benchmark protocol);
     ``frame_sink(i, frame)`` sees every
@@ -594,11 +599,14 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
             voices = load_voices(audio, options.speakers)
             mels, n_samples = voices.mels, voices.n_samples
     mel = mels[0]
+    given = track if track is not None else options.track
+    if given is not None and options.box is not None:
+        raise BadOption("a box and a track both give the face position: use one")
     track = None
-    if options.box is None and options.track is not None:  # a track of another video is refused before any load
+    if given is not None:  # a track of another video is refused before any load
         with _timed(startup, "probe"):
             info = pending.result()
-        track = Track.load(options.track)
+        track = given if isinstance(given, Track) else Track.load(given)
         track.check_matches(info.width, info.height, None if info.is_image else info.n_frames,
                             video_fingerprint(video))
 
@@ -623,7 +631,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
             restorer = restorer or load_dub_enhancer(options, device, precision, notify=say, progress=progress)
             enhancer = Enhancer(restorer, options.enhance_strength, points=enhance_points(options, device))
     detector = None
-    if options.box is None and options.track is None:
+    if options.box is None and track is None:
         with _timed(startup, "detector"):
             if options.detector == "insightface":  # a CUDA device without onnxruntime's CUDA: said here, once
                 from lipsync_cli.faces.scrfd import providers_for

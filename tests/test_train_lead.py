@@ -36,7 +36,8 @@ def _train_generator(synth, run, expert) -> None:
     args = ["train", "generator", "--arch", "wav2lip", "--no-gan", "--data", str(root)]
     args += ["--train-list", str(lists["train"]), "--val-list", str(lists["val"]), "--out", str(run)]
     args += ["--syncnet", str(expert), "--steps", "1", "--batch-size", "1"]
-    args += ["--eval-batches", "1", "--keep-last", "1", "--workers", "0", "--device", "cpu", "--no-tensorboard"]
+    args += ["--eval-batches", "1", "--eval-every", "1", "--keep-every", "1", "--workers", "0", "--device", "cpu"]
+    args += ["--no-tensorboard"]
     assert _cli(args + ["-q"]) == 0
 
 

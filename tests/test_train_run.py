@@ -134,6 +134,36 @@ def test_resume_with_other_batch_or_world_size_is_refused(data, tmp_path, capsys
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 1
 
 
+def test_checkpoints_write_the_optimizer_state_once(data, tmp_path, capsys):
+    """By default a run keeps last.pt (everything --resume needs) and best.pt (weights only, about a third of
+    last.pt: Adam's two moments are not copied); --keep-every N adds the weights of every Nth step (here on a
+    resume from last.pt); best.pt cannot be resumed from, and --keep-every must fall on the evals."""
+    resume_keys = {"optimizers", "optimizer", "scalers", "rng", "running"}  # what only --resume reads
+    run = tmp_path / "run"
+    train(_cfg(data, run))
+    assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "last.pt"]
+    last, best = (torch.load(run / n, weights_only=True) for n in ("last.pt", "best.pt"))
+    assert "optimizers" in last and last["step"] == 1 and not resume_keys & set(best)
+    assert set(best["state_dict"]) == set(last["state_dict"]) and best["kind"] == last["kind"] == "syncnet_color"
+    assert (run / "best.pt").stat().st_size < 0.4 * (run / "last.pt").stat().st_size
+
+    capsys.readouterr()
+    assert _cli(["train", "syncnet", "--resume", str(run / "best.pt"), "--steps", "3", "-q"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "best.pt" in err and "last.pt" in err and "\n" not in err, err
+
+    resumed = train(_cfg(data, run, steps=2, eval_every=1, keep_every=1, resume=str(run)))
+    assert resumed.step == 2 and torch.load(run / "last.pt", weights_only=True)["step"] == 2
+    assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "last.pt", "step_0000002.pt"]
+    step = torch.load(run / "step_0000002.pt", weights_only=True)
+    assert step["step"] == 2 and not resume_keys & set(step)
+
+    assert _cli(_cli_args(data, tmp_path / "bad") + ["--eval-every", "2", "--keep-every", "3", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--keep-every 3" in err and "--eval-every 2" in err and "\n" not in err, err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_precision_follows_device_rules(data, tmp_path, monkeypatch):
     """Training 'auto' is fp32 on the CPU (device.resolve_precision(training=True)); fp16 on the CPU is refused
     before anything is written."""

@@ -80,7 +80,7 @@ def test_interrupt_and_resume_reproduce_the_curve(data, tmp_path, fake_ckpt):
         eval_every=2,
         eval_batches=1,
         log_every=1,
-        keep_last=1,
+        keep_every=2,
     )
     full = tmp_path / "full"
     train(make_config(**_base(data, full, **common)))
@@ -104,7 +104,7 @@ def test_interrupt_and_resume_reproduce_the_curve(data, tmp_path, fake_ckpt):
         for k in ra:
             if k not in ("step", "split"):
                 assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-5), (k, ra, rb)
-    assert sorted(p.name for p in cut.glob("*.pt")) == ["best.pt", "last.pt", "step_0000004.pt"]
+    assert sorted(p.name for p in cut.glob("*.pt")) == ["best.pt", "last.pt", "step_0000002.pt", "step_0000004.pt"]
 
 
 def test_cli_train_generator_no_gan(data, tmp_path, fake_ckpt):

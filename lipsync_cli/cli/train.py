@@ -181,15 +181,17 @@ def _run_training(kind: str, **flags) -> None:
 _DATA = typer.Option(None, "--data", help="Prepared dataset root (from `lipsync prepare`).")
 _TRAIN = typer.Option(None, "--train-list", help="Filelist of speaker/clip lines to train on.")
 _VAL = typer.Option(None, "--val-list", help="Filelist to evaluate on.")
-_OUT = typer.Option(None, "--out", help="Run directory: last.pt, best.pt, step_*.pt, metrics.jsonl, tb/.")
+_OUT = typer.Option(None, "--out", help="Run directory: last.pt, best.pt, step_*.pt (--keep-every), metrics.jsonl, "
+                                        "tb/.")
 _CONFIG = typer.Option(None, "--config", help="TOML/YAML file of options (flags override it).")
-_RESUME = typer.Option(None, "--resume", help="Continue a run exactly: RUN directory or checkpoint.")
+_RESUME = typer.Option(None, "--resume", help="Continue a run exactly: RUN directory or its last.pt.")
 _STEPS = typer.Option(None, "--steps", help="Total optimizer steps (default 200000).")
 _BS = typer.Option(None, "--batch-size", help="Samples per step per process (default 16).")
 _LR = typer.Option(None, "--lr", help="Learning rate (default 1e-4).")
 _EVAL = typer.Option(None, "--eval-every", help="Steps between evals and checkpoints (default 1000).")
 _EVALB = typer.Option(None, "--eval-batches", help="Batches of the val list per eval (default 20).")
-_KEEP = typer.Option(None, "--keep-last", help="step_*.pt checkpoints kept (default 3).")
+_KEEP = typer.Option(None, "--keep-every", help="Also keep the weights of every Nth step as step_*.pt, N a multiple "
+                                                "of --eval-every (default 0: last.pt and best.pt only).")
 _SEED = typer.Option(None, "--seed", help="Seed of the init and of the sample order (default 0).")
 _DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (torchrun: one GPU per process).")
 _WORKERS = typer.Option(None, "--workers", help="DataLoader processes decoding JPEGs (default 4, at most the cores "
@@ -214,7 +216,7 @@ def train_syncnet(
     lr: Optional[float] = _LR,
     eval_every: Optional[int] = _EVAL,
     eval_batches: Optional[int] = _EVALB,
-    keep_last: Optional[int] = _KEEP,
+    keep_every: Optional[int] = _KEEP,
     seed: Optional[int] = _SEED,
     device: Optional[str] = _DEVICE,
     workers: Optional[int] = _WORKERS,
@@ -248,7 +250,7 @@ def train_generator(
     lr: Optional[float] = _LR,
     eval_every: Optional[int] = _EVAL,
     eval_batches: Optional[int] = _EVALB,
-    keep_last: Optional[int] = _KEEP,
+    keep_every: Optional[int] = _KEEP,
     seed: Optional[int] = _SEED,
     device: Optional[str] = _DEVICE,
     workers: Optional[int] = _WORKERS,

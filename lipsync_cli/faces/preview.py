@@ -34,12 +34,76 @@ def preview_labels(track, distances: np.ndarray | None = None) -> list[list[tupl
     return out
 
 
+FONT_SCALE = 0.5  # cv2.FONT_HERSHEY_SIMPLEX at 0.5: labels about 14 px tall
+OUTLINE = 1  # px of black outline around the coloured text, readable on any background
+LABEL_GAP = 4  # px between a box and its label
+
+Rect = tuple[int, int, int, int]  # x1, y1, x2, y2 (exclusive)
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(boxes: list[tuple[float, float, float, float]], sizes: list[tuple[int, int]], width: int,
+                 height: int) -> list[Rect]:
+    """Where each box's label goes in a ``width`` x ``height`` frame: a (w, h) rectangle inside the frame, over
+    none of the labels placed before it.
+
+    Tried in order: above the box, below it, inside its top edge (each moved left / down / up as much as it
+    takes to stay inside the frame); when all of those overlap an earlier label, the first one slides down (then
+    up) in steps of one label height to the first free place. A label larger than the frame stays at its
+    top-left corner."""
+    def fit(x: float, y: float, w: int, h: int) -> Rect:  # moved inside the frame
+        x = int(round(min(max(x, 0), max(width - w, 0))))
+        y = int(round(min(max(y, 0), max(height - h, 0))))
+        return (x, y, x + w, y + h)
+
+    placed: list[Rect] = []
+    for (x1, y1, _, y2), (w, h) in zip(boxes, sizes):
+        tries = [fit(x1, y1 - LABEL_GAP - h, w, h), fit(x1, y2 + LABEL_GAP, w, h),
+                 fit(x1 + LABEL_GAP, y1 + LABEL_GAP, w, h)]
+        first = tries[0]
+        steps = range(1, height // (h + 1) + 1)
+        tries += [fit(first[0], first[1] + k * (h + 1), w, h) for k in steps]
+        tries += [fit(first[0], first[1] - k * (h + 1), w, h) for k in steps]
+        rect = next((r for r in tries if not any(_overlaps(r, p) for p in placed)), first)
+        placed.append(rect)
+    return placed
+
+
+def draw_faces(frame: np.ndarray, faces: np.ndarray, labels: list[tuple[int, str, bool]]) -> list[Rect]:
+    """Draw the boxes of one frame's detections (``faces``: (N, 5) [x1, y1, x2, y2, score]) and then their
+    labels (:func:`preview_labels` of that frame) on ``frame`` (BGR, in place). Labels stay inside the frame and
+    never cover one another (:func:`place_labels`). Returns the rectangle of each drawn label."""
+    import cv2
+
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    height, width = frame.shape[:2]
+    colours = [PALETTE[t % len(PALETTE)] if t >= 0 else (128, 128, 128) for t, _, _ in labels]
+    for (x1, y1, x2, y2, _), (_, _, matched), colour in zip(faces, labels, colours):
+        cv2.rectangle(frame, (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2))), colour,
+                      4 if matched else 2)
+    texts = [(i, text) for i, (_, text, _) in enumerate(labels) if text]
+    metrics = [cv2.getTextSize(text, font, FONT_SCALE, 1) for _, text in texts]
+    # the ink of a label starts at its origin's x and spans (text height) above the baseline to (baseline) below,
+    # plus the outline on every side
+    sizes = [(w + 2 * OUTLINE, h + base + 2 * OUTLINE) for (w, h), base in metrics]
+    rects = place_labels([tuple(faces[i][:4]) for i, _ in texts], sizes, width, height)
+    for (i, text), ((_, h), _), (rx, ry, _, _) in zip(texts, metrics, rects):
+        x, y = rx + OUTLINE, ry + OUTLINE + h
+        # the outline is the 1 px text shifted by one pixel each way: a thicker stroke would also widen the
+        # letters' advance (cv2 adds the thickness to it), so the coloured text would drift off its outline
+        for dx, dy in ((-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)):
+            cv2.putText(frame, text, (x + dx, y + dy), font, FONT_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(frame, text, (x, y), font, FONT_SCALE, colours[i], 1, cv2.LINE_AA)
+    return rects
+
+
 def write_preview(video: str | os.PathLike, track, out: str | os.PathLike, distances: np.ndarray | None = None,
                   progress: Callable[[int], None] | None = None) -> int:
     """Write ``out`` (an .mp4 with the video's audio): every frame of ``video`` with the faces of ``track``
-    drawn and labelled. Returns the frames written."""
-    import cv2
-
+    drawn and labelled (:func:`draw_faces`). Returns the frames written."""
     from lipsync_cli.video import FrameReader, VideoWriter, has_audio, probe
 
     info = probe(video)
@@ -52,14 +116,7 @@ def write_preview(video: str | os.PathLike, track, out: str | os.PathLike, dista
                         shortest=audio is not None) as writer:
         for j, frame in enumerate(reader):
             if j < len(track):
-                for (x1, y1, x2, y2, _), (t, text, matched) in zip(track.faces[j], labels[j]):
-                    colour = PALETTE[t % len(PALETTE)] if t >= 0 else (128, 128, 128)
-                    p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
-                    cv2.rectangle(frame, p1, p2, colour, 4 if matched else 2)
-                    if text:
-                        org = (p1[0], max(12, p1[1] - 6))
-                        cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-                        cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+                draw_faces(frame, track.faces[j], labels[j])
             writer.write(frame)
             n += 1
             if progress is not None:

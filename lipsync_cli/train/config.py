@@ -8,6 +8,7 @@ run.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,11 @@ from typing import Any
 from lipsync_cli.device import PRECISIONS
 from lipsync_cli.errors import BadOption, InputNotFound
 
+log = logging.getLogger(__name__)
+
 KINDS = ("syncnet", "generator")
+# options of earlier versions, skipped with a warning in config files (their RUN/config.yaml hold them)
+REMOVED = {"keep_last": "last.pt and best.pt are kept; keep_every N keeps the weights of every Nth step"}
 LPIPS_NETS = ("alex", "vgg")
 
 # Wav2Lip's loss weights: L = (1 - a - b) * L1 + a * sync + b * (GAN or LPIPS).
@@ -51,7 +56,9 @@ class TrainConfig:
     disc_lr: float = 1e-4
     eval_every: int = 1000  # steps; also where checkpoints are written
     eval_batches: int = 20  # batches of the val list per eval (a fixed set, the same at every eval)
-    keep_last: int = 3  # step_XXXXXXX.pt files kept besides last.pt and best.pt
+    # also keep the weights of every Nth step as step_XXXXXXX.pt (a multiple of eval_every); 0: only last.pt
+    # (the whole training state) and best.pt (weights)
+    keep_every: int = 0
     log_every: int = 10  # steps between progress/TensorBoard scalar updates
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
@@ -123,8 +130,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise BadOption(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if cfg.lr <= 0 or cfg.disc_lr <= 0:
         raise BadOption(f"learning rates must be > 0, got lr={cfg.lr} disc_lr={cfg.disc_lr}")
-    if cfg.keep_last < 0 or cfg.workers < 0 or cfg.grad_clip < 0:
-        raise BadOption("--keep-last, --workers and --grad-clip must be >= 0")
+    if cfg.keep_every < 0 or cfg.workers < 0 or cfg.grad_clip < 0:
+        raise BadOption("--keep-every, --workers and --grad-clip must be >= 0")
+    if cfg.keep_every % cfg.eval_every:
+        raise BadOption(f"--keep-every {cfg.keep_every} is not a multiple of --eval-every {cfg.eval_every}: "
+                        "checkpoints are written at evals", f"give --keep-every {cfg.eval_every} or a multiple of it")
     if cfg.precision not in PRECISIONS:
         raise BadOption(f"unknown precision {cfg.precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
     if cfg.lpips_net not in LPIPS_NETS:
@@ -186,6 +196,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     out = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
+        if name in REMOVED:  # the config.yaml of a run made by an older version
+            log.warning("%s: option %r is no longer used (%s)", path, key, REMOVED[name])
+            continue
         if name not in known:
             raise BadOption(f"unknown option {key!r} in {path}", f"known: {', '.join(sorted(known))}")
         out[name] = value

@@ -6,8 +6,8 @@ training step, one eval batch) lives in two small task classes; the loop, precis
 checkpoints, metrics and resume are shared.
 
 Exactness of resume: the sample order is a function of (seed, step, batch size, world size) (see ``data.py``),
-and a checkpoint holds the model(s), optimizer(s), grad scaler(s), step, the sync-weight switch and every RNG
-state, so a run stopped at step k and resumed continues the curve of the uninterrupted run. A resume with
+and a checkpoint (``last.pt``) holds the model(s), optimizer(s), grad scaler(s), step, the sync-weight switch and
+every RNG state, so a run stopped at step k and resumed continues the curve of the uninterrupted run. A resume with
 another batch size or number of processes is refused, since it would read other samples.
 
 Stopping: SIGTERM (what torchrun's agent sends on Ctrl-C or pre-emption) and a first Ctrl-C only ask the loop
@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 
 from lipsync_cli.device import autocast, device_type, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, CheckpointMismatch, LipsyncError
-from lipsync_cli.files import atomic_path, atomic_write
+from lipsync_cli.files import atomic_write
 from lipsync_cli.train import losses as L
 from lipsync_cli.train.config import TrainConfig, save_config, sync_weight_mode, validate
 from lipsync_cli.train.data import (
@@ -464,8 +463,8 @@ def _load_train_checkpoint(path: Path) -> dict:
     obj = load_file(path)
     if not isinstance(obj, dict) or "state_dict" not in obj or "optimizers" not in obj:
         raise CheckpointMismatch(
-            f"{path} is not a lipsync training checkpoint (no optimizer state to resume)",
-            "use --init to start from plain weights",
+            f"{path} holds no optimizer state to resume (best.pt and step_*.pt are weights only)",
+            "resume from the run's last.pt (or the RUN directory), or start from these weights with --init",
         )
     return obj
 
@@ -481,25 +480,32 @@ def _resolve_resume(path: str) -> Path:
     return p
 
 
-class _Checkpointer:
-    """Atomic saves on rank 0: step_XXXXXXX.pt (the last ``keep`` of them), last.pt, best.pt (lowest eval
-    loss)."""
+# what only resuming needs: in last.pt alone (Adam's two moments are twice the size of the weights)
+RESUME_KEYS = ("optimizers", "optimizer", "scalers", "rng", "running")
 
-    def __init__(self, run_dir: Path, keep: int):
-        self.run_dir, self.keep = run_dir, keep
+
+def weights_only(ckpt: dict) -> dict:
+    """A training checkpoint without what only resuming needs: the model(s), their config, step and metrics."""
+    return {k: v for k, v in ckpt.items() if k not in RESUME_KEYS}
+
+
+class _Checkpointer:
+    """Atomic saves on rank 0: last.pt (the whole training state, what ``--resume`` reads), best.pt (the weights
+    of the lowest eval loss) and, with ``keep_every`` N, step_XXXXXXX.pt (the weights at every Nth step). The
+    optimizer state is written once, in last.pt."""
+
+    def __init__(self, run_dir: Path, keep_every: int):
+        self.run_dir, self.keep_every = run_dir, keep_every
 
     def save(self, ckpt: dict, step: int, is_best: bool) -> None:
         from lipsync_cli.checkpoint import atomic_save
 
-        last = self.run_dir / "last.pt"
-        atomic_save(ckpt, last)
-        if self.keep > 0:
-            atomic_save(ckpt, self.run_dir / f"step_{step:07d}.pt")
-            for old in sorted(self.run_dir.glob("step_*.pt"))[: -self.keep]:
-                old.unlink(missing_ok=True)
+        atomic_save(ckpt, self.run_dir / "last.pt")
+        weights = weights_only(ckpt)
+        if self.keep_every and step % self.keep_every == 0:
+            atomic_save(weights, self.run_dir / f"step_{step:07d}.pt")
         if is_best or not (self.run_dir / "best.pt").exists():
-            with atomic_path(self.run_dir / "best.pt") as tmp:
-                shutil.copyfile(last, tmp)
+            atomic_save(weights, self.run_dir / "best.pt")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -738,7 +744,7 @@ def _train(cfg: TrainConfig, progress: ProgressFn | None, stop: _StopRequests) -
             **task.checkpoint_extras(),
         )
         ckpt["optimizer"] = ckpt["optimizers"]["model"]
-        _Checkpointer(run_dir, cfg.keep_last).save(ckpt, step, is_best)
+        _Checkpointer(run_dir, cfg.keep_every).save(ckpt, step, is_best)
 
     # --- loop -----------------------------------------------------------------------------------------------
     loader = make_loader(
