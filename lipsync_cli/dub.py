@@ -25,6 +25,8 @@ from lipsync_cli.device import DEVICES, PRECISIONS, autocast, device_type, resol
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video, video_fingerprint
 from lipsync_cli.output_format import PRESETS, EncodeOptions
+from lipsync_cli.silence import SILENCE_DEFAULT, SILENCE_FADE, SILENCE_MODES
+from lipsync_cli.vad import MIN_PAUSE, VAD_METHODS
 
 if TYPE_CHECKING:
     from lipsync_cli.speakers import SpeakerSetup
@@ -38,7 +40,7 @@ OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
 # Progress callback: (stage, frames advanced, stage total or None).
 ProgressFn = Callable[[str, int, "int | None"], None]
 # what dub() does before its face pass and first frame, each timed in DubResult.startup (seconds), with "total"
-STARTUP_PHASES = ("probe", "audio", "imports", "model", "detector")
+STARTUP_PHASES = ("probe", "audio", "imports", "model", "detector", "vad")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,16 @@ class DubOptions:
     enhancer_weights: Path | None = None  # GFPGANv1.4-format .pth or an ONNX restorer; None -> registry gfpgan_v14
     enhance_strength: float = 1.0  # 0..1: blend weight of the restored mouth
     enhance_noise: str = "fixed"  # GFPGAN's noise: fixed (stored buffers, no flicker) | random (as GFPGANer)
+    # --- like a dubbing studio: pauses (lipsync_cli.silence, .vad), only some lines (.segments, .timeline) ---
+    silence: str = SILENCE_DEFAULT  # the mouth in the speech's pauses: hold (closed, still) | model | source
+    silence_fade: int = SILENCE_FADE  # frames of cross-fade at each edge of a pause or a segment
+    vad: str = "silero"  # speech activity: silero (the packaged network) | energy
+    min_pause: float = MIN_PAUSE  # seconds: shorter pauses stay speech (a breath)
+    segments: Path | None = None  # the lines to dub: CSV/JSON, SRT/ASS/VTT subtitles, or an .otio/.edl timeline
+    start: str | None = None  # one line from here (seconds or HH:MM:SS[:FF|.mmm]) ...
+    end: str | None = None  # ... to here; the rest of the video is the source's
+    me: Path | None = None  # music-and-effects stem under the lines (with segments)
+    timeline_out: Path | None = None  # write what was dubbed as .otio (or .edl) for the editor
 
     def validate(self, output: str | Path | None = None) -> None:
         """One place for every cross-option rule; with ``output``, also what the encoder and its container take
@@ -113,6 +125,17 @@ class DubOptions:
             raise BadOption(f"--enhance-noise {self.enhance_noise!r} is not one of {', '.join(ENHANCE_NOISE)}")
         if self.enhancer_weights is not None and not self.enhance:
             raise BadOption("--enhancer-weights is given without --enhance", "add --enhance")
+        if self.silence not in SILENCE_MODES:
+            raise BadOption(f"--silence {self.silence!r} is not one of {', '.join(SILENCE_MODES)}")
+        if self.silence_fade < 0:
+            raise BadOption(f"--silence-fade must be >= 0 frames, got {self.silence_fade}")
+        if self.vad not in VAD_METHODS:
+            raise BadOption(f"--vad {self.vad!r} is not one of {', '.join(VAD_METHODS)}")
+        if self.min_pause < 0:
+            raise BadOption(f"--min-pause must be >= 0 seconds, got {self.min_pause}")
+        from lipsync_cli.segments import validate_segment_options
+
+        validate_segment_options(self)
         if self.box is not None and self.track is not None:
             raise BadOption("--box and --track both give the face position: use one")
         if self.box is not None:
@@ -148,6 +171,7 @@ class DubResult:
     # seconds of start-up per STARTUP_PHASES, and "total": from the call until the face pass (stage "detect") and
     # the frames begin; what it does not count is the interpreter and the imports before dub() was called
     startup: dict[str, float] = field(default_factory=dict)
+    pauses: list[tuple[int, int]] = field(default_factory=list)  # [start, end) output frames of the pauses (voice 0)
 
     @property
     def realtime_factor(self) -> float:
@@ -443,6 +467,35 @@ def enhance_points(options: DubOptions, device: str):
     return ScrfdPoints(SCRFDDetector(resolve_weights(options.detector_weights), device, det_size=192))
 
 
+def silent_mel_window() -> np.ndarray:
+    """(80, 16) float32: the mel window of digital silence, what drives the held mouth of ``--silence hold``."""
+    from lipsync_cli.audio import MIN_AUDIO_SAMPLES
+
+    return np.ascontiguousarray(melspectrogram(np.zeros(MIN_AUDIO_SAMPLES, np.float32))[:, :MEL_WINDOW],
+                                dtype=np.float32)
+
+
+def plan_silence(speech_wavs, n_out: int, fps: float, options: DubOptions, active: np.ndarray | None = None):
+    """(MouthPlan or None, pauses of voice 0): the speech activity of each voice's 16 kHz track (``lipsync_cli.vad``)
+    turned into per-frame weights (``lipsync_cli.silence``). None, the speech-driven mouth everywhere as before,
+    with ``--silence model`` and no segments (``active``: bool per output frame, inside a segment)."""
+    from lipsync_cli.silence import plan_mouths
+    from lipsync_cli.vad import VadOptions, speech_activity
+
+    if options.silence == "model" and active is None:
+        return None, []
+    vad = VadOptions(method=options.vad, min_pause=options.min_pause)
+    speech = None
+    pauses: list[tuple[int, int]] = []
+    if options.silence != "model":
+        acts = [speech_activity(w, n_out, fps, vad) for w in speech_wavs]
+        speech = [a.speech for a in acts]
+        pauses = acts[0].pauses()
+    plan = plan_mouths(speech, n_out, options.silence, options.silence_fade, active=active,
+                       n_voices=len(speech_wavs))
+    return plan, pauses
+
+
 def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
                  notify: Callable[[str], None] | None = None, fps: float | None = None, info=None,
                  detector=None) -> Track:
@@ -499,6 +552,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
             wav = load_audio(audio)
             mels = [melspectrogram(wav)]  # (80, T): one voice
             n_samples = len(wav)
+            speech_wavs = [wav]  # for the speech activity, dropped once it is known
             del wav  # only the mel is needed from here: 19 MB less held per 5 minutes of audio
             voices = None
         else:  # one mel per speaker's voice (see lipsync_cli.speakers)
@@ -506,6 +560,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
 
             voices = load_voices(audio, options.speakers)
             mels, n_samples = voices.mels, voices.n_samples
+            speech_wavs, voices.wavs = voices.wavs, []
     mel = mels[0]
     track = None
     if options.box is None and options.track is not None:  # a track of another video is refused before any load
@@ -549,6 +604,11 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
     n_out = n_output_frames(n_samples, fps)
     # the mel window of each output frame, with the audio/video lead the generator was trained with
     starts = mel_start(np.arange(n_out), fps, lead=getattr(model, "mel_lead", 0), n_mel=mel.shape[1])
+
+    # --- the mouth in pauses (and outside the segments): lipsync_cli.silence ---
+    with _timed(startup, "vad"):
+        mouth_plan, pauses = plan_silence(speech_wavs, n_out, fps, options)
+    del speech_wavs
 
     startup["total"] = time.perf_counter() - t_start  # the fixed cost; the face pass is stage_seconds["detect"]
 
@@ -608,7 +668,8 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         blend_mode=options.blend, enhancer=enhancer, faces_of=faces_of, frame_bytes=frame_bytes,
         batch_frames=engine_batch_frames(batch_size, options.max_pending_bytes, frame_bytes),
         budget_bytes=options.max_pending_bytes, n_out=n_out, stage_s=stage_s, stage_n=stage_n,
-        frame_sink=frame_sink, progress=progress)
+        frame_sink=frame_sink, progress=progress, plan=mouth_plan,
+        silent_mel=torch.from_numpy(silent_mel_window()) if mouth_plan is not None else None)
     decode_stats: dict = {}
     from contextlib import nullcontext
 
@@ -626,6 +687,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         stage_frames=stage_n, device=device, precision=precision, batch_size=run.gen["batch"],
         decoded_frames=decode_stats.get("decoded", 0), encoding=describe(plan), queue_stats=run.queue_stats,
         pending_bytes=(run.peak_bytes, options.max_pending_bytes), stream_seconds=run.wall, startup=startup,
+        pauses=pauses,
     )
 
 
@@ -651,6 +713,8 @@ class _Batch:
     crops: object = None  # (b, 96, 96, 3) uint8 torch tensor (pinned for CUDA)
     mels: object = None  # (b, 1, 80, 16) float32 torch tensor
     mouths: np.ndarray | None = None  # (b, 96, 96, 3) uint8
+    planned_out: set[int] = field(default_factory=set)  # output frames whose faces the MouthPlan left untouched
+    held: list[tuple[int, int]] = field(default_factory=list)  # (voice, pause) whose held mouth this batch makes
 
 
 @dataclass
@@ -679,6 +743,11 @@ class _EngineRun:
     stage_n: dict[str, int]
     frame_sink: Callable[[int, np.ndarray], None] | None = None
     progress: ProgressFn | None = None
+    # pauses and segments (lipsync_cli.silence): None is the speech-driven mouth on every face of every frame
+    plan: object = None  # MouthPlan
+    silent_mel: object = None  # (80, 16) float32 tensor: the mel window of digital silence
+    held_mouths: dict = field(default_factory=dict)  # (voice, pause) -> (96, 96, 3) uint8, set by generate
+    held_asked: set = field(default_factory=set)  # (voice, pause) whose mouth prepare asked for (in its thread)
     # results
     frames: int = 0
     n_faces: int = 0
@@ -694,6 +763,7 @@ class _EngineRun:
         frames = open_frames()
         try:
             batch: list = []
+            planned: set[int] = set()
             i = 0
             while True:
                 budget.acquire(self.frame_bytes, stop)  # before decoding: the budget covers this frame too
@@ -705,13 +775,19 @@ class _EngineRun:
                     break
                 self.stage_s["decode"] += time.perf_counter() - t
                 self.stage_n["decode"] += 1
-                batch.append((i, frame, self.faces_of(src)))
+                faces = self.faces_of(src)
+                if self.plan is not None and faces:
+                    kept = [(box, v) for box, v in faces if self.plan.needs_face(v, i)]
+                    if len(kept) < len(faces):
+                        planned.add(i)
+                    faces = kept
+                batch.append((i, frame, faces))
                 i += 1
                 if len(batch) >= self.batch_frames:
-                    out.put(_Batch(batch))
-                    batch = []
+                    out.put(_Batch(batch, planned_out=planned))
+                    batch, planned = [], set()
             if batch:
-                out.put(_Batch(batch))
+                out.put(_Batch(batch, planned_out=planned))
             out.put(END)
         finally:
             frames.close()  # stops the decoder (ffmpeg, its thread, the spool) on every path, in this thread
@@ -722,11 +798,30 @@ class _EngineRun:
         t = time.perf_counter()
         b.idx = [(k, box, v) for k, (_, _, fs) in enumerate(b.items) for box, v in fs]
         if b.idx:
-            # (n, 96, 96, 3) uint8: all crops are taken before any face of a frame is blended
-            b.crops = torch.from_numpy(np.stack([blending.crop_face(b.items[k][1], box) for k, box, _ in b.idx]))
-            starts = [self.starts[b.items[k][0]] for k, _, _ in b.idx]
-            b.mels = torch.stack([self.mel_ts[v][:, s:s + MEL_WINDOW] for (_, _, v), s in zip(b.idx, starts)])
-            b.mels = b.mels.unsqueeze(1)  # (n, 1, 80, 16)
+            # the faces the generator sees: each face's own crop and mel window, where the speech drives it, and
+            # the reference crop of each pause that starts here, with the silent window (--silence hold)
+            crops, mels = [], []
+            for k, box, v in b.idx:
+                i = b.items[k][0]
+                crop = None
+                if self.plan is None or self.plan.needs_speech(v, i):
+                    crop = blending.crop_face(b.items[k][1], box)
+                    crops.append(crop)
+                    s = self.starts[i]
+                    mels.append(self.mel_ts[v][:, s:s + MEL_WINDOW])
+                if self.plan is not None and self.plan.needs_held(v, i):
+                    key = (v, int(self.plan.pause[v, i]))
+                    if key not in self.held_asked:  # the pause's first frame: its crop is the reference
+                        self.held_asked.add(key)
+                        b.held.append(key)
+                        crops.append(crop if crop is not None else blending.crop_face(b.items[k][1], box))
+                        mels.append(self.silent_mel)
+            if crops:
+                # (n, 96, 96, 3) uint8: all crops are taken before any face of a frame is blended
+                b.crops = torch.from_numpy(np.stack(crops))
+                b.mels = torch.stack(mels).unsqueeze(1)  # (n, 1, 80, 16)
+            else:
+                b.crops = None
             if device_type(self.device) == "cuda":  # page-locked: the upload is a DMA that overlaps compute
                 b.crops, b.mels = b.crops.pin_memory(), b.mels.pin_memory()
         self.stage_s["prepare"] += time.perf_counter() - t
@@ -734,20 +829,40 @@ class _EngineRun:
         return b
 
     def generate(self, b: _Batch) -> _Batch:
-        if b.idx:
+        if b.crops is not None:
             t = time.perf_counter()
             b.mouths = generate(self.model, b.mels, b.crops, self.device, self.precision, self.gen)
+            n = len(b.mouths)
             b.crops = b.mels = None
+            if b.held:  # the held mouths come last: kept for every frame of their pause
+                for key, mouth in zip(b.held, b.mouths[n - len(b.held):]):
+                    self.held_mouths[key] = mouth.copy()
+                b.mouths = b.mouths[:n - len(b.held)]
             self.stage_s["generate"] += time.perf_counter() - t
-            self.stage_n["generate"] += len(b.idx)
+            self.stage_n["generate"] += n
         return b
 
     def blend(self, b: _Batch) -> _Batch:
         t = time.perf_counter()
-        if b.idx:
+        if b.idx and self.plan is None:
             for g, (k, box, _) in zip(b.mouths, b.idx):
                 blending.blend(b.items[k][1], g, box, self.blend_mode)
-            b.mouths = None
+        elif b.idx:
+            from lipsync_cli.silence import mix_mouths, mix_region
+
+            made = iter(b.mouths) if b.mouths is not None else iter(())
+            for k, box, v in b.idx:
+                frame, i = b.items[k][1], b.items[k][0]
+                w = float(self.plan.speech[v, i])
+                speech = next(made) if w > 0 else None
+                held = self.held_mouths[(v, int(self.plan.pause[v, i]))] if w < 1 else None
+                alpha = float(self.plan.alpha[v, i])
+                x1, y1, x2, y2 = box
+                before = frame[y1:y2, x1:x2].copy() if alpha < 1 else None
+                blending.blend(frame, mix_mouths(speech, held, w), box, self.blend_mode)
+                if before is not None:
+                    mix_region(frame, before, box, alpha)
+        b.mouths = None
         self.stage_s["blend"] += time.perf_counter() - t
         self.stage_n["blend"] += len(b.items)
         return b
@@ -764,7 +879,7 @@ class _EngineRun:
         """In the caller's thread, in output order: the no-face list, ``frame_sink``, progress, the encoder."""
         self.n_faces += len(b.idx)
         for i, frame, fs in b.items:
-            if not fs:
+            if not fs and i not in b.planned_out:
                 self.no_face.append(i)
             if self.frame_sink is not None:
                 self.frame_sink(i, frame)

@@ -91,16 +91,18 @@ def chunk_rms_db(wav: np.ndarray) -> np.ndarray:
 def silero_probabilities(wav: np.ndarray) -> np.ndarray:
     """Silero VAD's speech probability of each VAD_CHUNK of ``wav`` (16 kHz mono float32), on the CPU.
 
-    The packaged ONNX network run by onnxruntime (the same probabilities as its TorchScript twin to 1e-5, and
-    4x faster on a CPU). Importing silero_vad sets torch's thread count to 1, which is undone here: the
-    generator runs after it in the same process."""
+    The packaged ONNX network (what ``silero_vad.load_silero_vad(onnx=True)`` loads) run by onnxruntime: the
+    same probabilities as its TorchScript twin to 1e-5, and 4x faster on a CPU. Importing silero_vad sets torch's
+    thread count to 1, which is undone here: the generator runs after it in the same process."""
     import torch
 
     threads = torch.get_num_threads()
     try:
-        from silero_vad import load_silero_vad
+        from importlib.resources import files
 
-        model = load_silero_vad(onnx=True)
+        from silero_vad.utils_vad import OnnxWrapper
+
+        model = OnnxWrapper(str(files("silero_vad.data") / "silero_vad.onnx"), force_onnx_cpu=True)
     finally:
         torch.set_num_threads(threads)
     n = -(-len(wav) // VAD_CHUNK)

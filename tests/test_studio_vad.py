@@ -7,29 +7,13 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from conftest import media
-
-SR = 16000
-FPS = 25
+from synth import speech_with_pauses
 
 
-def pause_track(path, seg: float = 0.8):
-    """Real speech, then 1 s of digital silence, speech, 1 s of white noise at -50 dBFS RMS, speech; returns the
-    true pauses as [start, end) frames."""
-    import soundfile
-
-    from lipsync_cli.audio import load_audio
-
-    w = load_audio(media("sadtalker_RD_Radio31_000.wav"))
-    n, o = int(seg * SR), 4 * SR
-    noise = np.random.default_rng(0).standard_normal(SR).astype(np.float32)
-    noise *= 10 ** (-50 / 20) / np.sqrt(np.mean(noise ** 2))
-    track = np.concatenate([w[o:o + n], np.zeros(SR, np.float32), w[o + n:o + 2 * n], noise, w[o + 2 * n:o + 3 * n]])
-    soundfile.write(str(path), track, SR, subtype="FLOAT")
-    a = int(seg * FPS)
-    return [(a, a + FPS), (2 * a + FPS, 2 * a + 2 * FPS)]
+def pause_track(path):
+    return speech_with_pauses(path, media("sadtalker_RD_Radio31_000.wav"))
 
 
 def inspect(*args):

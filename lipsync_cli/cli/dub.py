@@ -159,6 +159,22 @@ def dub(
                                                                     "subtitles and chapters (after the new "
                                                                     "audio, which stays first and default)."),
     language: Optional[str] = typer.Option(None, help="ISO 639-2 language of the new audio track (eng, fra...)."),
+    # --- like a dubbing studio: pauses, only some lines, timelines (DubOptions' block of the same name) ---
+    silence: str = typer.Option("hold", help="The mouth in the speech's pauses: hold (closed and still: one silent "
+                                             "mouth per pause) | model (the generator on the silence) | source "
+                                             "(the original frames)."),
+    silence_fade: int = typer.Option(3, help="Frames of cross-fade at each edge of a pause or a segment."),
+    vad: str = typer.Option("silero", help="Speech activity: silero (Silero VAD, packaged) | energy (level)."),
+    min_pause: float = typer.Option(0.3, help="Seconds: shorter pauses stay speech (a breath keeps the mouth)."),
+    segments: Optional[Path] = typer.Option(None, help="Dub only these lines: CSV/JSON (start, end, audio, "
+                                                       "offset, speaker), SRT/ASS/VTT subtitles, or a .otio/.edl "
+                                                       "timeline; the rest is the source's picture and sound."),
+    start: Optional[str] = typer.Option(None, help="Dub from here (seconds, HH:MM:SS.mmm or HH:MM:SS:FF)."),
+    end: Optional[str] = typer.Option(None, help="Dub up to here (seconds or timecode)."),
+    me: Optional[Path] = typer.Option(None, help="Music-and-effects stem: under the new lines (with --segments "
+                                                 "or --start/--end)."),
+    timeline_out: Optional[Path] = typer.Option(None, help="Also write what was dubbed as a timeline: .otio "
+                                                           "(OpenTimelineIO) or .edl (CMX 3600)."),
     offline: bool = typer.Option(False, "--offline", help="Never download weights (also LIPSYNC_OFFLINE=1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     stats: bool = typer.Option(False, "--stats", help="End with each stage's busy time and each queue's "
@@ -183,6 +199,8 @@ def dub(
         crf=crf, preset=preset, offline=True if offline else None, speakers=setup,
         enhance=enhance, enhancer_weights=enhancer_weights, enhance_strength=enhance_strength,
         enhance_noise=enhance_noise,
+        silence=silence, silence_fade=silence_fade, vad=vad, min_pause=min_pause, segments=segments, start=start,
+        end=end, me=me, timeline_out=timeline_out,
         encode=EncodeOptions(vcodec=vcodec, pix_fmt=pix_fmt, profile=profile, acodec=acodec,
                              keep_streams=keep_streams, language=language),
     )
@@ -207,6 +225,9 @@ def dub(
                   f"{result.frames / result.wall_seconds:.1f} frames/s end to end, "
                   f"{result.realtime_factor:.2f}x real time; stage frames/s: {stages}", highlight=False)
     console.print(startup_line(result.startup, before), highlight=False)
+    if result.pauses:
+        console.print(f"--silence {opts.silence}: {len(result.pauses)} pause(s), "
+                      f"{sum(b - a for a, b in result.pauses)} frames", highlight=False)
     if stats:
         for line in result.stats_lines():
             console.print(line, highlight=False, markup=False)
