@@ -25,6 +25,7 @@ from lipsync_cli.device import DEVICES, PRECISIONS, autocast, device_type, resol
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video, video_fingerprint
 from lipsync_cli.output_format import PRESETS, EncodeOptions
+from lipsync_cli.segments import active_frames, has_segments, segment_audio, speech_track
 from lipsync_cli.silence import SILENCE_DEFAULT, SILENCE_FADE, SILENCE_MODES
 from lipsync_cli.vad import MIN_PAUSE, VAD_METHODS
 
@@ -467,6 +468,20 @@ def enhance_points(options: DubOptions, device: str):
     return ScrfdPoints(SCRFDDetector(resolve_weights(options.detector_weights), device, det_size=192))
 
 
+def _dub_segments(video: Path, audio: Path | None, info, options: DubOptions):
+    """(checked segments, output frames: the video's own length) of ``options``; raises before any work."""
+    from lipsync_cli.segments import segments_for
+
+    if info.is_image or not info.n_frames:
+        raise BadOption(f"--segments and --start/--end dub lines of a video; {video} is a still image",
+                        "dub the whole image without them")
+    if options.speakers is not None:
+        raise BadOption("segments with --speaker/--ref-face/--speakers are not supported yet",
+                        "dub each speaker's lines in their own run (--ref-face with --segments of their lines)")
+    fps = float(info.fps)
+    return segments_for(options, info.n_frames / fps, fps, audio), int(info.n_frames)
+
+
 def silent_mel_window() -> np.ndarray:
     """(80, 16) float32: the mel window of digital silence, what drives the held mouth of ``--silence hold``."""
     from lipsync_cli.audio import MIN_AUDIO_SAMPLES
@@ -545,8 +560,17 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
                            else None)
     for note in plan.notes:
         say(note)
+    segments = None
+    if has_segments(options):  # the lines to dub, checked against the video before any work (lipsync_cli.segments)
+        with _timed(startup, "probe"):
+            info = pending.result()
+        segments, seg_frames = _dub_segments(video, audio, info, options)
     with _timed(startup, "audio"):
-        if options.speakers is None:
+        if segments is not None:
+            wav = speech_track(segments, audio, int(round(seg_frames / float(info.fps) * SAMPLE_RATE)), SAMPLE_RATE)
+            mels, n_samples, speech_wavs, voices = [melspectrogram(wav)], len(wav), [wav], None
+            del wav
+        elif options.speakers is None:
             if audio is None:
                 raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO for each person")
             wav = load_audio(audio)
@@ -601,13 +625,18 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
     with _timed(startup, "probe"):
         info = pending.result()  # the packet scan ran while the audio and the weights loaded
     fps = float(options.fps) if info.is_image else float(info.fps)
-    n_out = n_output_frames(n_samples, fps)
+    n_out = n_output_frames(n_samples, fps) if segments is None else seg_frames  # segments: the video's length
     # the mel window of each output frame, with the audio/video lead the generator was trained with
     starts = mel_start(np.arange(n_out), fps, lead=getattr(model, "mel_lead", 0), n_mel=mel.shape[1])
 
     # --- the mouth in pauses (and outside the segments): lipsync_cli.silence ---
     with _timed(startup, "vad"):
-        mouth_plan, pauses = plan_silence(speech_wavs, n_out, fps, options)
+        active = active_frames(segments, n_out, fps) if segments is not None else None
+        mouth_plan, pauses = plan_silence(speech_wavs, n_out, fps, options, active=active)
+    if pauses == [(0, n_out)]:
+        say(f"warning: the voice activity detector found no speech in {audio or 'the speech tracks'}: with "
+            f"--silence {options.silence} the mouth stays {'closed' if options.silence == 'hold' else 'as it is'}"
+            "; --silence model drives it with the audio anyway")
     del speech_wavs
 
     startup["total"] = time.perf_counter() - t_start  # the fixed cost; the face pass is stage_seconds["detect"]
@@ -675,12 +704,21 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
 
     from lipsync_cli.speakers import output_audio
 
-    with (output_audio(voices) if voices is not None else nullcontext(audio)) as mux, \
-            VideoWriter(out, width, height, fps, audio_path=mux, plan=plan) as writer:
+    if segments is not None:
+        sound = segment_audio(segments, audio, video, n_out / fps, options.me)
+    else:
+        sound = output_audio(voices) if voices is not None else nullcontext(audio)
+    with sound as mux, VideoWriter(out, width, height, fps, audio_path=mux, plan=plan) as writer:
         run.run(lambda: output_frames(video, info.is_image, fps, n_out, options.loop, info=info,
                                       stats=decode_stats, depth=plan.depth), writer)
     if run.frames == 0:
         raise BadOption(f"{video} produced no frames")
+    if options.timeline_out is not None:  # what was dubbed, for the editor (lipsync_cli.timeline)
+        from lipsync_cli.segments import Segment
+        from lipsync_cli.timeline import write_timeline
+
+        lines = segments if segments is not None else [Segment(0.0, run.frames / fps)]
+        write_timeline(Path(options.timeline_out), out, lines, audio, fps, run.frames / fps)
     return DubResult(
         output=out, frames=run.frames, fps=fps, faces=run.n_faces, no_face_frames=run.no_face,
         audio_seconds=n_samples / SAMPLE_RATE, wall_seconds=time.perf_counter() - t_start, stage_seconds=stage_s,
