@@ -477,7 +477,7 @@ def _dub_segments(video: Path, audio: Path | None, info, options: DubOptions):
                         "dub the whole image without them")
     if options.speakers is not None:
         raise BadOption("segments with --speaker/--ref-face/--speakers are not supported yet",
-                        "dub each speaker's lines in their own run (--ref-face with --segments of their lines)")
+                        "dub each speaker's lines in their own run, with --ref-box (or --box) for their face")
     fps = float(info.fps)
     return segments_for(options, info.n_frames / fps, fps, audio), int(info.n_frames)
 

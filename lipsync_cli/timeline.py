@@ -9,18 +9,24 @@ it is not the default) its speaker. ``.otio`` files are read by OpenTimelineIO i
 the video is refused (its frames would land elsewhere).
 
 Out (``dub --timeline-out``): a timeline at the video's frame rate with one video track (the dubbed output, whole)
-and one audio track "dub" with one clip per dubbed line (its file and offset), gaps between: ``.otio``, or ``.edl``.
+and one audio track "dub" with one clip per dubbed line (its file and offset), gaps between: ``.otio``. A CMX 3600
+``.edl`` holds one video track: each dubbed line is an event of the output video at its place (source in = record
+in), what the editor conforms. An EDL read as segments gives the lines' places only (its sources are reels): they
+are spoken in AUDIO.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from lipsync_cli.errors import BadOption, InputNotFound
 
 SPEAKER_KEY = "lipsync"
+_TC = r"(\d\d:\d\d:\d\d[:;]\d\d)"
+_EDL_EVENT = re.compile(rf"^\s*\d+\s+.*?{_TC}\s+{_TC}\s+{_TC}\s+{_TC}\s*$", re.M)  # src in/out, record in/out
 
 
 def _otio():
@@ -59,6 +65,17 @@ def read_timeline(path: Path, fps: float) -> list:
     tracks = [t for t in timeline.tracks if t.kind == otio.schema.TrackKind.Audio]
     if not tracks and path.suffix.lower() == ".edl":  # an EDL of audio events only: its clips are the lines
         tracks = list(timeline.tracks)
+    edl = path.suffix.lower() == ".edl"
+    # where the video starts on the timeline: an OTIO timeline's global start time; an EDL's record timecodes are
+    # the video's own, or count from 01:00:00:00 (the usual program start) when every event is past it
+    origin = timeline.global_start_time.to_seconds() if timeline.global_start_time is not None else 0.0
+    if edl:  # the adapter starts the track at the first event: its record-in is the track's start
+        first = _EDL_EVENT.search(path.read_text(errors="replace"))
+        if first is not None:
+            from lipsync_cli.segments import parse_time
+
+            record_in = parse_time(first.group(3), fps, f"{path.name} first event")
+            origin = -(record_in - (3600.0 if record_in >= 3600.0 else 0.0))
     segments = []
     for track in tracks:
         for k, clip in enumerate(c for c in track if isinstance(c, otio.schema.Clip)):
@@ -70,14 +87,15 @@ def read_timeline(path: Path, fps: float) -> list:
                                 "export the timeline at the video's frame rate")
             start = placed.start_time.to_seconds()
             if timeline.global_start_time is not None:
-                start -= timeline.global_start_time.to_seconds()
+                start += timeline.global_start_time.to_seconds()
+            start -= origin
             ref = clip.media_reference
-            url = getattr(ref, "target_url", None) if ref is not None else None
+            url = getattr(ref, "target_url", None) if ref is not None and not edl else None
             audio = _path_of(url, path.parent) if url else None
             offset = clip.source_range.start_time.to_seconds() if clip.source_range is not None else None
             meta = clip.metadata.get(SPEAKER_KEY, {}) if hasattr(clip.metadata, "get") else {}
             speaker = meta.get("speaker") if hasattr(meta, "get") else None
-            if speaker is None and track.name and track.name not in ("Audio", "A", "A1", "dub"):
+            if speaker is None and not edl and track.name and track.name not in ("Audio", "A", "A1", "A2", "dub"):
                 speaker = track.name
             segments.append(Segment(round(start, 6), round(start + placed.duration.to_seconds(), 6), audio,
                                     None if audio is None else offset, speaker, where))
@@ -88,8 +106,9 @@ def build_timeline(output: Path, segments: list, audio: Path | None, fps: float,
     """The OTIO timeline of a dub: the output video whole, and its dubbed lines on the audio track 'dub'."""
     otio = _otio()
 
-    def rt(seconds: float):
-        return otio.opentime.RationalTime(round(seconds * fps), fps)
+    def rt(seconds: float):  # whole frames where the time is one (to 1 us); a line may start between two frames
+        value = seconds * fps
+        return otio.opentime.RationalTime(round(value) if abs(value - round(value)) < 1e-6 * fps else value, fps)
 
     def trange(start: float, length: float):
         return otio.opentime.TimeRange(rt(start), rt(length))
@@ -117,6 +136,30 @@ def build_timeline(output: Path, segments: list, audio: Path | None, fps: float,
     return timeline
 
 
+def edl_timeline(output: Path, segments: list, fps: float, name: str):
+    """One video track: each dubbed line as an event of the output video, source in = record in (the picture to
+    conform), gaps between."""
+    otio = _otio()
+
+    from lipsync_cli.segments import frame_of
+
+    def rt(seconds: float):  # the frames the dub re-drew: those starting inside the line
+        return otio.opentime.RationalTime(frame_of(seconds, fps), fps)
+
+    timeline = otio.schema.Timeline(name=name)
+    track = otio.schema.Track(name="V1", kind=otio.schema.TrackKind.Video)
+    url = Path(output).resolve().as_uri()
+    at = 0.0
+    for k, s in enumerate(segments):
+        if s.start > at + 1e-9:
+            track.append(otio.schema.Gap(source_range=otio.opentime.TimeRange(rt(0), rt(s.start) - rt(at))))
+        track.append(otio.schema.Clip(name=f"line {k + 1}", media_reference=otio.schema.ExternalReference(
+            target_url=url), source_range=otio.opentime.TimeRange(rt(s.start), rt(s.end) - rt(s.start))))
+        at = s.end
+    timeline.tracks.append(track)
+    return timeline
+
+
 def write_timeline(path: Path, output: Path, segments: list, audio: Path | None, fps: float,
                    duration: float) -> None:
     """Write the timeline of a dub to ``path`` (.otio, or .edl through the CMX 3600 adapter), atomically."""
@@ -125,7 +168,8 @@ def write_timeline(path: Path, output: Path, segments: list, audio: Path | None,
     otio = _otio()
     timeline = build_timeline(output, segments, audio, fps, duration, name=Path(output).stem)
     with atomic_path(path) as tmp:
-        if Path(path).suffix.lower() == ".edl":
+        if Path(path).suffix.lower() == ".edl":  # CMX 3600 takes one video track: the dubbed shots of the output
+            timeline = edl_timeline(output, segments, fps, name=Path(output).stem)
             text = otio.adapters.write_to_string(timeline, adapter_name="cmx_3600", rate=math.ceil(fps - 1e-6))
         else:
             text = otio.adapters.write_to_string(timeline, adapter_name="otio_json")

@@ -143,7 +143,7 @@ def test_start_end_with_me_and_edl(clip, fake_ckpt):
     out = dub(clip, "startend", clip["dir"] / "dub.wav", "--start", "00:00:08:00", "--end", "9", "--me", me,
               "--timeline-out", clip["dir"] / "dubbed.edl")
     frames = read_frames(out)
-    assert mouth_diff(frames[210], clip["src"][210]) > 10 and mouth_diff(frames[100], clip["src"][100]) < 1
+    assert mouth_diff(frames[210], clip["src"][210]) > 10 and mouth_diff(frames[100], clip["src"][100]) < 3
     sound, ref, speech = load_audio(out), clip["src_audio"], clip["speech"]
     part = slice(int(8 * SR) + 160, int(9 * SR) - 160)
     assert rel_error(sound[part], speech[part] + ref[part]) < 0.1
@@ -172,3 +172,42 @@ def test_bad_segments_one_line_before_any_work(clip, fake_ckpt, case):
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(lines) <= 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not out.exists() and not list(clip["dir"].glob(f".bad_{case}*"))
+
+
+def test_studio_options_are_batch_manifest_columns(clip, tmp_path):
+    """silence, silence_fade, segments, start/end, me, timeline_out: DubOptions fields, so manifest columns, paths
+    relative to the manifest, checked with the dub rules."""
+    from lipsync_cli.batch import ManifestError, load_manifest
+
+    d = clip["dir"]
+    man = tmp_path / "jobs.csv"
+    man.write_text("video,audio,silence,silence_fade,segments,start,end,me,timeline_out\n"
+                   f"{d / 'src.mp4'},{d / 'dub.wav'},source,5,{d / 'lines.csv'},,,src.mp4,a.otio\n"
+                   f"{d / 'src.mp4'},{d / 'dub.wav'},hold,,,1.5,00:00:03:00,,\n"
+                   f"{d / 'src.mp4'},{d / 'dub.wav'},still,,,,,,\n"
+                   f"{d / 'src.mp4'},{d / 'dub.wav'},,,{d / 'lines.txt'},,,,\n")
+    with pytest.raises(ManifestError) as err:
+        load_manifest(man, tmp_path / "out")
+    problems = dict(err.value.problems)
+    assert sorted(problems) == [4, 5] and "still" in problems[4] and "lines.txt" in problems[5]
+    a, b = load_manifest(man, tmp_path / "out", skip_invalid=True).jobs
+    assert (a.options.silence, a.options.silence_fade, a.options.segments, a.options.me, a.options.timeline_out) == (
+        "source", 5, d / "lines.csv", tmp_path / "src.mp4", tmp_path / "a.otio")
+    assert (b.options.silence, b.options.start, b.options.end) == ("hold", "1.5", "00:00:03:00")
+
+
+def test_timeline_at_another_frame_rate_is_refused(clip, fake_ckpt, tmp_path):
+    import opentimelineio as otio
+
+    tl = otio.schema.Timeline(name="24p")
+    track = otio.schema.Track(name="A1", kind=otio.schema.TrackKind.Audio)
+    track.append(otio.schema.Clip(name="l0", media_reference=otio.schema.ExternalReference(
+        target_url=(clip["dir"] / "line0.wav").as_uri()), source_range=otio.opentime.TimeRange(
+        otio.opentime.RationalTime(0, 24), otio.opentime.RationalTime(24, 24))))
+    tl.tracks.append(track)
+    otio.adapters.write_to_file(tl, str(tmp_path / "t24.otio"))
+    out = tmp_path / "o.mp4"
+    proc = run("dub", clip["dir"] / "src.mp4", "-o", out, "--segments", tmp_path / "t24.otio", "--box", *BOX,
+               "--checkpoint", fake_ckpt("wav2lip"), "--device", "cpu")
+    assert proc.returncode == 2 and "24 fps" in proc.stderr and "25 fps" in proc.stderr, proc.stderr
+    assert not out.exists()
