@@ -26,6 +26,9 @@ from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.detect import DEFAULT_DETECTOR
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video, video_fingerprint
 from lipsync_cli.output_format import PRESETS, EncodeOptions
+from lipsync_cli.segments import active_frames, has_segments, segment_audio, speech_track
+from lipsync_cli.silence import SILENCE_DEFAULT, SILENCE_FADE, SILENCE_MODES
+from lipsync_cli.vad import MIN_PAUSE, VAD_METHODS
 
 if TYPE_CHECKING:
     from lipsync_cli.speakers import SpeakerSetup
@@ -39,7 +42,7 @@ OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
 # Progress callback: (stage, frames advanced, stage total or None).
 ProgressFn = Callable[[str, int, "int | None"], None]
 # what dub() does before its face pass and first frame, each timed in DubResult.startup (seconds), with "total"
-STARTUP_PHASES = ("probe", "audio", "imports", "model", "detector")
+STARTUP_PHASES = ("probe", "audio", "imports", "model", "detector", "vad")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,16 @@ class DubOptions:
     enhancer_weights: Path | None = None  # GFPGANv1.4-format .pth or an ONNX restorer; None -> registry gfpgan_v14
     enhance_strength: float = 1.0  # 0..1: blend weight of the restored mouth
     enhance_noise: str = "fixed"  # GFPGAN's noise: fixed (stored buffers, no flicker) | random (as GFPGANer)
+    # --- like a dubbing studio: pauses (lipsync_cli.silence, .vad), only some lines (.segments, .timeline) ---
+    silence: str = SILENCE_DEFAULT  # the mouth in the speech's pauses: hold (closed, still) | model | source
+    silence_fade: int = SILENCE_FADE  # frames of cross-fade at each edge of a pause or a segment
+    vad: str = "silero"  # speech activity: silero (the packaged network) | energy
+    min_pause: float = MIN_PAUSE  # seconds: shorter pauses stay speech (a breath)
+    segments: Path | None = None  # the lines to dub: CSV/JSON, SRT/ASS/VTT subtitles, or an .otio/.edl timeline
+    start: str | None = None  # one line from here (seconds or HH:MM:SS[:FF|.mmm]) ...
+    end: str | None = None  # ... to here; the rest of the video is the source's
+    me: Path | None = None  # music-and-effects stem under the lines (with segments)
+    timeline_out: Path | None = None  # write what was dubbed as .otio (or .edl) for the editor
 
     def validate(self, output: str | Path | None = None) -> None:
         """One place for every cross-option rule; with ``output``, also what the encoder and its container take
@@ -114,6 +127,17 @@ class DubOptions:
             raise BadOption(f"--enhance-noise {self.enhance_noise!r} is not one of {', '.join(ENHANCE_NOISE)}")
         if self.enhancer_weights is not None and not self.enhance:
             raise BadOption("--enhancer-weights is given without --enhance", "add --enhance")
+        if self.silence not in SILENCE_MODES:
+            raise BadOption(f"--silence {self.silence!r} is not one of {', '.join(SILENCE_MODES)}")
+        if self.silence_fade < 0:
+            raise BadOption(f"--silence-fade must be >= 0 frames, got {self.silence_fade}")
+        if self.vad not in VAD_METHODS:
+            raise BadOption(f"--vad {self.vad!r} is not one of {', '.join(VAD_METHODS)}")
+        if self.min_pause < 0:
+            raise BadOption(f"--min-pause must be >= 0 seconds, got {self.min_pause}")
+        from lipsync_cli.segments import validate_segment_options
+
+        validate_segment_options(self)
         if self.box is not None and self.track is not None:
             raise BadOption("--box and --track both give the face position: use one")
         if self.box is not None:
@@ -154,6 +178,7 @@ class DubResult:
     # what others_on_screen frames lack: 'the dubbed person (alice.jpg) is not on screen'
     dubbed_absent: str = "the dubbed face is not on screen"
     looped: str = ""  # how the video was stretched to the audio ('' when it was not): see loop_note
+    pauses: list[tuple[int, int]] = field(default_factory=list)  # [start, end) output frames of the pauses (voice 0)
 
     @property
     def realtime_factor(self) -> float:
@@ -530,6 +555,49 @@ def enhance_points(options: DubOptions, device: str):
     return ScrfdPoints(SCRFDDetector(resolve_weights(options.detector_weights), device, det_size=192))
 
 
+def _dub_segments(video: Path, audio: Path | None, info, options: DubOptions):
+    """(checked segments, output frames: the video's own length) of ``options``; raises before any work."""
+    from lipsync_cli.segments import segments_for
+
+    if info.is_image or not info.n_frames:
+        raise BadOption(f"--segments and --start/--end dub lines of a video; {video} is a still image",
+                        "dub the whole image without them")
+    if options.speakers is not None:
+        raise BadOption("segments with --speaker/--ref-face/--speakers are not supported yet",
+                        "dub each speaker's lines in their own run, with --ref-box (or --box) for their face")
+    fps = float(info.fps)
+    return segments_for(options, info.n_frames / fps, fps, audio), int(info.n_frames)
+
+
+def silent_mel_window() -> np.ndarray:
+    """(80, 16) float32: the mel window of digital silence, what drives the held mouth of ``--silence hold``."""
+    from lipsync_cli.audio import MIN_AUDIO_SAMPLES
+
+    return np.ascontiguousarray(melspectrogram(np.zeros(MIN_AUDIO_SAMPLES, np.float32))[:, :MEL_WINDOW],
+                                dtype=np.float32)
+
+
+def plan_silence(speech_wavs, n_out: int, fps: float, options: DubOptions, active: np.ndarray | None = None):
+    """(MouthPlan or None, pauses of voice 0): the speech activity of each voice's 16 kHz track (``lipsync_cli.vad``)
+    turned into per-frame weights (``lipsync_cli.silence``). None, the speech-driven mouth everywhere as before,
+    with ``--silence model`` and no segments (``active``: bool per output frame, inside a segment)."""
+    from lipsync_cli.silence import plan_mouths
+    from lipsync_cli.vad import VadOptions, speech_activity
+
+    if options.silence == "model" and active is None:
+        return None, []
+    vad = VadOptions(method=options.vad, min_pause=options.min_pause)
+    speech = None
+    pauses: list[tuple[int, int]] = []
+    if options.silence != "model":
+        acts = [speech_activity(w, n_out, fps, vad) for w in speech_wavs]
+        speech = [a.speech for a in acts]
+        pauses = acts[0].pauses()
+    plan = plan_mouths(speech, n_out, options.silence, options.silence_fade, active=active,
+                       n_voices=len(speech_wavs))
+    return plan, pauses
+
+
 def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
                  notify: Callable[[str], None] | None = None, fps: float | None = None, info=None,
                  detector=None) -> Track:
@@ -584,13 +652,23 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
                            else None)
     for note in plan.notes:
         say(note)
+    segments = None
+    if has_segments(options):  # the lines to dub, checked against the video before any work (lipsync_cli.segments)
+        with _timed(startup, "probe"):
+            info = pending.result()
+        segments, seg_frames = _dub_segments(video, audio, info, options)
     with _timed(startup, "audio"):
-        if options.speakers is None:
+        if segments is not None:
+            wav = speech_track(segments, audio, int(round(seg_frames / float(info.fps) * SAMPLE_RATE)), SAMPLE_RATE)
+            mels, n_samples, speech_wavs, voices = [melspectrogram(wav)], len(wav), [wav], None
+            del wav
+        elif options.speakers is None:
             if audio is None:
                 raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO for each person")
             wav = load_audio(audio)
             mels = [melspectrogram(wav)]  # (80, T): one voice
             n_samples = len(wav)
+            speech_wavs = [wav]  # for the speech activity, dropped once it is known
             del wav  # only the mel is needed from here: 19 MB less held per 5 minutes of audio
             voices = None
         else:  # one mel per speaker's voice (see lipsync_cli.speakers)
@@ -598,6 +676,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
 
             voices = load_voices(audio, options.speakers)
             mels, n_samples = voices.mels, voices.n_samples
+            speech_wavs, voices.wavs = voices.wavs, []
     mel = mels[0]
     given = track if track is not None else options.track
     if given is not None and options.box is not None:
@@ -641,9 +720,19 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
     with _timed(startup, "probe"):
         info = pending.result()  # the packet scan ran while the audio and the weights loaded
     fps = float(options.fps) if info.is_image else float(info.fps)
-    n_out = n_output_frames(n_samples, fps)
+    n_out = n_output_frames(n_samples, fps) if segments is None else seg_frames  # segments: the video's length
     # the mel window of each output frame, with the audio/video lead the generator was trained with
     starts = mel_start(np.arange(n_out), fps, lead=getattr(model, "mel_lead", 0), n_mel=mel.shape[1])
+
+    # --- the mouth in pauses (and outside the segments): lipsync_cli.silence ---
+    with _timed(startup, "vad"):
+        active = active_frames(segments, n_out, fps) if segments is not None else None
+        mouth_plan, pauses = plan_silence(speech_wavs, n_out, fps, options, active=active)
+    if pauses == [(0, n_out)]:
+        say(f"warning: the voice activity detector found no speech in {audio or 'the speech tracks'}: with "
+            f"--silence {options.silence} the mouth stays {'closed' if options.silence == 'hold' else 'as it is'}"
+            "; --silence model drives it with the audio anyway")
+    del speech_wavs
 
     startup["total"] = time.perf_counter() - t_start  # the fixed cost; the face pass is stage_seconds["detect"]
 
@@ -703,19 +792,29 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         blend_mode=options.blend, enhancer=enhancer, faces_of=faces_of, frame_bytes=frame_bytes,
         batch_frames=engine_batch_frames(batch_size, options.max_pending_bytes, frame_bytes),
         budget_bytes=options.max_pending_bytes, n_out=n_out, stage_s=stage_s, stage_n=stage_n,
-        frame_sink=frame_sink, progress=progress)
+        frame_sink=frame_sink, progress=progress, plan=mouth_plan,
+        silent_mel=torch.from_numpy(silent_mel_window()) if mouth_plan is not None else None)
     decode_stats: dict = {}
     from contextlib import nullcontext
 
     from lipsync_cli.speakers import output_audio
 
-    with (output_audio(voices) if voices is not None else nullcontext(audio)) as mux, \
-            VideoWriter(out, width, height, fps, audio_path=mux, plan=plan) as writer:
+    if segments is not None:
+        sound = segment_audio(segments, audio, video, n_out / fps, options.me)
+    else:
+        sound = output_audio(voices) if voices is not None else nullcontext(audio)
+    with sound as mux, VideoWriter(out, width, height, fps, audio_path=mux, plan=plan) as writer:
         run.run(lambda: output_frames(video, info.is_image, fps, n_out, options.loop, info=info,
                                       stats=decode_stats, depth=plan.depth), writer)
     if run.frames == 0:
         raise BadOption(f"{video} produced no frames")
     n_src = 1 if info.is_image else decode_stats.get("source_frames", run.frames)
+    if options.timeline_out is not None:  # what was dubbed, for the editor (lipsync_cli.timeline)
+        from lipsync_cli.segments import Segment
+        from lipsync_cli.timeline import write_timeline
+
+        lines = segments if segments is not None else [Segment(0.0, run.frames / fps)]
+        write_timeline(Path(options.timeline_out), out, lines, audio, fps, run.frames / fps)
     return DubResult(
         output=out, frames=run.frames, fps=fps, faces=run.n_faces, no_face_frames=run.no_face,
         audio_seconds=n_samples / SAMPLE_RATE, wall_seconds=time.perf_counter() - t_start, stage_seconds=stage_s,
@@ -725,6 +824,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         others_on_screen=_others_on_screen(run.no_face, track, n_src, info.is_image, options.loop,
                                            options.track_options.min_score),
         dubbed_absent=_dubbed_absent(options), looped=loop_note(info.is_image, n_src, run.frames, options.loop),
+        pauses=pauses,
     )
 
 
@@ -750,6 +850,8 @@ class _Batch:
     crops: object = None  # (b, 96, 96, 3) uint8 torch tensor (pinned for CUDA)
     mels: object = None  # (b, 1, 80, 16) float32 torch tensor
     mouths: np.ndarray | None = None  # (b, 96, 96, 3) uint8
+    planned_out: set[int] = field(default_factory=set)  # output frames whose faces the MouthPlan left untouched
+    held: list[tuple[int, int]] = field(default_factory=list)  # (voice, pause) whose held mouth this batch makes
 
 
 @dataclass
@@ -778,6 +880,11 @@ class _EngineRun:
     stage_n: dict[str, int]
     frame_sink: Callable[[int, np.ndarray], None] | None = None
     progress: ProgressFn | None = None
+    # pauses and segments (lipsync_cli.silence): None is the speech-driven mouth on every face of every frame
+    plan: object = None  # MouthPlan
+    silent_mel: object = None  # (80, 16) float32 tensor: the mel window of digital silence
+    held_mouths: dict = field(default_factory=dict)  # (voice, pause) -> (96, 96, 3) uint8, set by generate
+    held_asked: set = field(default_factory=set)  # (voice, pause) whose mouth prepare asked for (in its thread)
     # results
     frames: int = 0
     n_faces: int = 0
@@ -793,6 +900,7 @@ class _EngineRun:
         frames = open_frames()
         try:
             batch: list = []
+            planned: set[int] = set()
             i = 0
             while True:
                 budget.acquire(self.frame_bytes, stop)  # before decoding: the budget covers this frame too
@@ -804,13 +912,19 @@ class _EngineRun:
                     break
                 self.stage_s["decode"] += time.perf_counter() - t
                 self.stage_n["decode"] += 1
-                batch.append((i, frame, self.faces_of(src)))
+                faces = self.faces_of(src)
+                if self.plan is not None and faces:
+                    kept = [(box, v) for box, v in faces if self.plan.needs_face(v, i)]
+                    if len(kept) < len(faces):
+                        planned.add(i)
+                    faces = kept
+                batch.append((i, frame, faces))
                 i += 1
                 if len(batch) >= self.batch_frames:
-                    out.put(_Batch(batch))
-                    batch = []
+                    out.put(_Batch(batch, planned_out=planned))
+                    batch, planned = [], set()
             if batch:
-                out.put(_Batch(batch))
+                out.put(_Batch(batch, planned_out=planned))
             out.put(END)
         finally:
             frames.close()  # stops the decoder (ffmpeg, its thread, the spool) on every path, in this thread
@@ -821,11 +935,30 @@ class _EngineRun:
         t = time.perf_counter()
         b.idx = [(k, box, v) for k, (_, _, fs) in enumerate(b.items) for box, v in fs]
         if b.idx:
-            # (n, 96, 96, 3) uint8: all crops are taken before any face of a frame is blended
-            b.crops = torch.from_numpy(np.stack([blending.crop_face(b.items[k][1], box) for k, box, _ in b.idx]))
-            starts = [self.starts[b.items[k][0]] for k, _, _ in b.idx]
-            b.mels = torch.stack([self.mel_ts[v][:, s:s + MEL_WINDOW] for (_, _, v), s in zip(b.idx, starts)])
-            b.mels = b.mels.unsqueeze(1)  # (n, 1, 80, 16)
+            # the faces the generator sees: each face's own crop and mel window, where the speech drives it, and
+            # the reference crop of each pause that starts here, with the silent window (--silence hold)
+            crops, mels = [], []
+            for k, box, v in b.idx:
+                i = b.items[k][0]
+                crop = None
+                if self.plan is None or self.plan.needs_speech(v, i):
+                    crop = blending.crop_face(b.items[k][1], box)
+                    crops.append(crop)
+                    s = self.starts[i]
+                    mels.append(self.mel_ts[v][:, s:s + MEL_WINDOW])
+                if self.plan is not None and self.plan.needs_held(v, i):
+                    key = (v, int(self.plan.pause[v, i]))
+                    if key not in self.held_asked:  # the pause's first frame: its crop is the reference
+                        self.held_asked.add(key)
+                        b.held.append(key)
+                        crops.append(crop if crop is not None else blending.crop_face(b.items[k][1], box))
+                        mels.append(self.silent_mel)
+            if crops:
+                # (n, 96, 96, 3) uint8: all crops are taken before any face of a frame is blended
+                b.crops = torch.from_numpy(np.stack(crops))
+                b.mels = torch.stack(mels).unsqueeze(1)  # (n, 1, 80, 16)
+            else:
+                b.crops = None
             if device_type(self.device) == "cuda":  # page-locked: the upload is a DMA that overlaps compute
                 b.crops, b.mels = b.crops.pin_memory(), b.mels.pin_memory()
         self.stage_s["prepare"] += time.perf_counter() - t
@@ -833,20 +966,40 @@ class _EngineRun:
         return b
 
     def generate(self, b: _Batch) -> _Batch:
-        if b.idx:
+        if b.crops is not None:
             t = time.perf_counter()
             b.mouths = generate(self.model, b.mels, b.crops, self.device, self.precision, self.gen)
+            n = len(b.mouths)
             b.crops = b.mels = None
+            if b.held:  # the held mouths come last: kept for every frame of their pause
+                for key, mouth in zip(b.held, b.mouths[n - len(b.held):]):
+                    self.held_mouths[key] = mouth.copy()
+                b.mouths = b.mouths[:n - len(b.held)]
             self.stage_s["generate"] += time.perf_counter() - t
-            self.stage_n["generate"] += len(b.idx)
+            self.stage_n["generate"] += n
         return b
 
     def blend(self, b: _Batch) -> _Batch:
         t = time.perf_counter()
-        if b.idx:
+        if b.idx and self.plan is None:
             for g, (k, box, _) in zip(b.mouths, b.idx):
                 blending.blend(b.items[k][1], g, box, self.blend_mode)
-            b.mouths = None
+        elif b.idx:
+            from lipsync_cli.silence import mix_mouths, mix_region
+
+            made = iter(b.mouths) if b.mouths is not None else iter(())
+            for k, box, v in b.idx:
+                frame, i = b.items[k][1], b.items[k][0]
+                w = float(self.plan.speech[v, i])
+                speech = next(made) if w > 0 else None
+                held = self.held_mouths[(v, int(self.plan.pause[v, i]))] if w < 1 else None
+                alpha = float(self.plan.alpha[v, i])
+                x1, y1, x2, y2 = box
+                before = frame[y1:y2, x1:x2].copy() if alpha < 1 else None
+                blending.blend(frame, mix_mouths(speech, held, w), box, self.blend_mode)
+                if before is not None:
+                    mix_region(frame, before, box, alpha)
+        b.mouths = None
         self.stage_s["blend"] += time.perf_counter() - t
         self.stage_n["blend"] += len(b.items)
         return b
@@ -863,7 +1016,7 @@ class _EngineRun:
         """In the caller's thread, in output order: the no-face list, ``frame_sink``, progress, the encoder."""
         self.n_faces += len(b.idx)
         for i, frame, fs in b.items:
-            if not fs:
+            if not fs and i not in b.planned_out:
                 self.no_face.append(i)
             if self.frame_sink is not None:
                 self.frame_sink(i, frame)

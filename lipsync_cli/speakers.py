@@ -243,6 +243,7 @@ class Voices:
     n_samples: int  # 16 kHz samples of the longest track
     audio: Path | None
     mix_sources: tuple[Path, ...] = ()
+    wavs: list[np.ndarray] = field(default_factory=list)  # 16 kHz mono of each voice (for its speech activity)
 
 
 def mix_tracks(tracks: Sequence[np.ndarray], headroom_db: float = HEADROOM_DB) -> np.ndarray:
@@ -276,12 +277,14 @@ def load_voices(audio: Path | None, setup: SpeakerSetup | None) -> Voices:
         if audio is None:
             raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO per person")
         wav = load_audio(audio)
-        return Voices([melspectrogram(wav)], len(wav), Path(setup.mix) if setup and setup.mix else Path(audio))
+        return Voices([melspectrogram(wav)], len(wav), Path(setup.mix) if setup and setup.mix else Path(audio),
+                      wavs=[wav])
     wavs = [load_audio(s.audio) for s in setup.speakers]
     n = max(len(w) for w in wavs)
-    mels = [melspectrogram(np.pad(w, (0, n - len(w)))) for w in wavs]
+    wavs = [np.pad(w, (0, n - len(w))) for w in wavs]
+    mels = [melspectrogram(w) for w in wavs]
     sources = tuple(Path(s.audio) for s in setup.speakers)
-    return Voices(mels, n, Path(setup.mix) if setup.mix else None, sources)
+    return Voices(mels, n, Path(setup.mix) if setup.mix else None, sources, wavs=wavs)
 
 
 @contextmanager

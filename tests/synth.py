@@ -59,3 +59,23 @@ def make_image(path: Path, size: tuple[int, int] = (160, 120)) -> Path:
     w, h = size
     run_ffmpeg(["-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate=1:duration=1", "-frames:v", "1", str(path)])
     return Path(path)
+
+
+def speech_with_pauses(path: Path, speech: Path, seg: float = 0.8, fps: int = 25) -> list[tuple[int, int]]:
+    """A speech track with two 1 s pauses: ``seg`` s of the real speech in ``speech``, 1 s of digital silence, ``seg``
+    s of speech, 1 s of white noise at -50 dBFS RMS (room tone), ``seg`` s of speech; written as 16 kHz float wav.
+    Returns the true pauses as [start, end) frames at ``fps``."""
+    import numpy as np
+    import soundfile
+
+    from lipsync_cli.audio import load_audio
+
+    sr = 16000
+    w = load_audio(speech)
+    n, o = int(seg * sr), min(4 * sr, max(0, len(w) - 3 * int(seg * sr)))
+    noise = np.random.default_rng(0).standard_normal(sr).astype(np.float32)
+    noise *= 10 ** (-50 / 20) / np.sqrt(np.mean(noise ** 2))
+    track = np.concatenate([w[o:o + n], np.zeros(sr, np.float32), w[o + n:o + 2 * n], noise, w[o + 2 * n:o + 3 * n]])
+    soundfile.write(str(path), track, sr, subtype="FLOAT")
+    a = int(seg * fps)
+    return [(a, a + fps), (2 * a + fps, 2 * a + 2 * fps)]

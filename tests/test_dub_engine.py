@@ -118,7 +118,7 @@ class _Recorder(torch.nn.Module):
 def test_out_of_memory_halving_sticks_for_the_rest_of_the_run(clips, tmp_path):
     model = _Recorder(oom_above=4)
     res = dub(clips["v12"], clips["speech"], tmp_path / "o.mp4",
-              DubOptions(box=BOX, batch_size=16, precision="fp32", device="cpu"), model=model)
+              DubOptions(box=BOX, batch_size=16, precision="fp32", device="cpu", silence="model"), model=model)
     assert res.frames == 50 and res.faces == 50
     assert model.calls[:3] == [16, 8, 4]  # the first batch fails twice, then fits at 4
     assert all(c <= 4 for c in model.calls[3:]), model.calls  # and never tries more again
@@ -128,12 +128,12 @@ def test_out_of_memory_halving_sticks_for_the_rest_of_the_run(clips, tmp_path):
 def test_mps_out_of_memory_is_caught_and_other_errors_are_not(clips, tmp_path):
     model = _Recorder(oom_above=8, error=RuntimeError, message="MPS backend out of memory (MPS allocated: 1 GB)")
     res = dub(clips["v12"], clips["speech"], tmp_path / "m.mp4",
-              DubOptions(box=BOX, batch_size=16, precision="fp32", device="cpu"), model=model)
+              DubOptions(box=BOX, batch_size=16, precision="fp32", device="cpu", silence="model"), model=model)
     assert res.batch_size == 8 and max(model.calls[1:]) == 8
     bug = _Recorder(oom_above=0, error=RuntimeError, message="mat1 and mat2 shapes cannot be multiplied")
     with pytest.raises(RuntimeError, match="shapes"):
         dub(clips["v12"], clips["speech"], tmp_path / "b.mp4",
-            DubOptions(box=BOX, batch_size=16, precision="fp32", device="cpu"), model=bug)
+            DubOptions(box=BOX, batch_size=16, precision="fp32", device="cpu", silence="model"), model=bug)
     assert bug.calls == [16]  # a bug is not retried as if memory ran out
     assert not (tmp_path / "b.mp4").exists()
 
@@ -142,7 +142,7 @@ def test_frames_in_flight_are_bounded_in_bytes(clips, tmp_path):
     frame_bytes = 160 * 120 * 3
     model = _Recorder()
     res = dub(clips["v12"], clips["speech"], tmp_path / "p.mp4",
-              DubOptions(box=BOX, batch_size=128, precision="fp32", device="cpu",
+              DubOptions(box=BOX, batch_size=128, precision="fp32", device="cpu", silence="model",
                          max_pending_bytes=5 * frame_bytes), model=model)
     assert res.frames == 50
     # 128 asked, 5 frames' worth of bytes allowed: batches of 2, so that two batches fit in flight

@@ -348,7 +348,8 @@ def test_two_speakers_each_driven_by_their_own_track(two_people, two_track, fake
         SpeakerSpec(audio=b, reference=Reference(photo=two_people["photos"]["right"]), name="right")))
     out = tmp_path / "out.mp4"
     rec = recorder(generator)
-    options = _dub_options(fake_arcface, speakers=setup, track=two_track)
+    # silence="model": every face's input is its speaker's mel window (the tone tracks are no speech to the VAD)
+    options = _dub_options(fake_arcface, speakers=setup, track=two_track, silence="model")
     result = dub(two_people["clip"], None, out, options, model=rec)
     assert result.frames == 30  # 1.2 s at 25 fps: the longest track
     assert result.faces == 60  # two faces in every frame

@@ -105,7 +105,8 @@ def _dubbed_windows(root, ckpt, tmp_path, monkeypatch) -> torch.Tensor:
 
     monkeypatch.setattr(Wav2Lip, "forward", recording)
     out = tmp_path / "dubbed.mp4"
-    args = ["dub", str(video), str(d / "audio.wav"), "-o", str(out), "--checkpoint", str(ckpt)]
+    # --silence model: every frame's own window reaches the generator (hold would give pauses the silent one)
+    args = ["dub", str(video), str(d / "audio.wav"), "-o", str(out), "--checkpoint", str(ckpt), "--silence", "model"]
     # fp32: a bf16 model (the default on bf16 CPUs) sees the windows rounded to bf16; which window is the question
     assert _cli(args + ["--box", "0", "0", "96", "96", "--device", "cpu", "--precision", "fp32", "-q"]) == 0
     return torch.cat(seen)[:, 0]

@@ -23,6 +23,7 @@ from lipsync_cli.cli import batch as _batch  # noqa: F401  (registers commands)
 from lipsync_cli.cli import dub as _dub  # noqa: F401
 from lipsync_cli.cli import evaluate as _evaluate  # noqa: F401
 from lipsync_cli.cli import models as _models  # noqa: F401
+from lipsync_cli.cli import studio as _studio  # noqa: F401
 from lipsync_cli.cli import train as _train  # noqa: F401
 from lipsync_cli.cli import weights as _weights  # noqa: F401
 from lipsync_cli.cli.app import app

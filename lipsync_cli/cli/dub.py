@@ -102,6 +102,9 @@ def dub(
     for line in result.summary_lines():
         console.print(line, highlight=False, markup=False)
     console.print(startup_line(result.startup, before), highlight=False)
+    if result.pauses:
+        console.print(f"--silence {opts.silence}: {len(result.pauses)} pause(s), "
+                      f"{sum(b - a for a, b in result.pauses)} frames", highlight=False)
     if stats:
         for line in result.stats_lines():
             console.print(line, highlight=False, markup=False)

@@ -134,6 +134,21 @@ DUB_FLAGS: tuple[Flag, ...] = (
     Flag("keep_streams", bool, False, "Also copy the source's audio tracks, subtitles and chapters (after the new "
                                       "audio, which stays first and default).", ("--keep-streams",)),
     Flag("language", Optional[str], None, "ISO 639-2 language of the new audio track (eng, fra...)."),
+    # like a dubbing studio: pauses, only some lines, timelines (DubOptions' block of the same name)
+    Flag("silence", str, "hold", "The mouth in the speech's pauses: hold (closed and still: one silent mouth per "
+                                 "pause) | model (the generator on the silence) | source (the original frames)."),
+    Flag("silence_fade", int, 3, "Frames of cross-fade at each edge of a pause or a segment."),
+    Flag("vad", str, "silero", "Speech activity: silero (Silero VAD, packaged) | energy (level)."),
+    Flag("min_pause", float, 0.3, "Seconds: shorter pauses stay speech (a breath keeps the mouth)."),
+    Flag("segments", Optional[Path], None, "Dub only these lines: CSV/JSON (start, end, audio, offset), SRT/ASS/VTT "
+                                           "subtitles, or a .otio/.edl timeline; the rest is the source's picture "
+                                           "and sound."),
+    Flag("start", Optional[str], None, "Dub from here (seconds, HH:MM:SS.mmm or HH:MM:SS:FF)."),
+    Flag("end", Optional[str], None, "Dub up to here (seconds or timecode)."),
+    Flag("me", Optional[Path], None, "Music-and-effects stem: under the new lines (with --segments or "
+                                     "--start/--end)."),
+    Flag("timeline_out", Optional[Path], None, "Also write what was dubbed as a timeline: .otio (OpenTimelineIO) "
+                                               "or .edl (CMX 3600)."),
 )
 FLAGS_BY_NAME = {f.name: f for f in DUB_FLAGS}
 # manifest columns that are no flag of `lipsync dub` (tuning knobs of the library), with their meaning
