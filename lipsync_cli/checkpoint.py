@@ -98,7 +98,7 @@ def load_generator(path: str | os.PathLike, arch: str | None = None, device: str
     else:  # a different architecture initialised from the layers it shares with this file
         model = build_generator(arch, config)
         if not untrained:
-            raise _untrained(path, kind, arch, [k for k in model.state_dict() if k not in sd])
+            raise _untrained(path, kind, arch, list(model.state_dict()), set(model.state_dict()) - set(sd))
         try:
             model.load_state_dict(sd, strict=False)
         except RuntimeError as err:
@@ -107,9 +107,24 @@ def load_generator(path: str | os.PathLike, arch: str | None = None, device: str
     return model.to(device).eval()
 
 
-def _untrained(path, kind: str, arch: str, fresh: list[str]) -> CheckpointMismatch:
-    """The refusal of a ``kind`` file run as ``arch``: ``fresh`` are the tensors the file does not have."""
-    blocks = sorted({k.split(".cbam.")[0] if ".cbam." in k else k.rsplit(".", 1)[0] for k in fresh})
+def _untrained(path, kind: str, arch: str, keys: list[str], fresh: set[str]) -> CheckpointMismatch:
+    """The refusal of a ``kind`` file run as ``arch``: of the model's ``keys``, the file lacks ``fresh``. They are
+    named by the largest modules the file has nothing of (each layer of a list of them), in the model's order."""
+    blocks: list[str] = []
+    for key in keys:
+        if key not in fresh:
+            continue
+        parts = key.split(".")
+        for n in range(1, len(parts)):
+            prefix = ".".join(parts[:n]) + "."
+            if all(k in fresh for k in keys if k.startswith(prefix)):
+                if parts[n].isdigit():  # a list of layers: name each layer
+                    prefix = ".".join(parts[:n + 1]) + "."
+                break
+        else:
+            prefix = key + "."
+        if prefix[:-1] not in blocks:
+            blocks.append(prefix[:-1])
     return CheckpointMismatch(
         f"{path} holds a {KIND_NAMES[kind]}: as --arch {arch} its {len(blocks)} attention layers "
         f"({blocks[0]} .. {blocks[-1]}) would run untrained, at their initial values",
