@@ -577,7 +577,7 @@ def test_cli_batch_ray_local_runs_on_a_private_instance_and_stops_it_on_ctrl_c(c
     env = _ray_env(HOME=str(home), RAY_ADDRESS="127.0.0.1:1", LIPSYNC_TEST_MARK=marker)  # no cluster there
     proc = subprocess.Popen([sys.executable, "-m", "lipsync_cli", "batch", str(man), "-o", str(out), "--ray",
                              "local", "--ray-cpus-per-job", "2", "-c", str(fake_ckpt("wav2lip")), "--device", "cpu",
-                             "--batch-size", "1", "--offline"],
+                             "--batch-size", "1", "--silence", "model", "--offline"],  # 10 generator batches
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # its own group: the Ctrl-C reaches it (and its Ray) alone
     try:

@@ -436,6 +436,7 @@ def run_benchmark(
         device=device,
         precision="fp32",
         blend="paste",
+        silence="model",  # the papers' protocol: the generator re-draws every frame, pauses included
         batch_size=options.dub_batch_size,
         crf=18,
     )
