@@ -764,7 +764,9 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         if not any(b is not None for b in boxes):
             if options.strict:
                 raise NoFaceError(f"no face found in any frame of {video}", "give the face position with --box")
-            say(f"warning: no face found in {video}; the video passes through with the new audio")
+            seen = any(len(d) for d in track.faces)  # faces there, but not the one(s) dubbed
+            what = (_dubbed_absent(options) + " in any frame") if seen else "no face found"
+            say(f"warning: {video}: {what}; the video passes through with the new audio")
         box_of = lambda j: boxes[j] if j < len(boxes) else boxes[-1] if boxes else None  # noqa: E731
 
     if options.strict:

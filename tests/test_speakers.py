@@ -454,6 +454,18 @@ def test_ref_face_on_the_hamilton_clip_across_a_cut(fake_arcface, generator, tmp
         assert ch["mouth"] > 2 * NOISE, (k, ch)
         assert ch["outside"] < NOISE, (k, ch)
 
+    # the crowd shot alone: faces everywhere, but never him; the warning says so, not "no face found"
+    crowd = tmp_path / "crowd.mp4"
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error", "-i", str(clip), "-frames:v",
+                    str(min(cut, 12)), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", str(crowd)],
+                   check=True, capture_output=True)
+    said: list[str] = []
+    dub(crowd, audio, tmp_path / "crowd_out.mp4", _dub_options(fake_arcface, speakers=setup, silence="model"),
+        model=generator, notify=said.append)
+    assert f"warning: {crowd}: the dubbed person ({photo}) is not on screen in any frame; the video passes " \
+        "through with the new audio" in said, said
+    assert not [m for m in said if "no face found" in m], said
+
 
 # ------------------------------------------------------------------------------------------------------------
 # the command line: detect with embeddings, scores and a preview; dub --speaker auto from that track
