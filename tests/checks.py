@@ -1,8 +1,21 @@
-"""Outcome checks shared by the dub tests: which pixels a dub changed and which it left alone."""
+"""Outcome checks shared by the dub tests: which pixels a dub changed and which it left alone; the CLI run as a
+user runs it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`lipsync ARGS` in a new process, offline, without LIPSYNC_DEBUG's tracebacks."""
+    full_env = {**os.environ, "LIPSYNC_OFFLINE": "1", **(env or {})}
+    full_env.pop("LIPSYNC_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "lipsync_cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=600)
 
 
 def read_frames(path, n: int | None = None) -> list[np.ndarray]:

@@ -130,7 +130,7 @@ def test_cli_skip_invalid_reports_skipped_rows(clips, tmp_path, fake_ckpt):
     report = json.loads((out / "report.json").read_text())
     assert code == 0
     assert [(r["line"], r["state"]) for r in report["jobs"]] == [(2, "skipped"), (3, "skipped")]
-    assert "absent.mp4: not found" in report["jobs"][0]["error"] and "batch-size" in report["jobs"][1]["error"]
+    assert "absent.mp4 does not exist" in report["jobs"][0]["error"] and "batch-size" in report["jobs"][1]["error"]
 
 
 def test_encode_options_are_columns_checked_with_the_dub_rules(clips, tmp_path):

@@ -53,8 +53,8 @@ def test_a_missing_input_in_row_3_stops_the_batch_before_any_job(media, tmp_path
     code = _run(man, "-o", out, "-c", fake_ckpt("wav2lip"), "--device", "cpu", "--offline", "-q")
     err = capsys.readouterr().err
     assert code == 2
-    assert "line 4: audio" in err and "nope.wav: not found" in err  # row 3 is the manifest's line 4
-    assert f"line 5: audio {media}: not a file" in err
+    assert "line 4: audio" in err and "nope.wav does not exist" in err  # row 3 is the manifest's line 4
+    assert f"line 5: audio: {media} is a directory, not a media file" in err
     assert _tree(out) == before  # no job ran: no output, the journal untouched, no report
 
 
@@ -67,7 +67,7 @@ def test_weights_that_do_not_resolve_stop_the_batch_before_any_job(media, tmp_pa
     code = _run(man, "-o", tmp_path / "out", "--offline", "-q")
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / "out").exists()
-    assert f"line 2: checkpoint {tmp_path / 'gone.pth'}: not found" in err
+    assert f"line 2: checkpoint: {tmp_path / 'gone.pth'} does not exist" in err
     line3 = err.split("line 3: ", 1)[1]
     assert "wav2lip_gan" in line3 and "s3fd" in line3 and "offline" in line3  # the generator, the detector
 

@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from checks import run_cli
 from conftest import media
 from synth import run_ffmpeg
-from test_dub import run_cli
 
 from lipsync_cli.faces import ScaledDetector
 

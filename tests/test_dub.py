@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from checks import assert_mouth_redrawn
+from checks import assert_mouth_redrawn, run_cli
 from synth import make_audio, make_image, make_video
 
 from lipsync_cli.dub import DubOptions, dub, loop_index, output_frames
@@ -17,12 +17,6 @@ from lipsync_cli.faces.track import TrackOptions
 
 BOX = (40, 20, 120, 100)  # inside the 160x120 synthetic frames
 
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "LIPSYNC_OFFLINE": "1", **(env or {})}
-    full_env.pop("LIPSYNC_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "lipsync_cli", *args], capture_output=True, text=True,
-                          env=full_env, timeout=600)
 
 
 @pytest.fixture(scope="module")

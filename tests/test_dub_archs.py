@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from checks import assert_mouth_redrawn
+from checks import assert_mouth_redrawn, run_cli
 from conftest import media
 from synth import run_ffmpeg
-from test_dub import run_cli
 
 from lipsync_cli.checkpoint import atomic_save, make_checkpoint
 from lipsync_cli.models import build_generator

@@ -6,10 +6,9 @@ import json
 import math
 
 import pytest
-from checks import assert_mouth_redrawn
+from checks import assert_mouth_redrawn, run_cli
 from conftest import media
 from synth import run_ffmpeg
-from test_dub import run_cli
 
 from lipsync_cli.video import probe
 

@@ -4,20 +4,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
+from checks import run_cli
 from synth import make_audio, make_image, make_video
 
 BOX = ("40", "20", "120", "100")  # inside the 160x120 synthetic frames
 
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "LIPSYNC_OFFLINE": "1", **(env or {})}
-    full_env.pop("LIPSYNC_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "lipsync_cli", *args], capture_output=True, text=True,
-                          env=full_env, timeout=600)
 
 
 def error_lines(stderr: str) -> list[str]:

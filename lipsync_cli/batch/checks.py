@@ -18,16 +18,14 @@ from lipsync_cli.errors import LipsyncError
 
 
 def unreadable(path: Path) -> str | None:
-    """Why ``path`` cannot be read as a file (missing, a folder, no permission), or None."""
-    if not path.exists():
-        return "not found"
-    if not path.is_file():
-        return "not a file"
+    """Why ``path`` cannot be opened as an input (the one check dub's own inputs get), or None."""
+    from lipsync_cli.errors import InputNotFound
+    from lipsync_cli.video import _check_input
+
     try:
-        with open(path, "rb") as f:
-            f.read(1)
-    except OSError as err:
-        return f"cannot be read ({err.strerror or err})"
+        _check_input(path)
+    except InputNotFound as err:
+        return str(err)
     return None
 
 
@@ -50,7 +48,7 @@ class WeightsCheck:
         """``explicit`` must be a readable file; else registry entry ``name`` must be here or downloadable."""
         if explicit is not None:
             why = unreadable(Path(explicit))
-            return None if why is None else f"{what} {explicit}: {why}"
+            return None if why is None else f"{what}: {why}"
 
         def look():
             from lipsync_cli import weights
@@ -87,7 +85,7 @@ def job_problems(job, check: WeightsCheck) -> list[str]:
         if path is not None:
             why = unreadable(Path(path))
             if why:
-                out.append(f"{what} {path}: {why}")
+                out.append(f"{what}: {why}")
     out.append(check.registry("wav2lip_gan", o.checkpoint, o.offline, "checkpoint"))
     if o.box is None and o.track is None:  # faces are detected
         if o.detector == "s3fd":
