@@ -168,3 +168,23 @@ def test_wrong_or_missing_files_are_one_line_errors(small_release, tmp_path):
     full.write_text(json.dumps({**UNET_CONFIG, "in_channels": 4}))
     with pytest.raises(CheckpointMismatch, match="not a MuseTalk UNet config"):
         load_musetalk(r / "musetalkV15/unet.pth", full, r / "sd-vae", r / "whisper")
+
+
+def test_crop_geometry_follows_upstream():
+    """Upstream's box: top as far above the nose point as the chin is below it, 10 px below the chin (v1.5),
+    bbox_shift moving the centre point; the paste square 1.5x the longer side."""
+    from lipsync_cli.models.musetalk import face_box, paste_box
+
+    pts = np.zeros((68, 2))
+    pts[:, 0] = np.linspace(100, 200, 68)
+    pts[:, 1] = 150
+    pts[8] = (150, 260)  # chin
+    pts[29] = (150, 180)  # nose
+    assert face_box(pts, 480) == (100, 100, 200, 270)  # 180 - (260 - 180) = 100; 260 + 10
+    assert face_box(pts, 265) == (100, 100, 200, 265)  # clamped to the frame
+    assert face_box(pts, 480, bbox_shift=-7, extra_margin=0) == (100, 86, 200, 260)  # centre 173: 173 - 87
+    assert paste_box((100, 100, 200, 270)) == (150 - 127, 185 - 127, 150 + 127, 185 + 127)  # int(170 // 2 * 1.5)
+    flat = pts.copy()
+    flat[:, 0] = 120  # zero width: the detector's box instead
+    assert face_box(flat, 480, fallback=(90, 80, 210, 250)) == (90, 80, 210, 260)
+    assert face_box(flat, 480) is None

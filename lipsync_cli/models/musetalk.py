@@ -152,6 +152,47 @@ def check_faces(faces: np.ndarray) -> np.ndarray:
     return faces
 
 
+# --- crop geometry (upstream's preprocessing.get_landmark_and_bbox, scripts/inference.py, blending.get_crop_box) ---
+
+EXTRA_MARGIN = 10  # v1.5: pixels added below the chin (scripts/inference.py --extra_margin)
+PASTE_EXPAND = 1.5  # blending.get_image: the square pasted back is 1.5x the face box's longer side
+
+
+def face_box(landmarks68: np.ndarray, frame_height: int, bbox_shift: int = 0, extra_margin: int = EXTRA_MARGIN,
+             fallback=None) -> tuple[int, int, int, int] | None:
+    """The face crop ``(x1, y1, x2, y2)`` (pixels, exclusive ends) MuseTalk 1.5 cuts from a frame.
+
+    ``landmarks68``: the 68 face points (x, y) (upstream: DWPose whole-body keypoints 23:91, truncated to int).
+    x from the leftmost to the rightmost point; the bottom at the lowest point (the chin); the top as far above
+    point 29 (the nose) as the chin is below it, ``bbox_shift`` pixels moving that centre point down (+) or up
+    (-) (upstream v1.5's inference.py fixes it at 0; v1 and realtime_inference expose it), clamped at 0. Then
+    ``extra_margin`` pixels more below the chin, clamped to the frame. When that box is empty or starts left of
+    the frame, upstream uses the detector's box ``fallback`` instead (None here when none is given).
+    """
+    pts = np.asarray(landmarks68).astype(np.int32)
+    centre_y = int(pts[29, 1]) + int(bbox_shift)
+    chin_y = int(pts[:, 1].max())
+    x1, x2 = int(pts[:, 0].min()), int(pts[:, 0].max())
+    y1 = max(0, centre_y - (chin_y - centre_y))
+    box = (x1, y1, x2, chin_y)
+    if chin_y - y1 <= 0 or x2 - x1 <= 0 or x1 < 0:
+        if fallback is None:
+            return None
+        box = tuple(int(v) for v in fallback)
+    x1, y1, x2, y2 = box
+    return x1, y1, x2, min(y2 + int(extra_margin), int(frame_height))
+
+
+def paste_box(box: tuple[int, int, int, int], expand: float = PASTE_EXPAND) -> tuple[int, int, int, int]:
+    """The square around ``box`` that upstream's blending crops, masks and pastes back (``get_crop_box``):
+    centre ``((x1 + x2) // 2, (y1 + y2) // 2)``, half-side ``int(max(w, h) // 2 * expand)``; it may leave the
+    frame (PIL's crop pads with black there)."""
+    x1, y1, x2, y2 = box
+    xc, yc = (x1 + x2) // 2, (y1 + y2) // 2
+    s = int(max(x2 - x1, y2 - y1) // 2 * expand)
+    return xc - s, yc - s, xc + s, yc + s
+
+
 # --- the model ---------------------------------------------------------------------------------------------------
 
 @dataclass
