@@ -109,7 +109,7 @@ def _incomplete(path: Path, muxer: str) -> str | None:
 
 class VideoWriter:
     """Encode BGR frames and mux an audio track with one ffmpeg process: H.264 yuv420p + AAC by default, or what
-    ``plan`` (``output_format.plan_output``: codec, pixel format, colour tags, kept streams) says.
+    ``plan`` (``formats.plan_output``: codec, pixel format, colour tags, kept streams) says.
 
     Frames go to ffmpeg's stdin as raw bgr24 (bgr48le, uint16 frames, when ``plan.depth`` is 16).
     The output is written to a hidden temporary file beside
