@@ -1,4 +1,4 @@
-"""The pipelined dub engine (lipsync_cli.engine, dub._EngineRun): the same frames as the sequential algorithm,
+"""The pipelined dub engine (lipsync_cli.engine, render._EngineRun): the same frames as the sequential algorithm,
 errors from any stage raised promptly with every thread stopped, frames in flight bounded in bytes, queue
 statistics, and the device-side pre/post-processing equal to blend.prepare_batch / blend.to_uint8."""
 
