@@ -52,7 +52,8 @@ class DubOptions:
     """Everything ``dub`` needs besides its three paths; the CLI's defaults come from here."""
 
     checkpoint: Path | None = None  # generator weights; None -> the registry default (wav2lip_gan)
-    arch: str | None = None  # None -> from the checkpoint
+    arch: str | None = None  # None -> from the checkpoint; "musetalk": MuseTalk 1.5 (lipsync_cli.musetalk_dub)
+    bbox_shift: int = 0  # MuseTalk's crop: moves its top by 2x this (px, + down); 0 as upstream v1.5
     detector: str = DEFAULT_DETECTOR  # prepare's too
     detector_weights: Path | None = None  # None -> the registry default (s3fd) / insightface pack
     det_size: int | None = None  # longest side of the frames given to the detector, px; None: 640 GPU, 320 CPU
@@ -103,6 +104,11 @@ class DubOptions:
             raise BadOption(f"--loop {self.loop!r} is not one of {', '.join(LOOP_MODES)}")
         if self.detector not in DETECTORS:
             raise BadOption(f"--detector {self.detector!r} is not one of {', '.join(DETECTORS)}")
+        if self.arch == "musetalk" and self.checkpoint is not None:
+            raise BadOption("--checkpoint is a Wav2Lip-family file; MuseTalk's seven files come from the weights "
+                            "registry", "drop --checkpoint (get them with: lipsync weights download musetalk)")
+        if self.bbox_shift and self.arch != "musetalk":
+            raise BadOption(f"--bbox-shift {self.bbox_shift} moves MuseTalk's crop", "add --arch musetalk")
         if self.max_pending_bytes < 1:
             raise BadOption(f"max_pending_bytes must be > 0, got {self.max_pending_bytes}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -348,6 +354,10 @@ def load_dub_generator(options: DubOptions, device: str, notify: Callable[[str],
     """The generator named by ``options`` (the registry default when no checkpoint is given), eval mode."""
     from lipsync_cli.checkpoint import load_generator
 
+    if options.arch == "musetalk":  # not a checkpoint: seven registry files (lipsync_cli.musetalk_dub)
+        from lipsync_cli.musetalk_dub import load_dub_musetalk
+
+        return load_dub_musetalk(options, device, notify, progress)
     ckpt = options.checkpoint or _resolve_weights("wav2lip_gan", options, progress, notify)
     return load_generator(ckpt, arch=options.arch, device=device)
 
@@ -561,6 +571,18 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         say(f"warning: the voice activity detector found no speech in {audio or 'the speech tracks'}: with "
             f"--silence {options.silence} the mouth stays {'closed' if options.silence == 'hold' else 'as it is'}"
             "; --silence model drives it with the audio anyway")
+    adapter = None  # the Wav2Lip family's (lipsync_cli.generator_adapter), unless the generator is MuseTalk
+    from lipsync_cli.musetalk_dub import is_musetalk
+
+    if is_musetalk(model):
+        from lipsync_cli.musetalk_dub import MuseTalkAdapter
+
+        n_src = 1 if info.is_image else max(1, int(info.n_frames or n_out))
+        with _timed(startup, "audio"):  # whisper windows of every voice, once
+            adapter = MuseTalkAdapter.for_dub(
+                model, speech_wavs, fps, n_out, src_of=lambda i: 0 if info.is_image else loop_index(i, n_src,
+                                                                                                     options.loop),
+                reuse=info.is_image or n_out > n_src, bbox_shift=options.bbox_shift, silence=mouth_plan is not None)
     del speech_wavs
 
     startup["total"] = time.perf_counter() - t_start  # the fixed cost; the face pass is stage_seconds["detect"]
@@ -624,7 +646,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         batch_frames=engine_batch_frames(batch_size, options.max_pending_bytes, frame_bytes),
         budget_bytes=options.max_pending_bytes, n_out=n_out, stage_s=stage_s, stage_n=stage_n,
         frame_sink=frame_sink, progress=progress, plan=mouth_plan,
-        silent_mel=torch.from_numpy(silent_mel_window()) if mouth_plan is not None else None)
+        silent_mel=torch.from_numpy(silent_mel_window()) if mouth_plan is not None else None, adapter=adapter)
     decode_stats: dict = {}
     from contextlib import nullcontext
 

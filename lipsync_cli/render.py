@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lipsync_cli import blend as blending
-from lipsync_cli.constants import MEL_WINDOW
 from lipsync_cli.device import device_type
 from lipsync_cli.faces.track import Box
 
@@ -43,9 +42,9 @@ class _Batch:
 
     items: list[tuple[int, np.ndarray, list[tuple[Box, int]]]]  # (output index, frame, [(box, voice)])
     idx: list[tuple[int, Box, int]] = field(default_factory=list)  # every face: (frame in batch, box, voice)
-    crops: object = None  # (b, 96, 96, 3) uint8 torch tensor (pinned for CUDA)
-    mels: object = None  # (b, 1, 80, 16) float32 torch tensor
-    mouths: np.ndarray | None = None  # (b, 96, 96, 3) uint8
+    crops: object = None  # the generator's inputs, from its adapter's collate: (crops, audio features) tensors
+    mels: object = None  # (unused: the features travel in crops)
+    mouths: np.ndarray | None = None  # (b, S, S, 3) uint8, S the adapter's face size (96 for Wav2Lip)
     planned_out: set[int] = field(default_factory=set)  # output frames whose faces the MouthPlan left untouched
     held: list[tuple[int, int]] = field(default_factory=list)  # (voice, pause) whose held mouth this batch makes
 
@@ -81,6 +80,9 @@ class _EngineRun:
     silent_mel: object = None  # (80, 16) float32 tensor: the mel window of digital silence
     held_mouths: dict = field(default_factory=dict)  # (voice, pause) -> (96, 96, 3) uint8, set by generate
     held_asked: set = field(default_factory=set)  # (voice, pause) whose mouth prepare asked for (in its thread)
+    # the generator family's crop, audio features, generate and paste (lipsync_cli.generator_adapter); None: the
+    # Wav2Lip family's, from model, mel_ts, starts and silent_mel
+    adapter: object = None
     # results
     frames: int = 0
     n_faces: int = 0
@@ -88,6 +90,13 @@ class _EngineRun:
     queue_stats: dict[str, dict] = field(default_factory=dict)
     peak_bytes: int = 0
     wall: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.adapter is None:
+            from lipsync_cli.generator_adapter import Wav2LipAdapter
+
+            self.adapter = Wav2LipAdapter(self.model, self.device, self.precision, self.mel_ts, self.starts,
+                                          self.silent_mel)
 
     # -- the stages (each runs in its own thread, except hand_off) --------------------------------------------
     def decode(self, open_frames: Callable[[], Iterator[tuple[int, np.ndarray]]], out, budget, stop) -> None:
@@ -126,8 +135,6 @@ class _EngineRun:
             frames.close()  # stops the decoder (ffmpeg, its thread, the spool) on every path, in this thread
 
     def prepare(self, b: _Batch) -> _Batch:
-        import torch
-
         t = time.perf_counter()
         b.idx = [(k, box, v) for k, (_, _, fs) in enumerate(b.items) for box, v in fs]
         if b.idx:
@@ -138,25 +145,18 @@ class _EngineRun:
                 i = b.items[k][0]
                 crop = None
                 if self.plan is None or self.plan.needs_speech(v, i):
-                    crop = blending.crop_face(b.items[k][1], box)
+                    crop = self.adapter.crop(b.items[k][1], box, i)
                     crops.append(crop)
-                    s = self.starts[i]
-                    mels.append(self.mel_ts[v][:, s:s + MEL_WINDOW])
+                    mels.append(self.adapter.features(v, i))
                 if self.plan is not None and self.plan.needs_held(v, i):
                     key = (v, int(self.plan.pause[v, i]))
                     if key not in self.held_asked:  # the pause's first frame: its crop is the reference
                         self.held_asked.add(key)
                         b.held.append(key)
-                        crops.append(crop if crop is not None else blending.crop_face(b.items[k][1], box))
-                        mels.append(self.silent_mel)
-            if crops:
-                # (n, 96, 96, 3) uint8: all crops are taken before any face of a frame is blended
-                b.crops = torch.from_numpy(np.stack(crops))
-                b.mels = torch.stack(mels).unsqueeze(1)  # (n, 1, 80, 16)
-            else:
-                b.crops = None
-            if device_type(self.device) == "cuda":  # page-locked: the upload is a DMA that overlaps compute
-                b.crops, b.mels = b.crops.pin_memory(), b.mels.pin_memory()
+                        crops.append(crop if crop is not None else self.adapter.crop(b.items[k][1], box, i))
+                        mels.append(self.adapter.silent)
+            # all crops are taken before any face of a frame is blended; one batch of tensors (the adapter's)
+            b.crops = self.adapter.collate(crops, mels) if crops else None
         self.stage_s["prepare"] += time.perf_counter() - t
         self.stage_n["prepare"] += len(b.items)
         return b
@@ -164,7 +164,7 @@ class _EngineRun:
     def generate(self, b: _Batch) -> _Batch:
         if b.crops is not None:
             t = time.perf_counter()
-            b.mouths = generate(self.model, b.mels, b.crops, self.device, self.precision, self.gen)
+            b.mouths = self.adapter.generate(b.crops, self.gen)
             n = len(b.mouths)
             b.crops = b.mels = None
             if b.held:  # the held mouths come last: kept for every frame of their pause
@@ -179,7 +179,7 @@ class _EngineRun:
         t = time.perf_counter()
         if b.idx and self.plan is None:
             for g, (k, box, _) in zip(b.mouths, b.idx):
-                blending.blend(b.items[k][1], g, box, self.blend_mode)
+                self.adapter.paste(b.items[k][1], g, box, self.blend_mode)
         elif b.idx:
             from lipsync_cli.silence import mix_mouths, mix_region
 
@@ -190,11 +190,12 @@ class _EngineRun:
                 speech = next(made) if w > 0 else None
                 held = self.held_mouths[(v, int(self.plan.pause[v, i]))] if w < 1 else None
                 alpha = float(self.plan.alpha[v, i])
-                x1, y1, x2, y2 = box
+                region = self.adapter.region(box, frame)  # the pixels the paste may change
+                x1, y1, x2, y2 = region
                 before = frame[y1:y2, x1:x2].copy() if alpha < 1 else None
-                blending.blend(frame, mix_mouths(speech, held, w), box, self.blend_mode)
+                self.adapter.paste(frame, mix_mouths(speech, held, w), box, self.blend_mode)
                 if before is not None:
-                    mix_region(frame, before, box, alpha)
+                    mix_region(frame, before, region, alpha)
         b.mouths = None
         self.stage_s["blend"] += time.perf_counter() - t
         self.stage_n["blend"] += len(b.items)
@@ -276,8 +277,8 @@ def prepare_for_inference(model, device: str, precision: str = "fp32"):
     from lipsync_cli.device import amp_dtype
     from lipsync_cli.models.fuse import fuse_conv_bn
 
-    if getattr(model, "_prepared_for", None) == (str(device), precision):
-        return model
+    if getattr(model, "_prepared_for", None) == (str(device), precision) or not isinstance(model, torch.nn.Module):
+        return model  # not a module: MuseTalk, cast and placed when loaded (lipsync_cli.musetalk_dub)
     if device_type(device) == "cuda":
         torch.backends.cudnn.benchmark = True
     model = fuse_conv_bn(model.eval())

@@ -76,6 +76,11 @@ VAE_CONFIG = {
     "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
 
+# a VAE of the same shape contract (3 -> 4 latent channels, 8x down) but 0.4 M parameters: the fast dub tests
+# (tests/test_musetalk_dub.py); its key list comes from diffusers' AutoencoderKL for this config
+TINY_VAE_CONFIG = {**VAE_CONFIG, "block_out_channels": [32, 32, 32, 32], "layers_per_block": 1,
+                   "norm_num_groups": 8}
+
 # openai/whisper-tiny, config.json (the fields that shape the encoder; the rest are transformers' defaults)
 WHISPER_CONFIG = {
     "architectures": ["WhisperForConditionalGeneration"],
@@ -139,22 +144,33 @@ def load_keys(name: str) -> list:
     return json.loads((DATA / f"{name}_keys.json").read_text())
 
 
-def write_fake_release(root: Path, small: bool = False, keys: dict[str, list] | None = None) -> Path:
-    """Write the fake release under ``root`` (see the module docstring); ``small`` uses SMALL_UNET_CONFIG.
+def tiny_vae_keys() -> list:
+    """``[key, shape]`` of TINY_VAE_CONFIG's AutoencoderKL (built on the meta device: no memory)."""
+    import diffusers
+
+    with torch.device("meta"):
+        vae = diffusers.AutoencoderKL(**{k: v for k, v in TINY_VAE_CONFIG.items() if not k.startswith("_")})
+    return [[k, list(v.shape)] for k, v in vae.state_dict().items()]
+
+
+def write_fake_release(root: Path, small: bool = False, keys: dict[str, list] | None = None,
+                       tiny_vae: bool = False) -> Path:
+    """Write the fake release under ``root`` (see the module docstring); ``small`` uses SMALL_UNET_CONFIG,
+    ``tiny_vae`` TINY_VAE_CONFIG (not the released VAE's size: for the dub tests, not for parity).
 
     ``keys`` overrides the stored key lists (``{"unet": ..., "vae": ..., "whisper": ...}``; the scratch script
     passes the ones it recorded from upstream's classes). Returns ``root``.
     """
     root = Path(root)
-    keys = keys or {"unet": load_keys("unet_small" if small else "unet"), "vae": load_keys("vae"),
-                    "whisper": load_keys("whisper")}
+    keys = keys or {"unet": load_keys("unet_small" if small else "unet"),
+                    "vae": tiny_vae_keys() if tiny_vae else load_keys("vae"), "whisper": load_keys("whisper")}
     (root / "musetalkV15").mkdir(parents=True, exist_ok=True)
     (root / "sd-vae").mkdir(parents=True, exist_ok=True)
     (root / "whisper").mkdir(parents=True, exist_ok=True)
     config = SMALL_UNET_CONFIG if small else UNET_CONFIG
     (root / "musetalkV15" / "musetalk.json").write_text(json.dumps(config, indent=2))
     torch.save(fake_state_dict(keys["unet"]), root / "musetalkV15" / "unet.pth")
-    (root / "sd-vae" / "config.json").write_text(json.dumps(VAE_CONFIG, indent=2))
+    (root / "sd-vae" / "config.json").write_text(json.dumps(TINY_VAE_CONFIG if tiny_vae else VAE_CONFIG, indent=2))
     torch.save(fake_state_dict(keys["vae"]), root / "sd-vae" / "diffusion_pytorch_model.bin")
     (root / "whisper" / "config.json").write_text(json.dumps(WHISPER_CONFIG, indent=2))
     (root / "whisper" / "preprocessor_config.json").write_text(json.dumps(WHISPER_PREPROCESSOR, indent=2))

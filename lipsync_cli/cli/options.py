@@ -66,8 +66,12 @@ def _is_optional(hint: Any) -> bool:
 DUB_FLAGS: tuple[Flag, ...] = (
     Flag("checkpoint", Optional[Path], None, "Generator weights (default: wav2lip_gan from the registry).",
          ("--checkpoint", "-c")),
-    Flag("arch", Optional[str], None, "wav2lip | attn_wav2lip | lpips_attn_wav2lip (default: from the checkpoint; "
-                                      "a Wav2Lip file is not run as attn_wav2lip: its attention would be untrained)."),
+    Flag("arch", Optional[str], None, "wav2lip | attn_wav2lip | lpips_attn_wav2lip | musetalk (default: from the "
+                                      "checkpoint; a Wav2Lip file is not run as attn_wav2lip: its attention would be "
+                                      "untrained; musetalk: MuseTalk 1.5 from `lipsync weights download musetalk`, "
+                                      "needs the musetalk extra, blends through the feather mask, no face parsing)."),
+    Flag("bbox_shift", int, 0, "MuseTalk's crop: moves its top edge by 2x this many px (+ down, - up), as "
+                               "upstream's --bbox_shift (v1.5: 0). Only with --arch musetalk."),
     Flag("detector", str, "s3fd", "Face detector: s3fd | insightface."),
     Flag("detector_weights", Optional[Path], None, "Detector weights: s3fd .pth, or an insightface pack name / "
                                                    ".onnx file."),
