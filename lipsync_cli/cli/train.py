@@ -13,7 +13,9 @@ from lipsync_cli.cli.app import app, console
 from lipsync_cli.cli.options import with_dub_flags
 
 train_app = typer.Typer(
-    help="Train the SyncNet lip-sync expert or a generator on a prepared dataset (see `lipsync prepare`).",
+    help="Train the SyncNet lip-sync expert or a generator of the Wav2Lip family on a prepared dataset (see "
+         "`lipsync prepare`). MuseTalk (`lipsync dub --arch musetalk`) is not trainable here: it runs from its "
+         "released weights.",
     no_args_is_help=True,
 )
 app.add_typer(train_app, name="train")
@@ -234,7 +236,8 @@ def train_syncnet(
 
 @train_app.command("generator")
 def train_generator(
-    arch: Optional[str] = typer.Option(None, "--arch", help="wav2lip | attn_wav2lip | lpips_attn_wav2lip."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="wav2lip | attn_wav2lip | lpips_attn_wav2lip "
+                                                            "(musetalk is not trainable here)."),
     data: Optional[Path] = _DATA,
     train_list: Optional[Path] = _TRAIN,
     val_list: Optional[Path] = _VAL,

@@ -43,6 +43,16 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
+# generators ``lipsync dub --arch`` runs that are not of this contract and not trainable here: name -> description
+# (MuseTalk 1.5: lipsync_cli.models.musetalk, wired into the dub engine by lipsync_cli.musetalk_dub)
+INFERENCE_ONLY: dict[str, str] = {
+    "musetalk": "MuseTalk 1.5 (Zhang et al. 2024): one-step latent inpainting of a 256 px face, a Stable Diffusion "
+                "UNet (849.95 M) on the sd-vae-ft-mse VAE, driven by whisper-tiny; dub only (not trainable here), "
+                "weights: lipsync weights download musetalk, needs the musetalk extra",
+}
+MUSETALK_UNET_PARAMETERS = 849_947_844  # the released unet.pth (tests/test_musetalk.py checks the key list)
+
+
 def arch_names() -> list[str]:
     return list(ARCHS)
 

@@ -95,10 +95,13 @@ def sync_weight_mode(cfg: TrainConfig) -> tuple[bool, float]:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """The one place cross-option rules live. Returns ``cfg`` or raises BadOption / InputNotFound."""
-    from lipsync_cli.models import ARCHS
+    from lipsync_cli.models import ARCHS, INFERENCE_ONLY
 
     if cfg.kind not in KINDS:
         raise BadOption(f"unknown training kind {cfg.kind!r}", f"choose one of: {', '.join(KINDS)}")
+    if cfg.kind == "generator" and cfg.arch in INFERENCE_ONLY:
+        raise BadOption(f"--arch {cfg.arch} is not trainable here (lipsync train trains the Wav2Lip family; MuseTalk "
+                        "runs from its released weights)", "dub with it: lipsync dub --arch musetalk")
     if cfg.kind == "generator" and cfg.arch not in ARCHS:
         raise BadOption(f"unknown architecture {cfg.arch!r}", f"choose one of: {', '.join(ARCHS)}")
     for name in ("data", "train_list", "val_list", "out"):
