@@ -162,7 +162,11 @@ class MuseTalkAdapter:
 
         entries, chunks = batch
         device = str(self.model.device)
-        todo = [k for k, (_, crop) in enumerate(entries) if crop is not None]
+        todo, first = [], set()  # the faces to encode: each key once (a held mouth may repeat its frame's crop)
+        for k, (key, crop) in enumerate(entries):
+            if crop is not None and (key is None or key not in first):
+                todo.append(k)
+                first.add(key)
         fresh: dict[int, object] = {}
         out = np.empty((len(entries), mt.FACE_SIZE, mt.FACE_SIZE, 3), np.uint8)
 

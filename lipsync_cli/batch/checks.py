@@ -86,7 +86,12 @@ def job_problems(job, check: WeightsCheck) -> list[str]:
             why = unreadable(Path(path))
             if why:
                 out.append(f"{what}: {why}")
-    out.append(check.registry("wav2lip_gan", o.checkpoint, o.offline, "checkpoint"))
+    if o.arch == "musetalk":  # seven registry files, no checkpoint (lipsync_cli.musetalk_dub)
+        from lipsync_cli.weights import GROUPS
+
+        out.extend(check.registry(name, None, o.offline, "MuseTalk weights") for name in GROUPS["musetalk"])
+    else:
+        out.append(check.registry("wav2lip_gan", o.checkpoint, o.offline, "checkpoint"))
     if o.box is None and o.track is None:  # faces are detected
         if o.detector == "s3fd":
             out.append(check.registry("s3fd", o.detector_weights, o.offline, "detector weights"))
