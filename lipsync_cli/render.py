@@ -43,7 +43,6 @@ class _Batch:
     items: list[tuple[int, np.ndarray, list[tuple[Box, int]]]]  # (output index, frame, [(box, voice)])
     idx: list[tuple[int, Box, int]] = field(default_factory=list)  # every face: (frame in batch, box, voice)
     crops: object = None  # the generator's inputs, from its adapter's collate: (crops, audio features) tensors
-    mels: object = None  # (unused: the features travel in crops)
     mouths: np.ndarray | None = None  # (b, S, S, 3) uint8, S the adapter's face size (96 for Wav2Lip)
     planned_out: set[int] = field(default_factory=set)  # output frames whose faces the MouthPlan left untouched
     held: list[tuple[int, int]] = field(default_factory=list)  # (voice, pause) whose held mouth this batch makes
@@ -166,7 +165,7 @@ class _EngineRun:
             t = time.perf_counter()
             b.mouths = self.adapter.generate(b.crops, self.gen)
             n = len(b.mouths)
-            b.crops = b.mels = None
+            b.crops = None
             if b.held:  # the held mouths come last: kept for every frame of their pause
                 for key, mouth in zip(b.held, b.mouths[n - len(b.held):]):
                     self.held_mouths[key] = mouth.copy()
