@@ -100,7 +100,7 @@ def cached_track(video: str | Path, options: DubOptions, cache_dir: str | Path, 
 
     ``get_detector()``: returns a loaded detector (``load_dub_detector``), called only when detection runs: a
     batch worker keeps one for every video."""
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     video, cache_dir = Path(video), Path(cache_dir)
     info = probe(video)
@@ -137,7 +137,7 @@ def detect(video: str | Path, options: DubOptions = DubOptions(), *, cache_dir: 
     if cache_dir is not None:
         path, _ = cached_track(video, options, cache_dir, device=device, progress=progress, notify=notify)
         return Track.load(path)
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     info = probe(video)
     fps = float(options.fps) if info.is_image else None

@@ -50,7 +50,8 @@ def limit_threads(threads: int) -> None:
 
 def _generator(options, device: str):
     from lipsync_cli.device import resolve_precision
-    from lipsync_cli.dub import load_dub_generator, prepare_for_inference
+    from lipsync_cli.dub import load_dub_generator
+    from lipsync_cli.render import prepare_for_inference
 
     precision = resolve_precision(options.precision, device)
     key = (str(options.checkpoint), options.arch, device, precision)

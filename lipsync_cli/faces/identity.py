@@ -274,7 +274,7 @@ def embed_track(video: str | os.PathLike, track, models: IdentityModels, *, samp
     """Embed some detections of every face track of ``track`` (see :func:`sample_detections`) in one pass over
     the full-resolution frames of ``video``: ``{frame: (N, D) float32}`` aligned with ``track.faces[frame]``,
     NaN rows for the detections not embedded. ``progress(frames)`` as frames are read."""
-    from lipsync_cli.video import FrameReader
+    from lipsync_cli.media.decode import FrameReader
 
     todo = sample_detections(track, samples)
     out: dict[int, np.ndarray] = {}
@@ -342,7 +342,7 @@ def _read_image(path: Path) -> np.ndarray:
 
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:  # formats OpenCV cannot read: through ffmpeg
-        from lipsync_cli.video import FrameReader
+        from lipsync_cli.media.decode import FrameReader
 
         with FrameReader(path) as reader:
             image = next(iter(reader))
@@ -351,7 +351,8 @@ def _read_image(path: Path) -> np.ndarray:
 
 def frame_at(video: str | os.PathLike, index: int | None = None, seconds: float | None = None) -> np.ndarray:
     """Frame ``index`` (or the frame at ``seconds``) of a video, full resolution; a still image's only frame."""
-    from lipsync_cli.video import FrameReader, probe
+    from lipsync_cli.media.decode import FrameReader
+    from lipsync_cli.media.probe import probe
 
     info = probe(video)
     if info.is_image:

@@ -104,7 +104,9 @@ def write_preview(video: str | os.PathLike, track, out: str | os.PathLike, dista
                   progress: Callable[[int], None] | None = None) -> int:
     """Write ``out`` (an .mp4 with the video's audio): every frame of ``video`` with the faces of ``track``
     drawn and labelled (:func:`draw_faces`). Returns the frames written."""
-    from lipsync_cli.video import FrameReader, VideoWriter, has_audio, probe
+    from lipsync_cli.media.decode import FrameReader
+    from lipsync_cli.media.encode import VideoWriter
+    from lipsync_cli.media.probe import has_audio, probe
 
     info = probe(video)
     labels = preview_labels(track, distances)
