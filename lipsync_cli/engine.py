@@ -270,13 +270,14 @@ class CpuUse:
     """CPU seconds of one streaming run: ``stages`` each stage's own thread while busy (``time.thread_time``);
     ``workers`` the threads Python did not start (torch's intra-op pool: the generator's helpers); ``process``
     every thread of this process; ``children`` the processes that ended meanwhile (ffmpeg's decoder and encoder),
-    all over the same span, on ``cores`` cores."""
+    all over the same ``wall`` seconds, on ``cores`` cores."""
 
     stages: dict[str, float] = field(default_factory=dict)
     workers: float = 0.0
     process: float = 0.0
     children: float = 0.0
     cores: int = 1
+    wall: float = 0.0
 
     @property
     def total(self) -> float:
@@ -284,7 +285,8 @@ class CpuUse:
 
     def as_dict(self) -> dict:
         return {"stages": {k: round(v, 3) for k, v in self.stages.items()}, "workers": round(self.workers, 3),
-                "process": round(self.process, 3), "children": round(self.children, 3), "cores": self.cores}
+                "process": round(self.process, 3), "children": round(self.children, 3), "cores": self.cores,
+                "wall": round(self.wall, 3)}
 
 
 class CpuMeter:
@@ -292,6 +294,7 @@ class CpuMeter:
     threads and its finished child processes; per-thread figures on Linux only)."""
 
     def start(self) -> CpuMeter:
+        self._t = time.perf_counter()
         self._self = resource.getrusage(resource.RUSAGE_SELF)
         self._children = resource.getrusage(resource.RUSAGE_CHILDREN)
         self._native = _native_threads_cpu()
@@ -304,18 +307,19 @@ class CpuMeter:
         return CpuUse(stages=dict(stages), workers=workers,
                       process=me.ru_utime + me.ru_stime - self._self.ru_utime - self._self.ru_stime,
                       children=kids.ru_utime + kids.ru_stime - self._children.ru_utime - self._children.ru_stime,
-                      cores=usable_cores())
+                      cores=usable_cores(), wall=time.perf_counter() - self._t)
 
 
-def format_cpu(cpu: CpuUse, stage_frames: dict[str, int], frames: int, stream_seconds: float,
-               worker_stage: str = "generate", face_stages: tuple[str, ...] = ("generate", "enhance"),
+def format_cpu(cpu: CpuUse, stage_frames: dict[str, int], frames: int, worker_stage: str = "generate",
+               face_stages: tuple[str, ...] = ("generate", "enhance"),
                child_name: str = "ffmpeg decode + encode") -> list[str]:
     """The CPU lines of ``--stats``: each stage's CPU seconds and milliseconds per item (``worker_stage`` with
     the native worker threads, which only it uses), the rest of the process, the child processes, the total per
-    frame, and the packing figure: the streaming wall time against the CPU seconds spread over the cores (1.00x:
-    every core busy throughout; more: cores idle, or lent to other processes)."""
+    frame, and the packing figure: the wall time of the measured span (streaming, the encoder's flush included)
+    against the CPU seconds spread over the cores (1.00x: every core busy throughout; more: cores idle, or lent
+    to other processes)."""
     n = max(1, frames)
-    lines = [f"CPU seconds ({cpu.cores} core{'s' if cpu.cores != 1 else ''}; per item):"]
+    lines = [f"CPU seconds, streaming ({cpu.wall:.2f} s, encoder's flush included):"]
     counted = 0.0
     for name, s in cpu.stages.items():
         items = stage_frames.get(name, 0)
@@ -330,11 +334,11 @@ def format_cpu(cpu: CpuUse, stage_frames: dict[str, int], frames: int, stream_se
         lines.append(f"  {name:9s} {s:7.2f} s {1000 * s / items:7.1f} ms/{unit}{extra}")
     other = max(0.0, cpu.process - counted)
     lines.append(f"  {'other':9s} {other:7.2f} s {1000 * other / n:7.1f} ms/frame  (hand-off, readers, queues)")
-    lines.append(f"  {child_name:9s} {cpu.children:.2f} s {1000 * cpu.children / n:.1f} ms/frame")
+    lines.append(f"  {'ffmpeg':9s} {cpu.children:7.2f} s {1000 * cpu.children / n:7.1f} ms/frame  ({child_name})")
     packed = cpu.total / cpu.cores
-    ratio = f" = {stream_seconds / packed:.2f}x" if packed > 0 else ""
+    ratio = f" = {cpu.wall / packed:.2f}x" if packed > 0 else ""
     lines.append(f"  total     {cpu.total:7.2f} s {1000 * cpu.total / n:7.1f} ms/frame; packed on {cpu.cores} "
-                 f"core{'s' if cpu.cores != 1 else ''}: {packed:.2f} s, wall {stream_seconds:.2f} s{ratio}")
+                 f"core{'s' if cpu.cores != 1 else ''}: {packed:.2f} s, wall {cpu.wall:.2f} s{ratio}")
     return lines
 
 

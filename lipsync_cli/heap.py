@@ -35,6 +35,13 @@ def frame_array(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
     return np.frombuffer(buf, dtype, count=n).reshape(shape)
 
 
+def copy_frame(frame: np.ndarray) -> np.ndarray:
+    """A copy of ``frame`` in its own mapping (see ``frame_array``)."""
+    out = frame_array(frame.shape, frame.dtype)
+    np.copyto(out, frame)
+    return out
+
+
 @functools.cache
 def tune_malloc() -> bool:
     """Set glibc's arena count once per process; False where the C library is not glibc."""
