@@ -637,7 +637,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         sound = segment_audio(segments, audio, video, n_out / fps, options.me)
     else:
         sound = output_audio(voices) if voices is not None else nullcontext(audio)
-    meter = CpuMeter().start()
+    run.cpu_meter = meter = CpuMeter().start()
     with sound as mux, VideoWriter(out, width, height, fps, audio_path=mux, plan=plan) as writer:
         run.run(lambda: output_frames(video, info.is_image, fps, n_out, options.loop, info=info,
                                       stats=decode_stats, depth=plan.depth), writer)

@@ -291,19 +291,28 @@ class CpuUse:
 
 class CpuMeter:
     """``start()`` then ``stop(stage_cpu)`` -> :class:`CpuUse` of what ran in between (this process, its native
-    threads and its finished child processes; per-thread figures on Linux only)."""
+    threads and its finished child processes; per-thread figures on Linux only).
+
+    OpenMP gives each thread that opens a parallel region its own team, which ends with that thread: the stage
+    that runs torch calls ``sample()`` after each batch, so its workers' CPU is seen before they go."""
 
     def start(self) -> CpuMeter:
         self._t = time.perf_counter()
         self._self = resource.getrusage(resource.RUSAGE_SELF)
         self._children = resource.getrusage(resource.RUSAGE_CHILDREN)
         self._native = _native_threads_cpu()
+        self._seen: dict[int, float] = {}
         return self
+
+    def sample(self) -> None:
+        """Note the native threads' CPU seconds now (cheap: one /proc read per thread)."""
+        for tid, s in _native_threads_cpu().items():
+            self._seen[tid] = max(s, self._seen.get(tid, 0.0))
 
     def stop(self, stages: dict[str, float]) -> CpuUse:
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        native = _native_threads_cpu()
-        workers = sum(max(0.0, s - self._native.get(tid, 0.0)) for tid, s in native.items())
+        self.sample()
+        workers = sum(max(0.0, s - self._native.get(tid, 0.0)) for tid, s in self._seen.items())
         return CpuUse(stages=dict(stages), workers=workers,
                       process=me.ru_utime + me.ru_stime - self._self.ru_utime - self._self.ru_stime,
                       children=kids.ru_utime + kids.ru_stime - self._children.ru_utime - self._children.ru_stime,
@@ -328,7 +337,7 @@ def format_cpu(cpu: CpuUse, stage_frames: dict[str, int], frames: int, worker_st
         unit = "face" if name in face_stages else "frame"
         extra = ""
         if name == worker_stage and cpu.workers > 0:
-            extra = f"  ({s:.2f} its thread + {cpu.workers:.2f} torch workers)"
+            extra = f"  ({s:.2f} its thread + {cpu.workers:.2f} native threads: torch's pool)"
             s += cpu.workers
         counted += s
         lines.append(f"  {name:9s} {s:7.2f} s {1000 * s / items:7.1f} ms/{unit}{extra}")

@@ -89,6 +89,7 @@ class _EngineRun:
     peak_bytes: int = 0
     wall: float = 0.0
     stage_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of each stage's thread while busy
+    cpu_meter: object = None  # engine.CpuMeter of the run: sampled after each generator batch (its torch workers)
 
     def _busy(self, stage: str, t: float, c: float) -> None:
         """Count the busy span that started at ``perf_counter() == t`` and ``thread_time() == c`` to ``stage``."""
@@ -178,6 +179,8 @@ class _EngineRun:
                     self.held_mouths[key] = mouth.copy()
                 b.mouths = b.mouths[:n - len(b.held)]
             self._busy("generate", t, c)
+            if self.cpu_meter is not None:
+                self.cpu_meter.sample()
             self.stage_n["generate"] += n
         return b
 

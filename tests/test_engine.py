@@ -286,7 +286,7 @@ def test_cpu_lines_add_up():
                  workers=5.0, process=13.5, children=4.5, cores=2, wall=10.35)
     n = {"decode": 100, "prepare": 100, "generate": 100, "blend": 100, "encode": 100}
     text = "\n".join(format_cpu(cpu, n, 100))
-    assert "generate    11.00 s   110.0 ms/face  (6.00 its thread + 5.00 torch workers)" in text
+    assert "generate    11.00 s   110.0 ms/face  (6.00 its thread + 5.00 native threads: torch's pool)" in text
     assert "other        0.80 s     8.0 ms/frame" in text  # 13.5 - (0.5 + 0.1 + 11 + 0.9 + 0.2)
     assert "total       18.00 s   180.0 ms/frame; packed on 2 cores: 9.00 s, wall 10.35 s = 1.15x" in text
 
