@@ -22,7 +22,8 @@ import numpy as np
 from lipsync_cli import blend as blending
 from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_frames
 from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, ENHANCE_NOISE, MEL_WINDOW, SAMPLE_RATE
-from lipsync_cli.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
+from lipsync_cli.device import DEVICES, PRECISIONS, autocast, import_torch, resolve_device, resolve_precision
+from lipsync_cli.engine import CpuMeter, CpuUse
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.detect import DEFAULT_DETECTOR
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video, video_fingerprint
@@ -181,6 +182,7 @@ class DubResult:
     dubbed_absent: str = "the dubbed face is not on screen"
     looped: str = ""  # how the video was stretched to the audio ('' when it was not): see loop_note
     pauses: list[tuple[int, int]] = field(default_factory=list)  # [start, end) output frames of the pauses (voice 0)
+    cpu: CpuUse | None = None  # CPU seconds of the streaming part: per stage, torch's workers, ffmpeg, cores
 
     @property
     def realtime_factor(self) -> float:
@@ -224,10 +226,11 @@ class DubResult:
 
     def stats_lines(self) -> list[str]:
         """The summary of ``lipsync dub --stats``: per-stage busy time, queue occupancy, frames in flight."""
-        from lipsync_cli.engine import format_stats
+        from lipsync_cli.engine import format_cpu, format_stats
 
-        return format_stats(self.stage_seconds, self.stage_frames, self.stream_seconds, self.queue_stats,
-                            self.pending_bytes)
+        lines = format_stats(self.stage_seconds, self.stage_frames, self.stream_seconds, self.queue_stats,
+                             self.pending_bytes)
+        return lines + (format_cpu(self.cpu, self.stage_frames, self.frames) if self.cpu is not None else [])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -519,7 +522,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
                             video_fingerprint(video))
 
     with _timed(startup, "imports"):
-        import torch  # after the cheap checks, so user mistakes are reported at once
+        torch = import_torch()  # after the cheap checks, so user mistakes are reported at once
 
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
@@ -634,9 +637,11 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         sound = segment_audio(segments, audio, video, n_out / fps, options.me)
     else:
         sound = output_audio(voices) if voices is not None else nullcontext(audio)
+    run.cpu_meter = meter = CpuMeter().start()
     with sound as mux, VideoWriter(out, width, height, fps, audio_path=mux, plan=plan) as writer:
         run.run(lambda: output_frames(video, info.is_image, fps, n_out, options.loop, info=info,
                                       stats=decode_stats, depth=plan.depth), writer)
+    cpu = meter.stop(run.stage_cpu)
     if run.frames == 0:
         raise BadOption(f"{video} produced no frames")
     n_src = 1 if info.is_image else decode_stats.get("source_frames", run.frames)
@@ -655,5 +660,5 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         others_on_screen=_others_on_screen(run.no_face, track, n_src, info.is_image, options.loop,
                                            options.track_options.min_score),
         dubbed_absent=_dubbed_absent(options), looped=loop_note(info.is_image, n_src, run.frames, options.loop),
-        pauses=pauses,
+        pauses=pauses, cpu=cpu,
     )
