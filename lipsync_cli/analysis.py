@@ -81,21 +81,22 @@ def _frame_store(info, keep: set[int] | None) -> Iterator[_Frames | None]:
 
 def analyse(video, info, options, *, device: str = "cpu", track: Track | None = None, setup=None,
             identity: bool = False, speaking: bool = False, detector=None, models=None, scorer=None,
-            progress=None, notify: Callable[[str], None] | None = None) -> Analysis:
+            progress=None, notify: Callable[[str], None] | None = None, references: bool = True) -> Analysis:
     """The analysis of ``video`` (probed as ``info``) for ``options`` (a ``DubOptions``), in one decode at most.
 
     ``track``: the faces already found (``--track``): no detection; its embeddings and scores are kept when they
     are the ones wanted. ``setup``: who is dubbed (default ``options.speakers``): with reference faces the track
     gets embeddings and the references theirs, with ``auto`` speaking scores. ``identity`` / ``speaking`` ask
     for them without a setup (``lipsync detect --identity --speaking``). ``detector``, ``models`` (identity)
-    and ``scorer`` (SyncNet): loaded already (a batch worker keeps them); else loaded here when needed."""
+    and ``scorer`` (SyncNet): loaded already (a batch worker keeps them); else loaded here when needed.
+    ``references=False``: the track alone (the batch's track cache), not the speakers' reference embeddings."""
     from lipsync_cli.dub import load_dub_detector
     from lipsync_cli.speakers import SpeakerSetup, check_own_audio, needs_embeddings
 
     t0 = time.perf_counter()
     setup = setup if setup is not None else options.speakers
-    refs_wanted = setup is not None and setup.uses_identity
-    ids_wanted = identity or refs_wanted
+    ids_wanted = identity or (setup is not None and setup.uses_identity)
+    refs_wanted = references and setup is not None and setup.uses_identity
     score = (speaking or (setup is not None and setup.auto)) and (track is None or track.speaking is None)
     if score:  # before any work: scores need the video's own sound
         check_own_audio(video, info)

@@ -21,10 +21,10 @@ import numpy as np
 from lipsync_cli import blend as blending
 from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_frames
 from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, ENHANCE_NOISE, MEL_WINDOW, SAMPLE_RATE
-from lipsync_cli.device import DEVICES, PRECISIONS, autocast, device_type, resolve_device, resolve_precision
+from lipsync_cli.device import DEVICES, PRECISIONS, device_type, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.detect import DEFAULT_DETECTOR
-from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video, video_fingerprint
+from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, video_fingerprint
 from lipsync_cli.output_format import PRESETS, EncodeOptions
 from lipsync_cli.segments import active_frames, has_segments, segment_audio, speech_track
 from lipsync_cli.silence import SILENCE_DEFAULT, SILENCE_FADE, SILENCE_MODES
@@ -599,22 +599,22 @@ def plan_silence(speech_wavs, n_out: int, fps: float, options: DubOptions, activ
 
 
 def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
-                 notify: Callable[[str], None] | None = None, fps: float | None = None, info=None,
-                 detector=None) -> Track:
-    """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame.
+                 notify: Callable[[str], None] | None = None, info=None, detector=None) -> Track:
+    """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame (the analysis pass,
+    ``lipsync_cli.analysis``, with detection alone).
 
     The network runs under the generator's autocast precision (bf16 halves S3FD's time on a CPU that has it);
     box decoding and NMS are float32 whatever the precision. ``detector``: one already loaded by
-    ``load_dub_detector(options, device)`` (a batch worker keeps it for every video)."""
-    detector = detector or load_dub_detector(options, device, notify, progress)
+    ``load_dub_detector(options, device)`` (a batch worker keeps it for every video); ``info``: the video's
+    probe, when the caller has it."""
+    from dataclasses import replace
+
+    from lipsync_cli.analysis import analyse
     from lipsync_cli.video import probe
 
     info = info or probe(video)
-    total = info.frames_at(fps) if fps and not info.is_image else info.n_frames
-    cb = (lambda k: progress("detect", k, total)) if progress else None
-    with autocast(device, resolve_precision(options.precision, device)):
-        return track_video(video, detector, fps=fps, det_size=detection_size(options, device),
-                           every=options.detect_every, progress=cb, info=info, cut_threshold=options.cut_threshold)
+    return analyse(video, info, replace(options, box=None, track=None, speakers=None), device=device,
+                   detector=detector, progress=progress, notify=notify).track
 
 
 @dataclass

@@ -624,32 +624,3 @@ def setup_from_options(*, speaker: Sequence[str] = (), ref_face: Sequence[str] =
     if "mix" in top:
         raise BadOption("--mix is the audio of a dub with several --speaker tracks")
     return None
-
-
-def annotate_track(video: Path, track, *, identity: bool = False, speaking: bool = False,
-                   setup: SpeakerSetup | None = None, detector: str = "s3fd", detector_weights=None,
-                   device: str = "cpu", offline: bool | None = None, notify=None, progress=None, models=None,
-                   scorer=None) -> np.ndarray | None:
-    """What ``lipsync detect`` adds to a track: face embeddings (``identity``, or when ``setup`` names
-    reference faces) and SyncNet speaking scores (``speaking``). Returns the (face tracks, speakers) identity
-    distances when ``setup`` has references (for the preview), else None."""
-    from lipsync_cli.faces.identity import IdentityModels, face_track_embeddings, track_distances
-    from lipsync_cli.faces.track import link_tracks
-
-    refs_wanted = setup is not None and setup.uses_identity
-    dist = None
-    if identity or refs_wanted:
-        rec = setup.recognition_weights if setup is not None else None
-        if models is None:
-            models = IdentityModels.load(rec, detector, detector_weights, device)
-        ensure_embeddings(video, track, models, notify=notify, progress=progress)
-        if refs_wanted:
-            refs = reference_embeddings(setup, models, video, notify)
-            fts = link_tracks(track.faces, cuts=track.cuts)
-            dist = track_distances(face_track_embeddings(fts, track.embeddings), refs)
-    if speaking:
-        if scorer is None:
-            scorer = load_scorer(setup or SpeakerSetup(auto=True), device, offline)
-        cb = (lambda k: progress("score speakers", k, None)) if progress else None
-        track.speaking = speaking_scores(video, track, scorer, device=device, progress=cb)
-    return dist
