@@ -630,6 +630,7 @@ class _DubPlan:
     segments: list | None = None  # the lines to dub (lipsync_cli.segments), None: all of it
     seg_frames: int = 0  # with segments: the output's frames (the video's own length)
     track: Track | None = None  # the faces given (a Track or a track file), checked against the video
+    audio_info: object = None  # AudioInfo of AUDIO: its one probe
 
 
 class _Probed:
@@ -650,10 +651,10 @@ def _plan_dub(video: Path, audio: Path | None, out: Path, options: DubOptions, g
 
     with _timed(startup, "probe"):  # the header now (its errors at once); the exact frame count in a thread
         pending = PendingProbe(video) if info is None else _Probed(info)
+        audio_info = probe_audio(audio) if options.encode.acodec == "copy" and audio is not None else None
         output = plan_output(pending.header, options.encode, out, crf=options.crf, preset=options.preset,
-                             audio=probe_audio(audio) if options.encode.acodec == "copy" and audio is not None
-                             else None)
-    plan = _DubPlan(pending, output, [], 0, [])
+                             audio=audio_info)
+    plan = _DubPlan(pending, output, [], 0, [], audio_info=audio_info)
     if has_segments(options):  # the lines to dub, checked against the video before any work (lipsync_cli.segments)
         with _timed(startup, "probe"):
             info = pending.result()
@@ -666,13 +667,16 @@ def _plan_dub(video: Path, audio: Path | None, out: Path, options: DubOptions, g
         elif options.speakers is None:
             if audio is None:
                 raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO for each person")
-            wav = load_audio(audio)
+            plan.audio_info = plan.audio_info or probe_audio(audio)  # for the decode and the muxer: probed once
+            wav = load_audio(audio, info=plan.audio_info)
             # only the mel is needed from here (and the speech activity): 19 MB less held per 5 minutes of audio
             plan.mels, plan.n_samples, plan.speech_wavs = [melspectrogram(wav)], len(wav), [wav]
         else:  # one mel per speaker's voice (see lipsync_cli.speakers)
             from lipsync_cli.speakers import load_voices
 
-            voices = load_voices(audio, options.speakers)
+            if audio is not None and not options.speakers.has_own_audio:
+                plan.audio_info = plan.audio_info or probe_audio(audio)
+            voices = load_voices(audio, options.speakers, audio_info=plan.audio_info)
             plan.voices, plan.mels, plan.n_samples = voices, voices.mels, voices.n_samples
             plan.speech_wavs, voices.wavs = voices.wavs, []
     if given is not None and options.box is not None:

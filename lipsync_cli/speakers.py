@@ -260,12 +260,13 @@ def mix_tracks(tracks: Sequence[np.ndarray], headroom_db: float = HEADROOM_DB) -
     return out.astype(np.float32)
 
 
-def load_voices(audio: Path | None, setup: SpeakerSetup | None) -> Voices:
+def load_voices(audio: Path | None, setup: SpeakerSetup | None, audio_info=None) -> Voices:
     """Mels of each voice, and the output's audio.
 
     Without per-speaker audio there is one voice, ``audio``. With it, voice k is speaker k's track; shorter
     tracks are padded with silence to the longest, so each mouth closes when its speaker is done, and ``audio``
-    (when given) is the output's sound, as ``--mix`` is (both at once is refused: neither is ever ignored)."""
+    (when given) is the output's sound, as ``--mix`` is (both at once is refused: neither is ever ignored).
+    ``audio_info``: ``audio``'s probe, when the caller has it."""
     from lipsync_cli.audio import load_audio, melspectrogram
 
     if setup is not None and setup.has_own_audio and audio is not None:
@@ -276,7 +277,7 @@ def load_voices(audio: Path | None, setup: SpeakerSetup | None) -> Voices:
     if setup is None or not setup.has_own_audio:
         if audio is None:
             raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO per person")
-        wav = load_audio(audio)
+        wav = load_audio(audio, info=audio_info)
         return Voices([melspectrogram(wav)], len(wav), Path(setup.mix) if setup and setup.mix else Path(audio),
                       wavs=[wav])
     wavs = [load_audio(s.audio) for s in setup.speakers]
