@@ -56,9 +56,14 @@ class _Frames:
             self.spool.append(frame)
 
     def read(self, j: int) -> np.ndarray:
-        if j not in self.slot:  # past the decoded frames (a reference frame beyond the end): the last one
-            j = max(self.slot)
         return self.spool.read(self.slot[j])
+
+    def reader(self, video) -> Callable[[int], np.ndarray]:
+        """``read``, and for a frame not kept (a reference frame past the end) ``frame_at``: its own decode and
+        its own error."""
+        from lipsync_cli.faces.identity import frame_at
+
+        return lambda j: self.read(j) if j in self.slot else frame_at(video, index=j)
 
 
 @contextmanager
@@ -141,7 +146,8 @@ def analyse(video, info, options, *, device: str = "cpu", track: Track | None = 
             track.speaking = speaking_scores(video, track, scorer, device=device, progress=cb, info=info,
                                              frame_of=frame_of)
         if refs_wanted:
-            out.references = _references(video, setup, models, notify, frame_of)
+            out.references = _references(video, setup, models, notify,
+                                         store.reader(video) if store is not None else None)
     if refs_wanted:
         from lipsync_cli.faces.identity import face_track_embeddings, track_distances
         from lipsync_cli.faces.track import link_tracks
@@ -168,7 +174,7 @@ def _frames_wanted(track: Track, embed: bool, score: bool, ref_frames: set[int])
     from lipsync_cli.faces.identity import sample_detections
 
     n = len(track.faces)
-    keep = {min(j, n - 1) for j in ref_frames}
+    keep = set(ref_frames)
     if embed:
         keep |= set(sample_detections(track))
     if score:
