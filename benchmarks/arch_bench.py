@@ -72,7 +72,7 @@ def measure(arch: str, device: str, batches: list[int], precisions: list[str], i
     if raw:
         model = model.to(device)
     else:
-        from lipsync_cli.dub import prepare_for_inference
+        from lipsync_cli.render import prepare_for_inference
 
         model = prepare_for_inference(model, device)
     if device.startswith("cuda"):

@@ -34,7 +34,7 @@ SCRFD = SHARED / "detectors" / "scrfd_2.5g_bnkps.onnx"
 
 
 def ffmpeg(*args: str) -> None:
-    from lipsync_cli.video import find_ffmpeg
+    from lipsync_cli.media.ffmpeg import find_ffmpeg
 
     subprocess.run([find_ffmpeg(), "-nostdin", "-y", "-loglevel", "error", *args], check=True)
 

@@ -99,7 +99,7 @@ def run_baseline(args) -> dict:
 
     from lipsync_cli.audio import load_audio, melspectrogram
     from lipsync_cli.checkpoint import load_generator
-    from lipsync_cli.video import find_ffmpeg
+    from lipsync_cli.media.ffmpeg import find_ffmpeg
 
     t0 = time.perf_counter()
     cap = cv2.VideoCapture(str(args.video))
@@ -170,7 +170,7 @@ def loop_media(src_video: Path, src_audio: Path, seconds: float, out_dir: Path,
                audio_seconds: float | None = None) -> tuple[Path, Path]:
     """The same content repeated to ``seconds`` (the audio to ``audio_seconds``, default the same): video
     stream-copied, audio looped."""
-    from lipsync_cli.video import find_ffmpeg
+    from lipsync_cli.media.ffmpeg import find_ffmpeg
 
     audio_seconds = seconds if audio_seconds is None else audio_seconds
     v, a = out_dir / f"video_{seconds:g}s.mp4", out_dir / f"audio_{audio_seconds:g}s.wav"

@@ -37,7 +37,7 @@ def main() -> None:
     from lipsync_cli.checkpoint import load_generator
     from lipsync_cli.dub import DubOptions, detect_track, dub
     from lipsync_cli.faces.track import face_boxes
-    from lipsync_cli.video import find_ffmpeg
+    from lipsync_cli.media.ffmpeg import find_ffmpeg
 
     work = Path(tempfile.mkdtemp(prefix="enhance_flicker_"))
     gen = load_generator(fake_checkpoint("wav2lip", work))

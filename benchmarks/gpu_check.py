@@ -61,7 +61,7 @@ def settings(args) -> dict:
 
 def make_clip(work: Path, seconds: float, scale: float) -> tuple[Path, Path, tuple[int, int, int, int]]:
     """CLIP looped (or cut) to ``seconds`` at ``scale`` of 1080p, its audio, and the face box at that size."""
-    from lipsync_cli.video import find_ffmpeg
+    from lipsync_cli.media.ffmpeg import find_ffmpeg
 
     video, audio = dub_bench.loop_media(CLIP, AUDIO, seconds, work)
     box = tuple(int(round(v * scale)) for v in CLIP_BOX)
@@ -77,7 +77,8 @@ def make_clip(work: Path, seconds: float, scale: float) -> tuple[Path, Path, tup
 def ffmpeg_floor(video: Path, work: Path) -> dict:
     """Seconds for ffmpeg alone to decode ``video`` and encode it as dub does (libx264, CRF, PRESET, yuv420p):
     ``transcode`` in one process, ``piped`` through raw bgr24 between two (dub's own path, minus the dub)."""
-    from lipsync_cli.video import find_ffmpeg, probe
+    from lipsync_cli.media.ffmpeg import find_ffmpeg
+    from lipsync_cli.media.probe import probe
 
     ff = find_ffmpeg()
     n = probe(video).n_frames
@@ -154,7 +155,7 @@ def environment(device: str) -> str:
     import onnxruntime as ort
     import torch
 
-    from lipsync_cli.video import find_ffmpeg
+    from lipsync_cli.media.ffmpeg import find_ffmpeg
 
     gpu = ""
     if device.startswith("cuda") and torch.cuda.is_available():

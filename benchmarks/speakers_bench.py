@@ -51,8 +51,8 @@ def main(argv=None) -> int:
     from lipsync_cli.dub import DubOptions, dub
     from lipsync_cli.faces import load_detector
     from lipsync_cli.faces.track import track_video
+    from lipsync_cli.media.decode import FrameReader
     from lipsync_cli.speakers import Reference, SpeakerSetup, SpeakerSpec
-    from lipsync_cli.video import FrameReader
     from tests.fake_arcface import write_fake_arcface
     from tests.synth import ffmpeg_exe, make_audio
 

@@ -69,7 +69,7 @@ class _Frames:
 @contextmanager
 def _frame_store(info, keep: set[int] | None) -> Iterator[_Frames | None]:
     """A spool of the frames ``keep`` of ``info``'s video at full resolution, or None without room on disk."""
-    from lipsync_cli.dub import FrameSpool, _spool_fits
+    from lipsync_cli.media.spool import FrameSpool, _spool_fits
 
     n = len(keep) if keep is not None else info.n_frames
     shape = (info.height, info.width, 3)
@@ -190,7 +190,7 @@ def _detect(video, info, options, device: str, fps: float, detector, store, prog
     from lipsync_cli.device import autocast, resolve_precision
     from lipsync_cli.dub import detection_size
     from lipsync_cli.faces.track import detection_frame_size, track_frames
-    from lipsync_cli.video import FrameReader
+    from lipsync_cli.media.decode import FrameReader
 
     size = detection_frame_size(info, detection_size(options, device))
     full = store is not False
@@ -214,7 +214,7 @@ def _detect(video, info, options, device: str, fps: float, detector, store, prog
 
 def _decode_into(video, info, fps: float, store: _Frames, n: int) -> None:
     """The first ``n`` frames of ``video`` into ``store`` (the track is known: no detection)."""
-    from lipsync_cli.video import FrameReader
+    from lipsync_cli.media.decode import FrameReader
 
     with FrameReader(video, fps=None if info.is_image else fps, info=info, max_frames=n) as reader:
         for j, frame in enumerate(reader):

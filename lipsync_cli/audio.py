@@ -59,7 +59,8 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, start: float = 0.
     Raises ``InputNotFound``, ``VideoOpenError`` (not media), ``NoAudioStream`` (no audio track: name it),
     ``AudioTooShort`` (empty or shorter than ``min_samples``), ``MediaError`` (decode failed).
     """
-    from lipsync_cli.video import find_ffmpeg, probe_audio
+    from lipsync_cli.media.ffmpeg import find_ffmpeg
+    from lipsync_cli.media.probe import probe_audio
 
     if sr <= 0:
         raise BadOption(f"sample rate must be > 0, got {sr}")
@@ -93,7 +94,7 @@ def _read_pcm(cmd: list[str], channels: int, block_bytes: int = 1 << 20,
     import tempfile
 
     with tempfile.TemporaryFile() as err:
-        from lipsync_cli.video import start_child
+        from lipsync_cli.media.ffmpeg import start_child
 
         proc = start_child(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         assert proc.stdout is not None

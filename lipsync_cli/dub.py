@@ -1,16 +1,17 @@
 """The dubbing pipeline: decode -> (detect) -> crop -> generate -> blend -> encode, streamed through bounded queues.
 
 Memory does not grow with the video: frames flow through ffmpeg's decode pipe, one generator batch at a time, into
-ffmpeg's encode pipe; each stage runs in its own thread (``_EngineRun``, on ``lipsync_cli.engine``) and the frames
-in flight are bounded in bytes. Face detection is a separate first pass over frames decoded at detection size
-that keeps only the boxes, so smoothing can look ahead and behind without holding frames.
+ffmpeg's encode pipe; each stage runs in its own thread (``render._EngineRun``, on ``lipsync_cli.engine``) and the
+frames in flight are bounded in bytes. Face detection is a separate first pass over frames decoded at detection size
+that keeps only the boxes, so smoothing can look ahead and behind without holding frames. The media layer (probe,
+decode, the output frame sequence, encode) is ``lipsync_cli.media``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,13 @@ import numpy as np
 from lipsync_cli import blend as blending
 from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_frames
 from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, ENHANCE_NOISE, MEL_WINDOW, SAMPLE_RATE
-from lipsync_cli.device import DEVICES, PRECISIONS, device_type, resolve_device, resolve_precision
+from lipsync_cli.device import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.detect import DEFAULT_DETECTOR
 from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, video_fingerprint
-from lipsync_cli.output_format import PRESETS, EncodeOptions
+from lipsync_cli.media.formats import PRESETS, EncodeOptions
+from lipsync_cli.media.spool import LOOP_MODES, loop_index, output_frames
+from lipsync_cli.render import _EngineRun, engine_batch_frames, prepare_for_inference
 from lipsync_cli.segments import active_frames, has_segments, segment_audio, speech_track
 from lipsync_cli.silence import SILENCE_DEFAULT, SILENCE_FADE, SILENCE_MODES
 from lipsync_cli.vad import MIN_PAUSE, VAD_METHODS
@@ -35,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOOP_MODES = ("pingpong", "forward")
 DETECTORS = ("s3fd", "insightface")
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
 
@@ -226,180 +228,6 @@ class DubResult:
 
         return format_stats(self.stage_seconds, self.stage_frames, self.stream_seconds, self.queue_stats,
                             self.pending_bytes)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# frames in output order (with looping)
-
-
-def loop_index(i: int, n: int, mode: str) -> int:
-    """Source frame of output frame ``i`` for a video of ``n`` frames: forward 0..n-1,0..; pingpong 0..n-1,n-2..1,0.."""
-    if n <= 1:
-        return 0
-    if mode == "forward":
-        return i % n
-    period = 2 * n - 2
-    k = i % period
-    return k if k < n else period - k
-
-
-class FrameSpool:
-    """Every source frame of a video, decoded once, kept in one unnamed temporary file for random access.
-
-    Looping (``--loop pingpong``) needs the frames again, backwards; decoding them again from frame 0 would be
-    quadratic in the output length. The file is unlinked at creation (``tempfile.TemporaryFile``), so the space
-    comes back when the process ends, even on SIGKILL. Frames are raw (H, W, 3) uint8, one fixed-size slot each.
-    """
-
-    def __init__(self, frame_shape: tuple[int, ...], folder: str | None = None, dtype=np.uint8):
-        import tempfile
-
-        self.shape = tuple(frame_shape)
-        self.dtype = np.dtype(dtype)
-        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-        self.n = 0
-        self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (closed by close())
-
-    def append(self, frame: np.ndarray) -> None:
-        self._file.seek(self.n * self.nbytes)
-        self._file.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
-        self.n += 1
-
-    def read(self, i: int) -> np.ndarray:
-        """A fresh writable copy of frame ``i``."""
-        if not 0 <= i < self.n:
-            raise IndexError(f"frame {i} not in the spool of {self.n}")
-        frame = np.empty(self.shape, self.dtype)
-        self._file.seek(i * self.nbytes)
-        got = self._file.readinto(memoryview(frame).cast("B"))
-        if got != self.nbytes:
-            raise OSError(f"short read from the frame spool ({got} of {self.nbytes} bytes)")
-        return frame
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _spool_fits(n_frames: int | None, frame_bytes: int, folder: str | None) -> bool:
-    """Whether a spool of ``n_frames`` frames fits in ``folder`` with 1 GiB to spare."""
-    import shutil
-    import tempfile
-
-    if n_frames is None:
-        return True  # unknown length: try; a full disk falls back to re-decoding
-    try:
-        free = shutil.disk_usage(folder or tempfile.gettempdir()).free
-    except OSError:
-        return False
-    return n_frames * frame_bytes + (1 << 30) <= free
-
-
-def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str, info=None,
-                  spool_dir: str | None = None, stats: dict | None = None,
-                  depth: int = 8) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (source frame index, frame copy) for each of ``n_out`` output frames, streaming.
-
-    The video is decoded forwards once. When the audio outlasts it, ``forward`` decodes it again from the start
-    for every repeat, and ``pingpong`` plays it backwards and forwards from a spool of the decoded frames on disk
-    (:class:`FrameSpool`, in ``spool_dir`` or the system temp folder): either way each output frame costs at
-    most one decoded frame, so decoding is linear in the output length. Without room on disk for the spool,
-    backward runs are decoded again in chunks (slower, same frames). ``info`` (from ``probe``) saves probing the
-    file again per pass. ``stats["decoded"]`` counts the frames decoded from the file; ``stats["source_frames"]``,
-    set when the video loops, is its length in frames. ``depth``: 8 (uint8 frames) or 16 bits per channel
-    (uint16, see ``output_format``).
-    """
-    from lipsync_cli.video import FrameReader
-
-    stats = stats if stats is not None else {}
-    stats.setdefault("decoded", 0)
-    if is_image:
-        with FrameReader(video, info=info, depth=depth) as reader:
-            still = next(iter(reader))
-        stats["decoded"] += 1
-        for _ in range(n_out):
-            yield 0, still.copy()
-        return
-    produced = 0
-    spool: FrameSpool | None = None
-    try:
-        with FrameReader(video, fps=fps, info=info, max_frames=n_out, depth=depth) as reader:
-            expected = reader.n_frames
-            want_spool = loop == "pingpong" and (expected is None or expected < n_out)
-            for j, frame in enumerate(reader):
-                stats["decoded"] += 1
-                if want_spool and spool is None:
-                    want_spool = _spool_fits(expected, frame.nbytes, spool_dir)
-                    if want_spool:
-                        spool = FrameSpool(frame.shape, spool_dir, frame.dtype)
-                    else:
-                        log.warning("no room on disk to spool %s for looping; decoding backward runs again", video)
-                if spool is not None:
-                    try:
-                        spool.append(frame)
-                    except OSError as err:  # disk full: give up the spool, re-decode instead
-                        log.warning("frame spool failed (%s); decoding backward runs again", err)
-                        spool.close()
-                        spool, want_spool = None, False
-                yield j, frame
-                produced += 1
-        n = produced
-        if produced >= n_out or n == 0:
-            return
-        stats["source_frames"] = n  # the video is shorter than the output: it loops
-        if spool is not None and spool.n == n:
-            for i in range(produced, n_out):
-                src = loop_index(i, n, loop)
-                yield src, spool.read(src)
-            return
-        yield from _redecode_loop(video, fps, n, produced, n_out, loop, info, stats, depth=depth)
-    finally:
-        if spool is not None:
-            spool.close()
-
-
-def _redecode_loop(video: Path, fps: float, n: int, produced: int, n_out: int, loop: str, info, stats: dict,
-                   max_chunk_bytes: int = 256 << 20, depth: int = 8) -> Iterator[tuple[int, np.ndarray]]:
-    """Output frames ``produced .. n_out - 1`` of a looped video of ``n`` frames by decoding it again: forward
-    runs once per repeat; backward runs (pingpong without a spool) in reversed chunks of ``max_chunk_bytes``."""
-    from lipsync_cli.video import FrameReader
-
-    def read_range(start: int, stop: int) -> list[np.ndarray]:
-        out = []
-        with FrameReader(video, fps=fps, max_frames=stop, info=info, depth=depth) as reader:
-            for j, frame in enumerate(reader):
-                stats["decoded"] += 1
-                if j >= start:
-                    out.append(frame)
-        return out
-
-    while produced < n_out:
-        i = produced
-        src = loop_index(i, n, loop)
-        backward = loop == "pingpong" and n > 1 and (i % (2 * n - 2)) >= n
-        if not backward:  # a forward run from src to the end of the video
-            with FrameReader(video, fps=fps, info=info, max_frames=min(n, src + n_out - produced),
-                             depth=depth) as reader:
-                for j, frame in enumerate(reader):
-                    stats["decoded"] += 1
-                    if j < src:
-                        continue
-                    if produced >= n_out:
-                        return
-                    yield j, frame
-                    produced += 1
-            continue
-        hi, chunk = src + 1, 8  # a backward run: src, src-1, ..., 1
-        while hi > 1 and produced < n_out:
-            lo = max(1, hi - chunk)
-            frames = read_range(lo, hi)
-            if frames:
-                chunk = max(8, min(1024, max_chunk_bytes // frames[0].nbytes))
-            for k, frame in zip(range(hi - 1, lo - 1, -1), reversed(frames)):
-                if produced >= n_out:
-                    return
-                yield k, frame
-                produced += 1
-            hi = lo
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -610,7 +438,7 @@ def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progr
     from dataclasses import replace
 
     from lipsync_cli.analysis import analyse
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     info = info or probe(video)
     return analyse(video, info, replace(options, box=None, track=None, speakers=None), device=device,
@@ -646,8 +474,8 @@ class _Probed:
 def _plan_dub(video: Path, audio: Path | None, out: Path, options: DubOptions, given, info, startup: dict) -> _DubPlan:
     """The plan of a dub: the video's probe (its header now, the packet scan in a thread), the output's encoding,
     the lines, the speech of each voice, the track given; every user mistake is raised here, before any load."""
-    from lipsync_cli.output_format import plan_output
-    from lipsync_cli.video import PendingProbe, probe_audio
+    from lipsync_cli.media.formats import plan_output
+    from lipsync_cli.media.probe import PendingProbe, probe_audio
 
     with _timed(startup, "probe"):  # the header now (its errors at once); the exact frame count in a thread
         pending = PendingProbe(video) if info is None else _Probed(info)
@@ -851,8 +679,8 @@ def _render(run: _EngineRun, video: Path, audio: Path | None, out: Path, options
     with the output's sound; then the timeline of what was dubbed (``--timeline-out``)."""
     from contextlib import nullcontext
 
+    from lipsync_cli.media.encode import VideoWriter
     from lipsync_cli.speakers import output_audio
-    from lipsync_cli.video import VideoWriter
 
     if plan.segments is not None:
         sound = segment_audio(plan.segments, audio, video, n_out / fps, options.me)
@@ -873,7 +701,7 @@ def _render(run: _EngineRun, video: Path, audio: Path | None, out: Path, options
 
 def _result(run: _EngineRun, out: Path, options: DubOptions, plan: _DubPlan, analysis, info, fps: float,
             device: str, precision: str, decode_stats: dict, pauses, startup: dict, t_start: float) -> DubResult:
-    from lipsync_cli.output_format import describe
+    from lipsync_cli.media.formats import describe
 
     n_src = 1 if info.is_image else decode_stats.get("source_frames", run.frames)
     return DubResult(
@@ -888,304 +716,3 @@ def _result(run: _EngineRun, out: Path, options: DubOptions, plan: _DubPlan, ana
         dubbed_absent=_dubbed_absent(options), looped=loop_note(info.is_image, n_src, run.frames, options.loop),
         pauses=pauses,
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the engine: decode -> prepare -> generate -> blend (-> enhance) -> hand-off -> encode
-
-
-QUEUE_BATCHES = 2  # batches a queue between two stages holds: the next one is ready when a stage finishes one
-
-
-def engine_batch_frames(batch_size: int, max_pending_bytes: int, frame_bytes: int) -> int:
-    """Frames per engine batch: the generator batch, but at most half of what the byte budget holds, so two
-    batches can be in flight at once (one generated while the one before is blended and encoded)."""
-    return max(1, min(batch_size, max_pending_bytes // max(1, frame_bytes) // 2))
-
-
-@dataclass
-class _Batch:
-    """Consecutive output frames on their way through the stages."""
-
-    items: list[tuple[int, np.ndarray, list[tuple[Box, int]]]]  # (output index, frame, [(box, voice)])
-    idx: list[tuple[int, Box, int]] = field(default_factory=list)  # every face: (frame in batch, box, voice)
-    crops: object = None  # (b, 96, 96, 3) uint8 torch tensor (pinned for CUDA)
-    mels: object = None  # (b, 1, 80, 16) float32 torch tensor
-    mouths: np.ndarray | None = None  # (b, 96, 96, 3) uint8
-    planned_out: set[int] = field(default_factory=set)  # output frames whose faces the MouthPlan left untouched
-    held: list[tuple[int, int]] = field(default_factory=list)  # (voice, pause) whose held mouth this batch makes
-
-
-@dataclass
-class _EngineRun:
-    """One streaming run of ``dub``: the stage functions, their shared state and what they counted.
-
-    Threads (``lipsync-<stage>``): decode (frames, grouped in batches of ``batch_frames``), prepare (crops and
-    mel windows as torch tensors), generate (on the device, uint8 in and out), blend, enhance (with
-    ``--enhance``), encode; the caller's thread hands the blended frames over in order (``frame_sink``,
-    progress, no-face list). Frames count against ``budget_bytes`` from decode until the encoder wrote them."""
-
-    model: object
-    device: str
-    precision: str
-    gen: dict  # {"batch": generator micro-batch}; halved for good on out-of-memory
-    mel_ts: list  # one (80, T) float32 tensor per voice
-    starts: np.ndarray  # mel window start of each output frame
-    blend_mode: str
-    enhancer: object
-    faces_of: Callable[[int], list[tuple[Box, int]]]
-    frame_bytes: int
-    batch_frames: int
-    budget_bytes: int
-    n_out: int
-    stage_s: dict[str, float]
-    stage_n: dict[str, int]
-    frame_sink: Callable[[int, np.ndarray], None] | None = None
-    progress: ProgressFn | None = None
-    # pauses and segments (lipsync_cli.silence): None is the speech-driven mouth on every face of every frame
-    plan: object = None  # MouthPlan
-    silent_mel: object = None  # (80, 16) float32 tensor: the mel window of digital silence
-    held_mouths: dict = field(default_factory=dict)  # (voice, pause) -> (96, 96, 3) uint8, set by generate
-    held_asked: set = field(default_factory=set)  # (voice, pause) whose mouth prepare asked for (in its thread)
-    # results
-    frames: int = 0
-    n_faces: int = 0
-    no_face: list[int] = field(default_factory=list)
-    queue_stats: dict[str, dict] = field(default_factory=dict)
-    peak_bytes: int = 0
-    wall: float = 0.0
-
-    # -- the stages (each runs in its own thread, except hand_off) --------------------------------------------
-    def decode(self, open_frames: Callable[[], Iterator[tuple[int, np.ndarray]]], out, budget, stop) -> None:
-        from lipsync_cli.engine import END
-
-        frames = open_frames()
-        try:
-            batch: list = []
-            planned: set[int] = set()
-            i = 0
-            while True:
-                budget.acquire(self.frame_bytes, stop)  # before decoding: the budget covers this frame too
-                t = time.perf_counter()
-                try:
-                    src, frame = next(frames)
-                except StopIteration:
-                    budget.release(self.frame_bytes)
-                    break
-                self.stage_s["decode"] += time.perf_counter() - t
-                self.stage_n["decode"] += 1
-                faces = self.faces_of(src)
-                if self.plan is not None and faces:
-                    kept = [(box, v) for box, v in faces if self.plan.needs_face(v, i)]
-                    if len(kept) < len(faces):
-                        planned.add(i)
-                    faces = kept
-                batch.append((i, frame, faces))
-                i += 1
-                if len(batch) >= self.batch_frames:
-                    out.put(_Batch(batch, planned_out=planned))
-                    batch, planned = [], set()
-            if batch:
-                out.put(_Batch(batch, planned_out=planned))
-            out.put(END)
-        finally:
-            frames.close()  # stops the decoder (ffmpeg, its thread, the spool) on every path, in this thread
-
-    def prepare(self, b: _Batch) -> _Batch:
-        import torch
-
-        t = time.perf_counter()
-        b.idx = [(k, box, v) for k, (_, _, fs) in enumerate(b.items) for box, v in fs]
-        if b.idx:
-            # the faces the generator sees: each face's own crop and mel window, where the speech drives it, and
-            # the reference crop of each pause that starts here, with the silent window (--silence hold)
-            crops, mels = [], []
-            for k, box, v in b.idx:
-                i = b.items[k][0]
-                crop = None
-                if self.plan is None or self.plan.needs_speech(v, i):
-                    crop = blending.crop_face(b.items[k][1], box)
-                    crops.append(crop)
-                    s = self.starts[i]
-                    mels.append(self.mel_ts[v][:, s:s + MEL_WINDOW])
-                if self.plan is not None and self.plan.needs_held(v, i):
-                    key = (v, int(self.plan.pause[v, i]))
-                    if key not in self.held_asked:  # the pause's first frame: its crop is the reference
-                        self.held_asked.add(key)
-                        b.held.append(key)
-                        crops.append(crop if crop is not None else blending.crop_face(b.items[k][1], box))
-                        mels.append(self.silent_mel)
-            if crops:
-                # (n, 96, 96, 3) uint8: all crops are taken before any face of a frame is blended
-                b.crops = torch.from_numpy(np.stack(crops))
-                b.mels = torch.stack(mels).unsqueeze(1)  # (n, 1, 80, 16)
-            else:
-                b.crops = None
-            if device_type(self.device) == "cuda":  # page-locked: the upload is a DMA that overlaps compute
-                b.crops, b.mels = b.crops.pin_memory(), b.mels.pin_memory()
-        self.stage_s["prepare"] += time.perf_counter() - t
-        self.stage_n["prepare"] += len(b.items)
-        return b
-
-    def generate(self, b: _Batch) -> _Batch:
-        if b.crops is not None:
-            t = time.perf_counter()
-            b.mouths = generate(self.model, b.mels, b.crops, self.device, self.precision, self.gen)
-            n = len(b.mouths)
-            b.crops = b.mels = None
-            if b.held:  # the held mouths come last: kept for every frame of their pause
-                for key, mouth in zip(b.held, b.mouths[n - len(b.held):]):
-                    self.held_mouths[key] = mouth.copy()
-                b.mouths = b.mouths[:n - len(b.held)]
-            self.stage_s["generate"] += time.perf_counter() - t
-            self.stage_n["generate"] += n
-        return b
-
-    def blend(self, b: _Batch) -> _Batch:
-        t = time.perf_counter()
-        if b.idx and self.plan is None:
-            for g, (k, box, _) in zip(b.mouths, b.idx):
-                blending.blend(b.items[k][1], g, box, self.blend_mode)
-        elif b.idx:
-            from lipsync_cli.silence import mix_mouths, mix_region
-
-            made = iter(b.mouths) if b.mouths is not None else iter(())
-            for k, box, v in b.idx:
-                frame, i = b.items[k][1], b.items[k][0]
-                w = float(self.plan.speech[v, i])
-                speech = next(made) if w > 0 else None
-                held = self.held_mouths[(v, int(self.plan.pause[v, i]))] if w < 1 else None
-                alpha = float(self.plan.alpha[v, i])
-                x1, y1, x2, y2 = box
-                before = frame[y1:y2, x1:x2].copy() if alpha < 1 else None
-                blending.blend(frame, mix_mouths(speech, held, w), box, self.blend_mode)
-                if before is not None:
-                    mix_region(frame, before, box, alpha)
-        b.mouths = None
-        self.stage_s["blend"] += time.perf_counter() - t
-        self.stage_n["blend"] += len(b.items)
-        return b
-
-    def enhance(self, b: _Batch) -> _Batch:
-        if b.idx:
-            t = time.perf_counter()
-            self.enhancer.apply([b.items[k][1] for k, _, _ in b.idx], [box for _, box, _ in b.idx])
-            self.stage_s["enhance"] += time.perf_counter() - t
-            self.stage_n["enhance"] += len(b.idx)
-        return b
-
-    def hand_off(self, b: _Batch, out) -> None:
-        """In the caller's thread, in output order: the no-face list, ``frame_sink``, progress, the encoder."""
-        self.n_faces += len(b.idx)
-        for i, frame, fs in b.items:
-            if not fs and i not in b.planned_out:
-                self.no_face.append(i)
-            if self.frame_sink is not None:
-                self.frame_sink(i, frame)
-            out.put(frame)
-        self.frames += len(b.items)
-        if self.progress:
-            if self.enhancer is not None:
-                self.progress("enhance", len(b.items), self.n_out)
-            self.progress("dub", len(b.items), self.n_out)
-
-    def encode(self, writer, inbox, budget) -> None:
-        from lipsync_cli.engine import END
-
-        while (frame := inbox.get()) is not END:
-            t = time.perf_counter()
-            writer.write(frame)
-            self.stage_s["encode"] += time.perf_counter() - t
-            self.stage_n["encode"] += 1
-            budget.release(self.frame_bytes)
-
-    # -- wiring ----------------------------------------------------------------------------------------------
-    def run(self, open_frames: Callable[[], Iterator[tuple[int, np.ndarray]]], writer) -> None:
-        """Stream every frame of ``open_frames()`` through the stages into ``writer``; raises the first error of
-        any stage (after stopping and joining them all)."""
-        from lipsync_cli.engine import END, ByteBudget, Pipeline
-
-        t0 = time.perf_counter()
-        pipe = Pipeline()
-        budget = ByteBudget(self.budget_bytes)
-        q = QUEUE_BATCHES
-        decoded, prepared = pipe.channel("decode>prepare", q), pipe.channel("prepare>generate", q)
-        generated = pipe.channel("generate>blend", q)
-        blended = pipe.channel("blend>enhance" if self.enhancer is not None else "blend>out", q)
-        pipe.spawn("decode", lambda: self.decode(open_frames, decoded, budget, pipe.stop))
-        pipe.map("prepare", self.prepare, decoded, prepared)
-        pipe.map("generate", self.generate, prepared, generated)
-        pipe.map("blend", self.blend, generated, blended)
-        if self.enhancer is not None:
-            enhanced = pipe.channel("enhance>out", q)
-            pipe.map("enhance", self.enhance, blended, enhanced)
-            blended = enhanced
-        to_encoder = pipe.channel("out>encode", q * self.batch_frames, unit="frames")
-        pipe.spawn("encode", lambda: self.encode(writer, to_encoder, budget))
-        try:
-            pipe.run(blended, lambda b: self.hand_off(b, to_encoder), on_end=lambda: to_encoder.put(END))
-        finally:
-            self.queue_stats = pipe.queue_stats()
-            self.peak_bytes = budget.peak
-            self.wall = time.perf_counter() - t0
-
-
-def prepare_for_inference(model, device: str, precision: str = "fp32"):
-    """Eval mode on ``device``, BatchNorm folded into the convolutions, channels-last memory (faster on CPU and
-    tensor cores), and the weights cast once to ``precision`` (bf16/fp16: half the bytes, no autocast re-casting
-    them on every call; fp32 unchanged). fp32 outputs equal the unfused model's to float rounding. On CUDA,
-    cuDNN picks its fastest kernels for the (fixed) input shapes. A model this returned for the same device and
-    precision is returned as it is: a batch worker prepares its generator once, not once per job (the fold copies
-    the network, ~1.5 s for Wav2Lip on a 2-core CPU)."""
-    import torch
-
-    from lipsync_cli.device import amp_dtype
-    from lipsync_cli.models.fuse import fuse_conv_bn
-
-    if getattr(model, "_prepared_for", None) == (str(device), precision):
-        return model
-    if device_type(device) == "cuda":
-        torch.backends.cudnn.benchmark = True
-    model = fuse_conv_bn(model.eval())
-    dtype = amp_dtype(precision)
-    if dtype is not None:
-        model = model.to(dtype=dtype)
-    model = model.to(device=device, memory_format=torch.channels_last)
-    model._prepared_for = (str(device), precision)
-    return model
-
-
-def generate(model, mels, crops, device: str, precision: str, state: dict) -> np.ndarray:
-    """Run the generator on (B, 1, 80, 16) float32 mels and (B, 96, 96, 3) uint8 face crops (torch tensors, pinned
-    for CUDA) -> the (B, 96, 96, 3) uint8 mouths, in micro-batches of ``state["batch"]``.
-
-    On the device: the masking and scaling of ``blend.prepare_batch`` (``prepare_batch_tensor``), the model in
-    ``precision`` (cast once by ``prepare_for_inference``), the rounding of ``blend.to_uint8``; only uint8
-    crosses the bus, asynchronously on CUDA (pinned memory), with one synchronisation per call. On a device
-    out-of-memory error (CUDA or MPS, see ``device.is_out_of_memory``) the micro-batch is halved in ``state``
-    and the batch retried, so the smaller size sticks for the rest of the run; at 1 the error is raised."""
-    import torch
-
-    from lipsync_cli.device import amp_dtype, empty_cache, is_out_of_memory
-
-    dtype = amp_dtype(precision) or torch.float32
-    cuda = device_type(device) == "cuda"
-    out = torch.empty(tuple(crops.shape), dtype=torch.uint8, pin_memory=cuda)  # (B, 96, 96, 3)
-    k = 0
-    while k < len(crops):
-        b = max(1, int(state["batch"]))
-        try:
-            with torch.inference_mode():
-                faces = blending.prepare_batch_tensor(crops[k:k + b].to(device, non_blocking=cuda))  # (b, 6, 96, 96)
-                pred = model(mels[k:k + b].to(device, non_blocking=cuda).to(dtype), faces.to(dtype))
-                out[k:k + b].copy_(blending.to_uint8_tensor(pred), non_blocking=cuda)  # into pinned memory
-            k += b
-        except (RuntimeError, MemoryError) as err:
-            if not is_out_of_memory(err) or b == 1:
-                raise
-            empty_cache(device)
-            state["batch"] = b // 2
-            log.warning("out of %s memory at batch %d; using batch %d from now on", device, b, b // 2)
-    if cuda:
-        torch.cuda.current_stream(device).synchronize()  # the non-blocking downloads have landed
-    return out.numpy()

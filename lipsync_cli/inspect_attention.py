@@ -59,7 +59,8 @@ def collect_faces(video: str | os.PathLike, audio: str | os.PathLike, *, n_frame
     from lipsync_cli.audio import load_audio, mel_start, mel_windows, melspectrogram, n_output_frames
     from lipsync_cli.blend import crop_face, prepare_batch
     from lipsync_cli.faces.track import TrackOptions, check_box, pad_box, to_int_box
-    from lipsync_cli.video import FrameReader, probe
+    from lipsync_cli.media.decode import FrameReader
+    from lipsync_cli.media.probe import probe
 
     if box is None and detector is None:
         raise BadOption("give a face box or a face detector")

@@ -292,7 +292,7 @@ def write_output_audio(path: Path, segments: list[Segment], audio: Path | None, 
 
     from lipsync_cli.audio import load_audio
     from lipsync_cli.errors import NoAudioStream
-    from lipsync_cli.video import probe_audio
+    from lipsync_cli.media.probe import probe_audio
 
     n = int(round(duration * sr))
     try:

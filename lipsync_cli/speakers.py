@@ -300,7 +300,7 @@ def output_audio(voices: Voices) -> Iterator[Path]:
     import soundfile
 
     from lipsync_cli.audio import load_audio
-    from lipsync_cli.video import probe_audio
+    from lipsync_cli.media.probe import probe_audio
 
     # stereo when any track is (a mono track then sits in the middle), else mono; more channels fold to stereo
     channels = 2 if any((probe_audio(p).channels or 1) > 1 for p in voices.mix_sources) else 1
@@ -404,7 +404,8 @@ def speaking_scores(video: Path, track, model, *, device: str = "cpu", batch_siz
     is decoded again at 25 fps."""
     from lipsync_cli.evaluate import lse
     from lipsync_cli.faces.track import link_tracks
-    from lipsync_cli.video import FrameReader, probe
+    from lipsync_cli.media.decode import FrameReader
+    from lipsync_cli.media.probe import probe
 
     info = info or probe(video)
     check_own_audio(video, info)

@@ -120,7 +120,7 @@ def cached_track(video: str | Path, options: DubOptions, cache_dir: str | Path, 
     (``load_dub_detector``), called only when detection runs: a batch worker keeps one for every video.
     ``info``: the video's probe, when the caller has it."""
     from lipsync_cli.analysis import analyse
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     video, cache_dir = Path(video), Path(cache_dir)
     info = info or probe(video)
@@ -158,6 +158,6 @@ def detect(video: str | Path, options: DubOptions = DubOptions(), *, cache_dir: 
     if cache_dir is not None:
         path, _ = cached_track(video, options, cache_dir, device=device, progress=progress, notify=notify)
         return Track.load(path)
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     return detect_track(video, options, device=device, progress=progress, notify=notify, info=probe(video))

@@ -71,20 +71,23 @@ class WeightSpec:
     a zip (``download_name``) and the registry file is that member of it; size and sha256 are the member's.
     ``home`` names the library that also keeps the file, where it is looked for and downloaded to:
     ``"insightface"`` (``$INSIGHTFACE_HOME/models/<pack>``) or ``"torch"`` (``$TORCH_HOME/hub/checkpoints``).
+    Without ``home``, a ``pack`` is the sub-folder of a weights folder the file lives in and downloads to
+    (``musetalk/sd-vae/config.json``: the files of one model keep the layout their loader expects).
     """
 
     name: str
     kind: str
     arch: str
     file: str
-    size: int
-    sha256: str
+    size: int | None  # None: no size published (see ``unverified``)
+    sha256: str | None  # None: no checksum published; the file is taken as downloaded
     licence: str
     urls: tuple[str, ...]
     description: str = ""
     archive_member: str | None = None
     home: str | None = None
     pack: str | None = None
+    unverified: str = ""  # why size/sha256 are absent (no source states them); shown by download and verify
 
     @property
     def download_name(self) -> str:
@@ -171,6 +174,41 @@ REGISTRY: dict[str, WeightSpec] = {
     ),
 }
 
+# MuseTalk 1.5 (lipsync_cli.models.musetalk): its UNet and the two networks it runs on, in upstream's
+# download_weights.sh layout under <weights folder>/musetalk/. No source reachable from here states these files'
+# sizes or checksums (Hugging Face shows them on each file's page): they are downloaded unverified.
+_MUSETALK_HF = "https://huggingface.co/TMElyralab/MuseTalk/resolve/main/musetalkV15/"
+_SD_VAE_HF = "https://huggingface.co/stabilityai/sd-vae-ft-mse/resolve/main/"
+_WHISPER_HF = "https://huggingface.co/openai/whisper-tiny/resolve/main/"
+MUSETALK_LICENCE = ("MuseTalk: code MIT; 'the trained model are available for any purpose, even commercially' "
+                    "(TMElyralab/MuseTalk README); the Hugging Face model card is tagged creativeml-openrail-m")
+SD_VAE_LICENCE = "MIT (stabilityai/sd-vae-ft-mse model card)"
+WHISPER_LICENCE = "Apache-2.0 (openai/whisper-tiny model card)"
+NO_CHECKSUM = "no published size or sha256 could be verified when this entry was written"
+_MUSETALK_PARTS = (
+    # name, arch, pack, file, url, licence, description
+    ("musetalk_unet", "musetalk", "musetalk/musetalkV15", "unet.pth", _MUSETALK_HF, MUSETALK_LICENCE,
+     "MuseTalk 1.5 UNet (diffusers UNet2DConditionModel state dict, ~3.4 GB)"),
+    ("musetalk_config", "musetalk", "musetalk/musetalkV15", "musetalk.json", _MUSETALK_HF, MUSETALK_LICENCE,
+     "MuseTalk 1.5 UNet config"),
+    ("sd_vae_ft_mse", "sd-vae", "musetalk/sd-vae", "diffusion_pytorch_model.bin", _SD_VAE_HF, SD_VAE_LICENCE,
+     "Stable Diffusion VAE ft-MSE (MuseTalk's latent space)"),
+    ("sd_vae_ft_mse_config", "sd-vae", "musetalk/sd-vae", "config.json", _SD_VAE_HF, SD_VAE_LICENCE,
+     "sd-vae-ft-mse config"),
+    ("whisper_tiny", "whisper", "musetalk/whisper", "pytorch_model.bin", _WHISPER_HF, WHISPER_LICENCE,
+     "whisper-tiny (MuseTalk's audio features: its encoder)"),
+    ("whisper_tiny_config", "whisper", "musetalk/whisper", "config.json", _WHISPER_HF, WHISPER_LICENCE,
+     "whisper-tiny config"),
+    ("whisper_tiny_preprocessor", "whisper", "musetalk/whisper", "preprocessor_config.json", _WHISPER_HF,
+     WHISPER_LICENCE, "whisper-tiny feature-extractor config"),
+)
+for _name, _arch, _pack, _file, _base, _licence, _desc in _MUSETALK_PARTS:
+    REGISTRY[_name] = WeightSpec(_name, "musetalk", _arch, _file, None, None, _licence, (_base + _file,), _desc,
+                                 pack=_pack, unverified=NO_CHECKSUM)
+
+# names that stand for several entries (`lipsync weights download musetalk`)
+GROUPS: dict[str, tuple[str, ...]] = {"musetalk": tuple(p[0] for p in _MUSETALK_PARTS)}
+
 DEFAULT_GENERATOR = "wav2lip_gan"
 DEFAULT_DETECTOR = "s3fd"
 
@@ -255,13 +293,30 @@ def get_spec(name: str) -> WeightSpec:
         return REGISTRY[name]
     except KeyError:
         raise WeightsNotFound(f"unknown weights {name!r}",
-                              f"known: {', '.join(REGISTRY)} (see `lipsync weights list`)") from None
+                              f"known: {', '.join([*REGISTRY, *GROUPS])} (see `lipsync weights list`)") from None
+
+
+def expand_names(names: Iterable[str]) -> list[str]:
+    """Registry names with each group name (see ``GROUPS``) replaced by its members, in order, once each."""
+    out: list[str] = []
+    for n in names:
+        for m in GROUPS.get(n, (n,)):
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def folder_in(spec: WeightSpec, base: str | os.PathLike) -> Path:
+    """Where ``spec`` goes inside the weights folder ``base``: its ``pack`` sub-folder for a file of a model's
+    folder layout (no ``home``), else ``base`` itself."""
+    base = Path(base)
+    return base / spec.pack if spec.pack and spec.home is None else base
 
 
 def default_dir(spec: WeightSpec) -> Path:
     """Folder a download of ``spec`` goes to when no ``dest_dir`` is given: its library's folder, else the user
-    cache."""
-    return library_dir(spec) or user_cache_dir()
+    cache (its pack's sub-folder there, see :func:`folder_in`)."""
+    return library_dir(spec) or folder_in(spec, user_cache_dir())
 
 
 def candidate_paths(name: str) -> list[Path]:
@@ -294,7 +349,8 @@ def urls_for(spec: WeightSpec) -> list[str]:
     """Download URLs in the order tried; ``LIPSYNC_WEIGHTS_MIRROR`` replaces them all."""
     mirror = os.environ.get("LIPSYNC_WEIGHTS_MIRROR", "").strip()
     if mirror:
-        return [f"{mirror.rstrip('/')}/{spec.download_name}"]
+        sub = f"{spec.pack}/" if spec.pack and spec.home is None else ""  # config.json of two models
+        return [f"{mirror.rstrip('/')}/{sub}{spec.download_name}"]
     return list(spec.urls)
 
 
@@ -316,9 +372,10 @@ def download_command(names: Iterable[str]) -> str:
 
 def _not_found(spec: WeightSpec, why: str | None, target: Path) -> WeightsNotFound:
     urls = " ".join(urls_for(spec))
+    group = next((g for g, members in GROUPS.items() if spec.name in members), spec.name)  # fetch all parts
     return WeightsNotFound(
         f"{spec.name} weights ({spec.file}, {human_size(spec.size)}) not found" + (f" and {why}" if why else ""),
-        f"run `{download_command([spec.name])}` when online, or download {urls} into {target}; "
+        f"run `{download_command([group])}` when online, or download {urls} into {target}; "
         f"licence: {spec.licence}",
     )
 
@@ -356,6 +413,8 @@ def verify_file(spec: WeightSpec, path: str | os.PathLike,
     """Check one file against its registry entry: size first (cheap), then the sha256."""
     path = Path(path)
     size = path.stat().st_size
+    if spec.sha256 is None:  # nothing published to check against
+        return VerifyResult(spec.name, path, True, f"unverified: {spec.unverified}", size)
     if size != spec.size:
         return VerifyResult(spec.name, path, False, f"size {size} B, expected {spec.size} B", size)
     digest = sha256_file(path, progress)

@@ -19,7 +19,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def read_frames(path, n: int | None = None) -> list[np.ndarray]:
-    from lipsync_cli.video import FrameReader
+    from lipsync_cli.media.decode import FrameReader
 
     with FrameReader(path, max_frames=n) as reader:
         return list(reader)

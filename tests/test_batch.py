@@ -230,7 +230,7 @@ def first_run(clips, real_clip, fake_ckpt, tmp_path_factory):
 
 
 def test_batch_dubs_every_good_job_and_fails_the_broken_one_alone(first_run):
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     report, out = first_run["report"], first_run["out"]
     states = {r["job"]: r["state"] for r in report.rows}
@@ -273,7 +273,7 @@ def test_the_track_cache_keeps_its_tracks_and_no_lock_files(first_run):
 def test_the_worker_keeps_one_prepared_generator_for_every_job(first_run):
     from lipsync_cli.batch import worker
     from lipsync_cli.device import resolve_precision
-    from lipsync_cli.dub import prepare_for_inference
+    from lipsync_cli.render import prepare_for_inference
 
     precision = resolve_precision(first_run["opts"].dub.precision, "cpu")
     models = [m for (ckpt, *_), m in worker._models.items() if ckpt == str(first_run["opts"].dub.checkpoint)]
@@ -387,7 +387,7 @@ def test_local_workers_get_their_own_gpu_and_bounded_threads():
 def test_two_local_worker_processes_give_the_inline_outputs(clips, tmp_path, fake_ckpt):
     from lipsync_cli import DubOptions, run_batch
     from lipsync_cli.batch import BatchOptions, LocalExecutor
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}",
                                           f"{clips}/talk.mp4,{clips}/de.wav,{BOX}",
@@ -528,7 +528,7 @@ def test_cli_batch_on_a_ray_head_gives_the_same_outputs_and_report(first_run, ra
 
     from checks import foreign_warnings
 
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     _, env = ray_head
     out = tmp_path / "out"
@@ -570,7 +570,7 @@ def test_cli_batch_ray_local_runs_on_a_private_instance_and_stops_it_on_ctrl_c(c
 
     from checks import foreign_warnings
 
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     man = _write_csv(tmp_path / "j.csv", [f"{clips}/talk.mp4,{clips}/fr.wav,{BOX}"] * 2)  # 10 frames, batches of 1
     out, home, marker = tmp_path / "out", tmp_path / "home", f"lipsync-test-{uuid.uuid4().hex}"

@@ -167,7 +167,7 @@ def test_list_columns_lists_every_dub_option_with_type_default_and_meaning(capsy
 
 def test_a_batch_flag_is_the_default_of_every_row_and_a_cell_overrides_it(media, tmp_path, fake_ckpt, monkeypatch,
                                                                           capsys):
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     ckpt = fake_ckpt("wav2lip")
     monkeypatch.chdir(ckpt.parent)  # a flag's path is relative to the current folder, not to the manifest's

@@ -12,8 +12,9 @@ import pytest
 from checks import assert_mouth_redrawn, run_cli
 from synth import make_audio, make_image, make_video
 
-from lipsync_cli.dub import DubOptions, dub, loop_index, output_frames
+from lipsync_cli.dub import DubOptions, dub
 from lipsync_cli.faces.track import TrackOptions
+from lipsync_cli.media.spool import loop_index, output_frames
 
 BOX = (40, 20, 120, 100)  # inside the 160x120 synthetic frames
 
@@ -68,7 +69,7 @@ def wav2lip_reference(frames: list[np.ndarray], mel: np.ndarray, fps: float, box
 def test_paste_box_reproduces_wav2lip_frames(media, fake_ckpt):
     from lipsync_cli.audio import load_audio, melspectrogram
     from lipsync_cli.checkpoint import load_generator
-    from lipsync_cli.video import FrameReader
+    from lipsync_cli.media.decode import FrameReader
 
     model = load_generator(fake_ckpt("wav2lip"))
     got: dict[int, np.ndarray] = {}
@@ -89,7 +90,7 @@ def test_paste_box_reproduces_wav2lip_frames(media, fake_ckpt):
 
 
 def test_cli_dub_writes_h264_aac_of_audio_length(media, fake_ckpt):
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     out = media["dir"] / "cli.mp4"
     r = run_cli("dub", str(media["video"]), str(media["speech"]), "-o", str(out), "--checkpoint",
@@ -110,7 +111,7 @@ def test_cli_dub_writes_h264_aac_of_audio_length(media, fake_ckpt):
 
 
 def test_still_image_becomes_video_of_audio_length(media, fake_ckpt):
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     out = media["dir"] / "still.mp4"
     res = dub(media["image"], media["speech"], out,
@@ -123,7 +124,7 @@ def test_still_image_becomes_video_of_audio_length(media, fake_ckpt):
 def test_no_face_frames_pass_through_and_strict(media, fake_ckpt, tmp_path):
     from lipsync_cli.errors import NoFaceError
     from lipsync_cli.faces.track import Track
-    from lipsync_cli.video import FrameReader
+    from lipsync_cli.media.decode import FrameReader
 
     faces = [np.array([[*BOX, 0.99]], np.float32) if i % 3 else np.zeros((0, 5), np.float32) for i in range(25)]
     track_path = tmp_path / "track.json"
@@ -148,7 +149,7 @@ def test_no_face_frames_pass_through_and_strict(media, fake_ckpt, tmp_path):
 
 @pytest.mark.parametrize("mode", ["pingpong", "forward"])
 def test_loop_order_when_audio_outlasts_video(media, mode):
-    from lipsync_cli.video import FrameReader
+    from lipsync_cli.media.decode import FrameReader
 
     with FrameReader(media["short_video"]) as reader:
         src = list(reader)
@@ -162,7 +163,7 @@ def test_loop_order_when_audio_outlasts_video(media, mode):
 
 
 def test_loop_dub_is_as_long_as_audio(media, fake_ckpt):
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     out = media["dir"] / "looped.mp4"
     dub(media["short_video"], media["long_speech"], out,

@@ -9,8 +9,8 @@ from conftest import media
 from synth import run_ffmpeg
 
 from lipsync_cli.checkpoint import atomic_save, make_checkpoint
+from lipsync_cli.media.probe import probe
 from lipsync_cli.models import build_generator
-from lipsync_cli.video import probe
 
 
 @pytest.mark.slow

@@ -8,8 +8,10 @@ import pytest
 import torch
 from synth import make_audio, run_ffmpeg
 
-from lipsync_cli import video as video_mod
-from lipsync_cli.dub import DubOptions, dub, loop_index, output_frames
+from lipsync_cli.dub import DubOptions, dub
+from lipsync_cli.media import decode as decode_mod
+from lipsync_cli.media import spool as spool_mod
+from lipsync_cli.media.spool import loop_index, output_frames
 
 BOX = (40, 20, 120, 100)  # inside the 160x120 synthetic frames
 
@@ -35,7 +37,7 @@ def clips(tmp_path_factory):
 def decode_counter(monkeypatch):
     """Counts frames yielded by every FrameReader opened during the test (what looping costs in decoding)."""
     counts = {"frames": 0, "passes": 0}
-    orig = video_mod.FrameReader.__iter__
+    orig = decode_mod.FrameReader.__iter__
 
     def counting_iter(self):
         counts["passes"] += 1
@@ -43,13 +45,13 @@ def decode_counter(monkeypatch):
             counts["frames"] += 1
             yield frame
 
-    monkeypatch.setattr(video_mod.FrameReader, "__iter__", counting_iter)
+    monkeypatch.setattr(decode_mod.FrameReader, "__iter__", counting_iter)
     return counts
 
 
 @pytest.mark.parametrize("mode", ["pingpong", "forward"])
 def test_looping_decodes_each_output_frame_at_most_once(clips, decode_counter, mode):
-    with video_mod.FrameReader(clips["v12"]) as reader:
+    with decode_mod.FrameReader(clips["v12"]) as reader:
         src = list(reader)
     n = len(src)
     assert n == 12
@@ -66,12 +68,8 @@ def test_looping_decodes_each_output_frame_at_most_once(clips, decode_counter, m
 
 
 def test_pingpong_without_room_for_the_spool_still_gives_the_right_frames(clips, monkeypatch):
-    import importlib
-
-    dub_mod = importlib.import_module("lipsync_cli.dub")  # the module (`from lipsync_cli import dub` is the function)
-
-    monkeypatch.setattr(dub_mod, "_spool_fits", lambda *a: False)
-    with video_mod.FrameReader(clips["v12"]) as reader:
+    monkeypatch.setattr(spool_mod, "_spool_fits", lambda *a: False)
+    with decode_mod.FrameReader(clips["v12"]) as reader:
         src = list(reader)
     stats: dict = {}
     got = list(output_frames(clips["v12"], False, 25.0, 40, "pingpong", stats=stats))

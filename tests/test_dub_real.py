@@ -10,7 +10,7 @@ from checks import assert_mouth_redrawn, run_cli
 from conftest import media
 from synth import run_ffmpeg
 
-from lipsync_cli.video import probe
+from lipsync_cli.media.probe import probe
 
 
 @pytest.fixture(scope="module")

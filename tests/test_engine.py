@@ -1,4 +1,4 @@
-"""The pipelined dub engine (lipsync_cli.engine, dub._EngineRun): the same frames as the sequential algorithm,
+"""The pipelined dub engine (lipsync_cli.engine, render._EngineRun): the same frames as the sequential algorithm,
 errors from any stage raised promptly with every thread stopped, frames in flight bounded in bytes, queue
 statistics, and the device-side pre/post-processing equal to blend.prepare_batch / blend.to_uint8."""
 
@@ -14,8 +14,9 @@ from synth import make_audio, make_video
 
 from lipsync_cli import blend as blending
 from lipsync_cli.constants import MEL_WINDOW
-from lipsync_cli.dub import DubOptions, _EngineRun, dub, engine_batch_frames, generate, prepare_for_inference
+from lipsync_cli.dub import DubOptions, dub
 from lipsync_cli.engine import END, ByteBudget, Channel, Pipeline, Stopped, format_stats
+from lipsync_cli.render import _EngineRun, engine_batch_frames, generate, prepare_for_inference
 
 H, W = 120, 160
 BOXES = [(40, 20, 120, 100), (0, 10, 60, 70)]  # two faces in the synthetic frames
@@ -124,7 +125,7 @@ def test_engine_frames_equal_the_sequential_loop(wav2lip):
 def test_dub_frames_equal_the_sequential_loop(wav2lip, fake_ckpt, tmp_path):
     """Through dub() on a clip with the fake released weights: the frames the sequential loop made."""
     from lipsync_cli.audio import load_audio, mel_start, melspectrogram
-    from lipsync_cli.dub import output_frames
+    from lipsync_cli.media.spool import output_frames
 
     video = make_video(tmp_path / "v.mp4", seconds=0.4, fps=25)
     audio = make_audio(tmp_path / "a.wav", seconds=0.6)  # longer than the video: pingpong looping too

@@ -276,7 +276,7 @@ def test_cli_dub_enhance_reports_its_own_stage(files, fake_ckpt):
     import subprocess
     import sys
 
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     out = files["dir"] / "cli_enhance.mp4"
     env = {**os.environ, "LIPSYNC_OFFLINE": "1"}

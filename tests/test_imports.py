@@ -142,3 +142,21 @@ def test_networks_and_the_loader_do_not_import_each_other():
     assert "lipsync_cli.models" in graph["lipsync_cli.checkpoint"]  # the one direction that remains
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
+
+
+MEDIA = ("ffmpeg", "probe", "decode", "spool", "formats", "encode")
+
+
+def test_the_media_layer_is_a_package_whose_modules_import_each_other_at_module_level():
+    """``lipsync_cli.media``: one module per concern, in the graph above (so in the cycle check), and the imports
+    between them at module level: no circle hidden behind an import inside a function."""
+    top, inner = import_graph()
+    media = {f"lipsync_cli.media.{m}" for m in MEDIA}
+    assert media <= set(top), sorted(media - set(top))
+    assert "lipsync_cli.media.ffmpeg" in top["lipsync_cli.media.probe"]
+    assert "lipsync_cli.media.probe" in top["lipsync_cli.media.decode"]
+    assert "lipsync_cli.media.decode" in top["lipsync_cli.media.spool"]
+    assert {"lipsync_cli.media.ffmpeg", "lipsync_cli.media.probe"} <= top["lipsync_cli.media.formats"]
+    assert "lipsync_cli.media.formats" in top["lipsync_cli.media.encode"]
+    assert not {(m, t) for m in media for t in inner[m] if t.startswith("lipsync_cli.media")}
+    assert "lipsync_cli.render" in top["lipsync_cli.dub"]  # the engine run, out of dub.py

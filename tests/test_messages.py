@@ -118,7 +118,7 @@ def test_summary_names_the_files_pixel_format_and_the_looping(clips, fake_ckpt, 
     stretched to the audio."""
     import re
 
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     def pix_fmt_said(stderr: str) -> str:
         return re.search(r"; libx264 (\S+) \((.*?)\) in mp4", summary(stderr)["wrote"]).group(1, 2)

@@ -17,11 +17,14 @@ import numpy as np
 import pytest
 from synth import make_audio, run_ffmpeg
 
-from lipsync_cli import blend, output_format
+from lipsync_cli import blend
 from lipsync_cli.dub import DubOptions, dub
 from lipsync_cli.errors import BadOption
-from lipsync_cli.output_format import EncodeOptions, plan_output
-from lipsync_cli.video import Colour, FrameReader, VideoWriter, probe
+from lipsync_cli.media import formats
+from lipsync_cli.media.decode import FrameReader
+from lipsync_cli.media.encode import VideoWriter
+from lipsync_cli.media.formats import EncodeOptions, plan_output
+from lipsync_cli.media.probe import Colour, probe
 
 SIZE = (128, 96)
 BOX = (48, 32, 80, 64)  # the face box of every dub here
@@ -169,7 +172,7 @@ def test_10bit_bt709_dub_keeps_depth_tags_rate_and_pixels_outside_the_box(src, t
 
 
 def test_pq_tags_and_hdr10_metadata_survive_another_pixel_format(src, tmp_path):
-    from lipsync_cli.video import hdr_metadata
+    from lipsync_cli.media.probe import hdr_metadata
 
     out = dub_to(src["pq"], src["speech"], tmp_path / "pq.mp4", vcodec="libx265", pix_fmt="yuv444p12le")
     info = probe(out)
@@ -296,16 +299,16 @@ def test_refused_before_any_work(encode, out, message):
 
 
 def test_hardware_encoder_refused_where_absent(monkeypatch):
-    monkeypatch.setattr(output_format, "encoders", lambda: {"libx264": "V", "h264_nvenc": "V"})
+    monkeypatch.setattr(formats, "encoders", lambda: {"libx264": "V", "h264_nvenc": "V"})
     with pytest.raises(BadOption, match="no hevc_videotoolbox encoder; it has: libx264, h264_nvenc"):
         EncodeOptions(vcodec="hevc_videotoolbox").validate("o.mp4")
-    monkeypatch.setattr(output_format, "_hardware_opens", lambda name: "Cannot load libcuda.so.1")
+    monkeypatch.setattr(formats, "_hardware_opens", lambda name: "Cannot load libcuda.so.1")
     with pytest.raises(BadOption, match=r"--vcodec hardware: no hardware H.264 encoder works.*lists h264_nvenc"):
         EncodeOptions(vcodec="hardware").validate("o.mp4")
-    monkeypatch.setattr(output_format, "_hardware_opens", lambda name: None)
-    assert output_format.resolve_vcodec("hardware") == "h264_nvenc"
+    monkeypatch.setattr(formats, "_hardware_opens", lambda name: None)
+    assert formats.resolve_vcodec("hardware") == "h264_nvenc"
     monkeypatch.undo()
-    if output_format._hardware_opens("h264_nvenc") is None:
+    if formats._hardware_opens("h264_nvenc") is None:
         pytest.skip("h264_nvenc works on this machine")
     with pytest.raises(BadOption, match="lists h264_nvenc but cannot open it"):
         EncodeOptions(vcodec="h264_nvenc").validate("o.mp4")
@@ -339,7 +342,7 @@ def test_acodec(src, tmp_path, acodec, suffix, codec):
 
 def test_acodec_copy_refused_when_the_container_cannot_hold_it(src, tmp_path):
     speech = make_audio(tmp_path / "speech.ogg", seconds=SECONDS, extra=["-c:a", "libvorbis"])
-    from lipsync_cli.video import probe_audio
+    from lipsync_cli.media.probe import probe_audio
 
     with pytest.raises(BadOption, match="vorbis audio does not go in .mov"):
         plan_output(probe(src["hevc10"]), EncodeOptions(acodec="copy"), tmp_path / "o.mov",

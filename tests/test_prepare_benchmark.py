@@ -75,7 +75,7 @@ def test_prepared_moving_faces_are_all_scored(tmp_path, scrfd_onnx, testmedia, f
     assert "| 2 |" in stdout and "videos" in stdout
     assert f"wrote {os.path.join('benchmark', 'benchmark.json')}" in err, err
     assert "warning" not in err, err
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     info = probe(out / "videos" / "spk00_00000__spk00_00000.mp4")
     assert (info.width, info.height) == (96, 96)  # the generator's input: one size per clip

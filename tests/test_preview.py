@@ -25,8 +25,8 @@ def _ink(img: np.ndarray) -> np.ndarray:
 
 def _preview(monkeypatch, faces: np.ndarray, width: int, height: int) -> np.ndarray:
     """The one frame ``write_preview`` draws for ``faces`` on a white ``width`` x ``height`` frame."""
-    from lipsync_cli import video
     from lipsync_cli.faces.preview import write_preview
+    from lipsync_cli.media import decode, encode, probe
 
     frames = []
 
@@ -47,9 +47,9 @@ def _preview(monkeypatch, faces: np.ndarray, width: int, height: int) -> np.ndar
         def write(self, frame):
             frames.append(frame.copy())
 
-    monkeypatch.setattr(video, "FrameReader", Reader)
-    monkeypatch.setattr(video, "VideoWriter", Writer)
-    monkeypatch.setattr(video, "probe", lambda path: SimpleNamespace(is_image=False, has_audio=False))
+    monkeypatch.setattr(decode, "FrameReader", Reader)
+    monkeypatch.setattr(encode, "VideoWriter", Writer)
+    monkeypatch.setattr(probe, "probe", lambda path: SimpleNamespace(is_image=False, has_audio=False))
     track = Track(width, height, 25.0, [faces], speaking=[SPEAKING])
     assert write_preview("in.mp4", track, "out.mp4", DISTANCES) == 1
     return frames[0]

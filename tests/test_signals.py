@@ -141,9 +141,9 @@ def test_sigkill_mid_dub_kills_ffmpeg_and_the_next_run_removes_its_temp(media, f
 def test_start_child_dies_with_its_parent_on_sigkill():
     """An ffmpeg that would run forever (no pipes to notice the parent's death) is killed with its parent."""
     code = ("import subprocess, time\n"
-            "from lipsync_cli import video\n"
-            "start = getattr(video, 'start_child', subprocess.Popen)\n"  # Popen: what the package used before
-            "p = start([video.find_ffmpeg(), '-nostdin', '-re', '-f', 'lavfi', '-i', 'anullsrc', '-f', 'null', '-'],"
+            "from lipsync_cli.media import ffmpeg\n"
+            "start = getattr(ffmpeg, 'start_child', subprocess.Popen)\n"  # Popen: what the package used before
+            "p = start([ffmpeg.find_ffmpeg(), '-nostdin', '-re', '-f', 'lavfi', '-i', 'anullsrc', '-f', 'null', '-'],"
             " stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,"
             " start_new_session=True)\n"
             "print(p.pid, flush=True)\n"
@@ -173,7 +173,7 @@ def test_stale_temps_of_dead_processes_are_removed(tmp_path):
     import numpy as np
 
     from lipsync_cli.files import atomic_write
-    from lipsync_cli.video import VideoWriter
+    from lipsync_cli.media.encode import VideoWriter
 
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its pid is free

@@ -339,7 +339,7 @@ def test_two_speakers_each_driven_by_their_own_track(two_people, two_track, fake
     from lipsync_cli.blend import crop_face, prepare_batch
     from lipsync_cli.constants import MEL_WINDOW
     from lipsync_cli.dub import dub
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     a = make_audio(tmp_path / "a.wav", seconds=0.8, kind="speechlike")
     b = make_audio(tmp_path / "b.wav", seconds=1.2, kind="sine")
@@ -400,8 +400,8 @@ def test_two_speakers_each_driven_by_their_own_track(two_people, two_track, fake
 
 
 def test_mono_speaker_tracks_mix_to_mono(tmp_path):
+    from lipsync_cli.media.probe import probe_audio
     from lipsync_cli.speakers import Voices, output_audio
-    from lipsync_cli.video import probe_audio
 
     a = make_audio(tmp_path / "a.wav", seconds=0.5, channels=1)
     b = make_audio(tmp_path / "b.wav", seconds=0.5, channels=1)

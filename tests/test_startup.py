@@ -14,7 +14,7 @@ from torch import nn
 
 from lipsync_cli.dub import STARTUP_PHASES, DubOptions, dub
 from lipsync_cli.errors import VideoOpenError
-from lipsync_cli.video import PendingProbe, probe
+from lipsync_cli.media.probe import PendingProbe, probe
 
 HEAVY = ("torch", "cv2", "librosa", "scipy", "onnxruntime", "insightface")
 BOX = (40, 20, 120, 100)

@@ -106,8 +106,8 @@ def test_trained_generator_dubs(generator_runs, tmp_path):
     from typer.testing import CliRunner
 
     from lipsync_cli.cli.app import app
+    from lipsync_cli.media.probe import probe
     from lipsync_cli.train.synthetic import make_synthetic_lrs2
-    from lipsync_cli.video import probe
 
     run, res = generator_runs["wav2lip"]
     src = tmp_path / "lrs2"

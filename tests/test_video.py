@@ -14,7 +14,6 @@ import pytest
 from conftest import media
 from synth import ffmpeg_exe, make_audio, make_image, make_video, run_ffmpeg
 
-from lipsync_cli import video
 from lipsync_cli.errors import (
     BadOption,
     EncodeError,
@@ -24,7 +23,10 @@ from lipsync_cli.errors import (
     NoVideoStream,
     VideoOpenError,
 )
-from lipsync_cli.video import FrameReader, VideoWriter, find_ffmpeg, probe, probe_audio
+from lipsync_cli.media.decode import QUEUE_FRAMES, FrameReader
+from lipsync_cli.media.encode import VideoWriter
+from lipsync_cli.media.ffmpeg import FFMPEG_ENV, find_ffmpeg
+from lipsync_cli.media.probe import _parse_header, has_audio, probe, probe_audio
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,9 +67,9 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 def test_find_ffmpeg_and_override(monkeypatch):
     exe = find_ffmpeg()
     assert Path(exe).exists()
-    monkeypatch.setenv(video.FFMPEG_ENV, exe)
+    monkeypatch.setenv(FFMPEG_ENV, exe)
     assert find_ffmpeg() == exe
-    monkeypatch.setenv(video.FFMPEG_ENV, "/nonexistent/ffmpeg")
+    monkeypatch.setenv(FFMPEG_ENV, "/nonexistent/ffmpeg")
     with pytest.raises(MediaError, match="LIPSYNC_FFMPEG"):
         find_ffmpeg()
 
@@ -82,7 +84,7 @@ def test_parse_header_old_style_rotation_and_attached_pic():
         "    Side data:\n"
         "      displaymatrix: rotation of -90.00 degrees\n"
         "  Stream #0:2: Video: mjpeg (Baseline), yuvj420p(pc), 300x300, 90k tbr, 90k tbn (attached pic)\n")
-    h = video._parse_header(text)
+    h = _parse_header(text)
     assert h.format_name == "mov,mp4,m4a,3gp,3g2,mj2"
     assert h.duration == pytest.approx(62.5)
     a, v, pic = h.streams
@@ -143,7 +145,7 @@ def test_probe_errors(tmp_path, clips):
         probe(clips["wav"])
     with pytest.raises(NoAudioStream, match="silent.mp4"):
         probe_audio(clips["silent"])
-    assert video.has_audio(clips["cfr"]) and not video.has_audio(clips["silent"])
+    assert has_audio(clips["cfr"]) and not has_audio(clips["silent"])
     assert probe_audio(clips["wav"]).sample_rate == 44100
 
 
@@ -294,7 +296,7 @@ def test_read_early_close_kills_ffmpeg_and_queue_is_bounded(clips):
     next(it)
     proc, thread, q = reader._proc, reader._thread, reader._queue
     thread.join(timeout=0.5)  # let the decode thread fill what it may
-    assert q.qsize() <= video.QUEUE_FRAMES  # bounded: the thread waits, it does not read ahead
+    assert q.qsize() <= QUEUE_FRAMES  # bounded: the thread waits, it does not read ahead
     reader.close()
     assert proc.poll() is not None and not thread.is_alive()
     assert not any(t.name == "lipsync-decode" and t is thread for t in threading.enumerate())

@@ -150,7 +150,7 @@ def test_registry_facts():
         "lpips-vgg": ("vgg16-397923af.pth", 553433881,
                       "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"),
     }
-    assert set(weights.REGISTRY) == set(expected)
+    assert set(weights.REGISTRY) - set(weights.GROUPS["musetalk"]) == set(expected)  # musetalk: test_musetalk.py
     for name, (file, size, sha) in expected.items():
         spec = weights.REGISTRY[name]
         assert (spec.file, spec.size, spec.sha256) == (file, size, sha)
@@ -169,7 +169,7 @@ def test_registry_facts():
     from lipsync_cli.checkpoint import KIND_NAMES
 
     assert all(s.arch in KIND_NAMES for s in weights.REGISTRY.values()
-               if s.arch not in ("insightface", "torchvision"))
+               if s.arch not in ("insightface", "torchvision") and s.kind != "musetalk")
 
 
 def test_weights_dirs_order_and_env(tmp_path, monkeypatch):
@@ -674,3 +674,61 @@ def test_lpips_trunk_of_the_wrong_file_is_refused(isolated, tmp_path, no_network
     torch.save({f"features.{i}.{p}": torch.zeros(2) for i in (0, 3, 6, 8, 10) for p in ("weight", "bias")}, path)
     with pytest.raises(CheckpointMismatch, match="does not fit the LPIPS alex trunk"):
         make_lpips("alex", True, "cpu")
+
+
+# --- MuseTalk 1.5: seven files in upstream's layout, no published checksums ------------------------------------
+
+def test_musetalk_registry_facts():
+    group = weights.GROUPS["musetalk"]
+    specs = [weights.REGISTRY[n] for n in group]
+    assert [(s.pack, s.file) for s in specs] == [
+        ("musetalk/musetalkV15", "unet.pth"), ("musetalk/musetalkV15", "musetalk.json"),
+        ("musetalk/sd-vae", "diffusion_pytorch_model.bin"), ("musetalk/sd-vae", "config.json"),
+        ("musetalk/whisper", "pytorch_model.bin"), ("musetalk/whisper", "config.json"),
+        ("musetalk/whisper", "preprocessor_config.json")]
+    hosts = {"musetalk/musetalkV15": "https://huggingface.co/TMElyralab/MuseTalk/resolve/main/musetalkV15/",
+             "musetalk/sd-vae": "https://huggingface.co/stabilityai/sd-vae-ft-mse/resolve/main/",
+             "musetalk/whisper": "https://huggingface.co/openai/whisper-tiny/resolve/main/"}
+    for s in specs:
+        assert s.urls == (hosts[s.pack] + s.file,)
+        assert s.size is None and s.sha256 is None and "could be verified" in s.unverified  # nothing invented
+        assert not s.non_commercial
+    assert "MIT" in weights.REGISTRY["musetalk_unet"].licence
+    assert weights.REGISTRY["sd_vae_ft_mse"].licence.startswith("MIT")
+    assert weights.REGISTRY["whisper_tiny"].licence.startswith("Apache-2.0")
+
+
+def test_cli_download_musetalk_group(server, isolated, monkeypatch):
+    """`lipsync weights download musetalk` fetches all seven files into <cache>/musetalk/ in upstream's layout
+    (one mirror folder per model: two of them are named config.json), says they are unverified, and `verify`
+    accepts them as such."""
+    from typer.testing import CliRunner
+
+    from lipsync_cli.cli import app
+
+    monkeypatch.setenv("LIPSYNC_WEIGHTS_MIRROR", f"{server.url}/good")
+    runner = CliRunner()
+    res = runner.invoke(app, ["weights", "download", "musetalk", "--quiet"])
+    assert res.exit_code == 0, res.output
+    got = sorted(str(p.relative_to(isolated)) for p in isolated.rglob("*") if p.is_file())
+    assert got == ["musetalk/musetalkV15/musetalk.json", "musetalk/musetalkV15/unet.pth",
+                   "musetalk/sd-vae/config.json", "musetalk/sd-vae/diffusion_pytorch_model.bin",
+                   "musetalk/whisper/config.json", "musetalk/whisper/preprocessor_config.json",
+                   "musetalk/whisper/pytorch_model.bin"]
+    assert all((isolated / p).read_bytes() == BODY for p in got)
+    assert sorted(p for p, _ in server.requests) == sorted(f"/good/{p}" for p in got)
+    assert res.output.count("unverified") == 7 and "no checksum to verify" in res.output
+    assert weights.find("sd_vae_ft_mse_config") == isolated / "musetalk/sd-vae/config.json"
+    res = runner.invoke(app, ["weights", "verify", "musetalk"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and res.output.count("unverified") == 7, res.output
+    res = runner.invoke(app, ["weights", "download", "musetalk", "--dir", str(isolated.parent / "w"), "-q"])
+    assert res.exit_code == 0 and (isolated.parent / "w/musetalk/whisper/config.json").is_file()
+
+
+def test_musetalk_offline_names_the_download(isolated, monkeypatch):
+    monkeypatch.setenv("LIPSYNC_OFFLINE", "1")
+    with pytest.raises(WeightsNotFound) as err:
+        weights.resolve("musetalk_unet")
+    msg = str(err.value)
+    assert "\n" not in msg and "`lipsync weights download musetalk`" in msg and "unet.pth" in msg
+    assert str(isolated / "musetalk" / "musetalkV15") in msg

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from synth import make_audio, make_video
 
-from lipsync_cli import video as video_mod
 from lipsync_cli.errors import WriteError
-from lipsync_cli.video import VideoWriter, find_ffmpeg
+from lipsync_cli.media import encode as encode_mod
+from lipsync_cli.media.encode import VideoWriter
+from lipsync_cli.media.ffmpeg import find_ffmpeg
 
 BOX = ("40", "20", "120", "100")
 posix_only = pytest.mark.skipif(os.name != "posix", reason="needs POSIX resource limits and /bin/sh")
@@ -54,7 +55,7 @@ def test_encoder_on_a_full_disk_is_a_write_error(tmp_path, monkeypatch):
     out = tmp_path / "out.mp4"
     full = tmp_path / ".out.mp4.lipsync-full.tmp.mp4"
     full.symlink_to("/dev/full")  # the encoder's temporary file is the full device
-    monkeypatch.setattr(video_mod, "temp_path", lambda path, suffix=".tmp": full, raising=False)
+    monkeypatch.setattr(encode_mod, "temp_path", lambda path, suffix=".tmp": full, raising=False)
     with pytest.raises(WriteError) as err:
         _write(out)
     assert str(err.value).startswith(f"could not write {out}: No space left on device")
@@ -93,11 +94,11 @@ def test_whole_files_pass_the_completeness_check(tmp_path):
     for suffix in (".mp4", ".mov", ".mkv"):
         out = tmp_path / f"ok{suffix}"
         _write(out, 5)
-        assert video_mod._incomplete(out, video_mod.VIDEO_SUFFIX_MUXERS[suffix]) is None
+        assert encode_mod._incomplete(out, encode_mod.VIDEO_SUFFIX_MUXERS[suffix]) is None
     data = (tmp_path / "ok.mp4").read_bytes()
     moov = data.index(b"moov") - 4
     (tmp_path / "nomoov.mp4").write_bytes(data[:moov] + b"\0\0\0\x08free" + data[moov + 8:])  # rename the box
-    assert "no moov box" in video_mod._incomplete(tmp_path / "nomoov.mp4", "mp4")
+    assert "no moov box" in encode_mod._incomplete(tmp_path / "nomoov.mp4", "mp4")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from lipsync_cli.errors import LipsyncError
 def unreadable(path: Path) -> str | None:
     """Why ``path`` cannot be opened as an input (the one check dub's own inputs get), or None."""
     from lipsync_cli.errors import InputNotFound
-    from lipsync_cli.video import _check_input
+    from lipsync_cli.media.probe import _check_input
 
     try:
         _check_input(path)

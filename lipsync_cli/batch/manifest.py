@@ -34,7 +34,7 @@ from typing import Any
 from lipsync_cli.dub import OUTPUT_SUFFIXES, DubOptions
 from lipsync_cli.errors import BadOption, InputNotFound, LipsyncError
 from lipsync_cli.faces.track import TrackOptions
-from lipsync_cli.output_format import EncodeOptions, default_suffix
+from lipsync_cli.media.formats import EncodeOptions, default_suffix
 
 MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml"}
 JOB_COLUMNS = ("video", "audio", "output")

@@ -54,7 +54,8 @@ def limit_threads(threads: int) -> None:
 
 def _generator(options, device: str):
     from lipsync_cli.device import resolve_precision
-    from lipsync_cli.dub import load_dub_generator, prepare_for_inference
+    from lipsync_cli.dub import load_dub_generator
+    from lipsync_cli.render import prepare_for_inference
 
     precision = resolve_precision(options.precision, device)
     key = (str(options.checkpoint), options.arch, device, precision)
@@ -76,7 +77,7 @@ def _detector(options, device: str):
 
 def _probe(video: Path):
     """The probe of ``video``, made once per worker for all the jobs of that file (as long as it is unchanged)."""
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     st = video.stat()
     key = (str(video.resolve()), st.st_size, st.st_mtime_ns)

@@ -137,7 +137,7 @@ def detect(
     from lipsync_cli.batch.manifest import build_options
     from lipsync_cli.device import resolve_device
     from lipsync_cli.errors import BadOption, InputNotFound
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     if not video.is_file():
         raise InputNotFound(f"video file not found: {video}")

@@ -32,7 +32,7 @@ def inspect_audio(
     options = VadOptions(method=vad, min_pause=min_pause)
     options.validate()
     if video is not None:
-        from lipsync_cli.video import probe
+        from lipsync_cli.media.probe import probe
 
         fps = float(probe(video).fps)
     if not (0 < fps <= 240):

@@ -39,7 +39,7 @@ def list_cmd() -> None:
     for row in weights.status_rows():
         if row["path"] is None:
             where = "[red]missing[/]"
-        elif row["found_size"] != row["size"]:
+        elif row["size"] is not None and row["found_size"] != row["size"]:
             where = f"[red]wrong size[/] {escape(str(row['path']))} ({weights.human_size(row['found_size'])})"
         else:
             where = f"[green]yes[/] {escape(str(row['path']))}"
@@ -59,7 +59,8 @@ def list_cmd() -> None:
 
 @weights_app.command("download")
 def download_cmd(
-    names: Annotated[list[str], typer.Argument(help="Registry names (see `lipsync weights list`).")],
+    names: Annotated[list[str], typer.Argument(
+        help="Registry names (see `lipsync weights list`), or a group: musetalk (its 7 files).")],
     dir: Annotated[Path | None, typer.Option(
         "--dir", help="Folder to write into (default: the user cache; insightface: $INSIGHTFACE_HOME/models/"
                       "<pack>; torchvision's LPIPS trunks: $TORCH_HOME/hub/checkpoints)."
@@ -79,16 +80,18 @@ def download_cmd(
     from lipsync_cli import weights
     from lipsync_cli.errors import DownloadError
 
-    specs = [weights.get_spec(n) for n in names]  # unknown names fail before anything is fetched
+    specs = [weights.get_spec(n) for n in weights.expand_names(names)]  # unknown names fail before any fetch
     if weights.is_offline():
         raise DownloadError("LIPSYNC_OFFLINE is set: not downloading", "unset LIPSYNC_OFFLINE to download")
     err = _console(stderr=True)
     for spec in specs:
-        target = Path(dir) if dir is not None else weights.default_dir(spec)
+        target = weights.folder_in(spec, dir) if dir is not None else weights.default_dir(spec)
         urls = weights.urls_for(spec)
         source = urls[0] if urls else "?"
         err.print(f"{spec.name}: {spec.file}, {weights.human_size(spec.size)} from {source} into {target}")
         err.print(f"  licence: {spec.licence}")
+        if spec.sha256 is None:
+            err.print(f"  [yellow]unverified[/]: {spec.unverified}")
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                       TimeRemainingColumn(), console=err, disable=quiet, transient=False) as bar:
             task = bar.add_task(spec.name, total=spec.size)
@@ -97,7 +100,7 @@ def download_cmd(
                 _bar.update(_task, completed=done, total=total)
 
             path = weights.download(spec.name, target, progress=progress, notify=err.print)
-        err.print(f"  [green]ok[/] {path} (sha256 verified)")
+        err.print(f"  [green]ok[/] {path} " + ("(sha256 verified)" if spec.sha256 else "(no checksum to verify)"))
 
 
 @weights_app.command("verify")
@@ -109,7 +112,8 @@ def verify_cmd(
 
     from lipsync_cli import weights
 
-    for n in names or []:
+    names = weights.expand_names(names or [])
+    for n in names:
         weights.get_spec(n)
     results = weights.verify(names or None)
     out = _console()
@@ -120,7 +124,8 @@ def verify_cmd(
     for col in ("name", "path", "result"):
         table.add_column(col, overflow="fold")
     for r in results:
-        table.add_row(r.name, str(r.path), "[green]ok[/]" if r.ok else f"[red]MISMATCH[/] {r.reason}")
+        result = ("[green]ok[/]" + (f" ({r.reason})" if r.reason else "")) if r.ok else f"[red]MISMATCH[/] {r.reason}"
+        table.add_row(r.name, str(r.path), result)
     out.print(table)
     bad = [r for r in results if not r.ok]
     if bad:

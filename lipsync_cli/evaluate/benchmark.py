@@ -282,7 +282,7 @@ def _safe(clip: str) -> str:
 
 def _write_clip_video(frames: list[np.ndarray], out: Path, fps: float = DEFAULT_FPS) -> Path:
     """The real clip as a (near-lossless, crf 0) mp4, the input ``dub`` needs."""
-    from lipsync_cli.video import VideoWriter
+    from lipsync_cli.media.encode import VideoWriter
 
     h, w = frames[0].shape[:2]
     with VideoWriter(out, w, h, fps, crf=0, preset="veryfast") as writer:

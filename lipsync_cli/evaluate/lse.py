@@ -232,10 +232,10 @@ def score_clip(
 
 def _ffmpeg() -> str:
     try:
-        from lipsync_cli.video import find_ffmpeg
+        from lipsync_cli.media.ffmpeg import find_ffmpeg
 
         return str(find_ffmpeg())
-    except ImportError:  # video.py not there yet
+    except ImportError:  # lipsync_cli.media not there yet
         import imageio_ffmpeg
 
         return imageio_ffmpeg.get_ffmpeg_exe()
@@ -276,7 +276,7 @@ def read_pcm16(path: str | os.PathLike) -> np.ndarray:
         "s16le",
         "pipe:1",
     ]
-    from lipsync_cli.video import run_child
+    from lipsync_cli.media.ffmpeg import run_child
 
     proc = run_child(args, check=False, capture_output=True)
     err = proc.stderr.decode(errors="replace").strip()
@@ -294,7 +294,7 @@ def read_pcm16(path: str | os.PathLike) -> np.ndarray:
 
 def read_frames(path: str | os.PathLike, fps: float = SYNC_FPS) -> list[np.ndarray]:
     """Every frame of ``path`` resampled to ``fps`` (BGR uint8)."""
-    from lipsync_cli.video import FrameReader
+    from lipsync_cli.media.decode import FrameReader
 
     with FrameReader(path, fps=fps) as reader:
         return list(reader)
@@ -310,7 +310,7 @@ def _resized_frames(
     ``boxes``)."""
     import cv2
 
-    from lipsync_cli.video import FrameReader
+    from lipsync_cli.media.decode import FrameReader
 
     out = []
     with FrameReader(path, fps=SYNC_FPS) as reader:
@@ -510,7 +510,7 @@ def score_video(
     pcm = read_pcm16(path)
     # frame 0 is the first video frame; the audio is on the file's timeline: skip what precedes the video (0 s
     # in generated videos, where this is the reference's computation exactly)
-    from lipsync_cli.video import probe
+    from lipsync_cli.media.probe import probe
 
     pcm = pcm[round(probe(path).start_time * SAMPLE_RATE) :]
     first = 0

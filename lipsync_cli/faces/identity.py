@@ -296,7 +296,7 @@ def embed_track(video: str | os.PathLike, track, models: IdentityModels, *, samp
             if progress is not None:
                 progress(1)
     else:
-        from lipsync_cli.video import FrameReader
+        from lipsync_cli.media.decode import FrameReader
 
         last = max(todo)
         with FrameReader(video, fps=None if info is not None and info.is_image else track.fps, info=info,
@@ -355,7 +355,7 @@ def _read_image(path: Path) -> np.ndarray:
 
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:  # formats OpenCV cannot read: through ffmpeg
-        from lipsync_cli.video import FrameReader
+        from lipsync_cli.media.decode import FrameReader
 
         with FrameReader(path) as reader:
             image = next(iter(reader))
@@ -364,7 +364,8 @@ def _read_image(path: Path) -> np.ndarray:
 
 def frame_at(video: str | os.PathLike, index: int | None = None, seconds: float | None = None) -> np.ndarray:
     """Frame ``index`` (or the frame at ``seconds``) of a video, full resolution; a still image's only frame."""
-    from lipsync_cli.video import FrameReader, probe
+    from lipsync_cli.media.decode import FrameReader
+    from lipsync_cli.media.probe import probe
 
     info = probe(video)
     if info.is_image:

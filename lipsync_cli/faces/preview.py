@@ -105,7 +105,9 @@ def write_preview(video: str | os.PathLike, track, out: str | os.PathLike, dista
     """Write ``out`` (an .mp4 with the video's audio): every frame of ``video`` with the faces of ``track``
     drawn and labelled (:func:`draw_faces`). Returns the frames written. ``info``: the video's probe, when the
     caller has it."""
-    from lipsync_cli.video import FrameReader, VideoWriter, probe
+    from lipsync_cli.media.decode import FrameReader
+    from lipsync_cli.media.encode import VideoWriter
+    from lipsync_cli.media.probe import probe
 
     info = info or probe(video)
     labels = preview_labels(track, distances)

@@ -643,7 +643,8 @@ def track_video(path: str | Path, detector, *, fps: float | None = None, det_siz
     :func:`detect_faces`. Tracks keep every detection; :func:`face_boxes` chooses the face.
     ``info``: the file's ``probe`` result, when the caller has it.
     """
-    from lipsync_cli.video import FrameReader, probe
+    from lipsync_cli.media.decode import FrameReader
+    from lipsync_cli.media.probe import probe
 
     info = info or probe(path)
     size = detection_frame_size(info, det_size)

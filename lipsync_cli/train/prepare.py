@@ -151,7 +151,7 @@ def find_clips(lrs2_root: str | os.PathLike, pretrain: bool = False) -> list[Cli
 
 
 def _extract_audio(src: Path, dst: Path) -> None:
-    from lipsync_cli.video import find_ffmpeg
+    from lipsync_cli.media.ffmpeg import find_ffmpeg
 
     cmd = [
         find_ffmpeg(),
@@ -199,7 +199,8 @@ def prepare_clip(job: ClipJob, out_root: Path, detector, options: PrepareOptions
     Raises LipsyncError (or a media error) naming why the clip cannot be used, WriteError when an output
     cannot be written (nothing of the clip is left then)."""
     from lipsync_cli.faces.track import TrackOptions, face_boxes, track_video
-    from lipsync_cli.video import FrameReader, has_audio
+    from lipsync_cli.media.decode import FrameReader
+    from lipsync_cli.media.probe import has_audio
 
     if not job.src.is_file():
         raise InputNotFound(f"video missing: {job.src}")

@@ -186,7 +186,7 @@ def make_synthetic_dataset(
 
 def _ffmpeg() -> str:
     try:
-        from lipsync_cli.video import find_ffmpeg
+        from lipsync_cli.media.ffmpeg import find_ffmpeg
 
         return str(find_ffmpeg())
     except ImportError:

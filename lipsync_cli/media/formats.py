@@ -3,8 +3,8 @@
 ``EncodeOptions`` is what the user asks (``--vcodec``, ``--pix-fmt``, ``--profile``, ``--acodec``, ``--keep-streams``,
 ``--language``); ``EncodeOptions.validate(output)`` refuses what cannot work before any frame is decoded (an encoder
 this ffmpeg lacks, a codec the container cannot hold, a profile or pixel format the encoder does not have).
-``plan_output(source, options, out)`` turns it, with what ``video.probe`` learnt about the source, into an
-``EncodePlan``: the ffmpeg arguments ``video.VideoWriter`` adds, the bit depth of the frames through the pipeline
+``plan_output(source, options, out)`` turns it, with what ``probe.probe`` learnt about the source, into an
+``EncodePlan``: the ffmpeg arguments ``encode.VideoWriter`` adds, the bit depth of the frames through the pipeline
 (8 or 16 bits per channel) and one-line notes for the user (an odd size encoded 4:4:4, a stream that was dropped).
 
 The rules, in one place:
@@ -29,12 +29,10 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lipsync_cli.errors import BadOption
-
-if TYPE_CHECKING:
-    from lipsync_cli.video import AudioInfo, VideoInfo
+from lipsync_cli.media.ffmpeg import find_ffmpeg, run_child
+from lipsync_cli.media.probe import AudioInfo, VideoInfo, hdr_metadata
 
 # suffix -> muxer (one table for VideoWriter and the rules here)
 MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -116,8 +114,6 @@ def resolve_vcodec(vcodec: str) -> str:
 
 
 def _ffmpeg_text(*args: str) -> str:
-    from lipsync_cli.video import find_ffmpeg, run_child
-
     proc = run_child([find_ffmpeg(), "-nostdin", "-hide_banner", *args], check=False, capture_output=True,
                      text=True, errors="replace")
     return proc.stdout + proc.stderr
@@ -510,8 +506,6 @@ def plan_output(source: VideoInfo, options: EncodeOptions, out: str | Path, *, c
     vargs = ["-vf", ",".join(filters), "-c:v", vcodec, "-pix_fmt", fmt, *tags]
     hdr = []
     if c.trc in HDR_TRANSFERS and not source.is_image:
-        from lipsync_cli.video import hdr_metadata
-
         meta = hdr_metadata(source)
         if meta is not None and vcodec == "libx265":
             hdr = ["hdr10=1", *meta.x265_params()]

@@ -1,0 +1,325 @@
+"""The engine run of a dub: decode -> prepare -> generate -> blend (-> enhance) -> hand-off -> encode, each stage in
+its own thread (``_EngineRun``, on ``lipsync_cli.engine``), joined by bounded queues; the frames in flight are bounded
+in bytes. ``prepare_for_inference`` readies the generator once, ``generate`` runs it on a batch of face crops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lipsync_cli import blend as blending
+from lipsync_cli.constants import MEL_WINDOW
+from lipsync_cli.device import device_type
+from lipsync_cli.faces.track import Box
+
+if TYPE_CHECKING:
+    from lipsync_cli.dub import ProgressFn
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the engine: decode -> prepare -> generate -> blend (-> enhance) -> hand-off -> encode
+
+
+QUEUE_BATCHES = 2  # batches a queue between two stages holds: the next one is ready when a stage finishes one
+
+
+def engine_batch_frames(batch_size: int, max_pending_bytes: int, frame_bytes: int) -> int:
+    """Frames per engine batch: the generator batch, but at most half of what the byte budget holds, so two
+    batches can be in flight at once (one generated while the one before is blended and encoded)."""
+    return max(1, min(batch_size, max_pending_bytes // max(1, frame_bytes) // 2))
+
+
+@dataclass
+class _Batch:
+    """Consecutive output frames on their way through the stages."""
+
+    items: list[tuple[int, np.ndarray, list[tuple[Box, int]]]]  # (output index, frame, [(box, voice)])
+    idx: list[tuple[int, Box, int]] = field(default_factory=list)  # every face: (frame in batch, box, voice)
+    crops: object = None  # (b, 96, 96, 3) uint8 torch tensor (pinned for CUDA)
+    mels: object = None  # (b, 1, 80, 16) float32 torch tensor
+    mouths: np.ndarray | None = None  # (b, 96, 96, 3) uint8
+    planned_out: set[int] = field(default_factory=set)  # output frames whose faces the MouthPlan left untouched
+    held: list[tuple[int, int]] = field(default_factory=list)  # (voice, pause) whose held mouth this batch makes
+
+
+@dataclass
+class _EngineRun:
+    """One streaming run of ``dub``: the stage functions, their shared state and what they counted.
+
+    Threads (``lipsync-<stage>``): decode (frames, grouped in batches of ``batch_frames``), prepare (crops and
+    mel windows as torch tensors), generate (on the device, uint8 in and out), blend, enhance (with
+    ``--enhance``), encode; the caller's thread hands the blended frames over in order (``frame_sink``,
+    progress, no-face list). Frames count against ``budget_bytes`` from decode until the encoder wrote them."""
+
+    model: object
+    device: str
+    precision: str
+    gen: dict  # {"batch": generator micro-batch}; halved for good on out-of-memory
+    mel_ts: list  # one (80, T) float32 tensor per voice
+    starts: np.ndarray  # mel window start of each output frame
+    blend_mode: str
+    enhancer: object
+    faces_of: Callable[[int], list[tuple[Box, int]]]
+    frame_bytes: int
+    batch_frames: int
+    budget_bytes: int
+    n_out: int
+    stage_s: dict[str, float]
+    stage_n: dict[str, int]
+    frame_sink: Callable[[int, np.ndarray], None] | None = None
+    progress: ProgressFn | None = None
+    # pauses and segments (lipsync_cli.silence): None is the speech-driven mouth on every face of every frame
+    plan: object = None  # MouthPlan
+    silent_mel: object = None  # (80, 16) float32 tensor: the mel window of digital silence
+    held_mouths: dict = field(default_factory=dict)  # (voice, pause) -> (96, 96, 3) uint8, set by generate
+    held_asked: set = field(default_factory=set)  # (voice, pause) whose mouth prepare asked for (in its thread)
+    # results
+    frames: int = 0
+    n_faces: int = 0
+    no_face: list[int] = field(default_factory=list)
+    queue_stats: dict[str, dict] = field(default_factory=dict)
+    peak_bytes: int = 0
+    wall: float = 0.0
+
+    # -- the stages (each runs in its own thread, except hand_off) --------------------------------------------
+    def decode(self, open_frames: Callable[[], Iterator[tuple[int, np.ndarray]]], out, budget, stop) -> None:
+        from lipsync_cli.engine import END
+
+        frames = open_frames()
+        try:
+            batch: list = []
+            planned: set[int] = set()
+            i = 0
+            while True:
+                budget.acquire(self.frame_bytes, stop)  # before decoding: the budget covers this frame too
+                t = time.perf_counter()
+                try:
+                    src, frame = next(frames)
+                except StopIteration:
+                    budget.release(self.frame_bytes)
+                    break
+                self.stage_s["decode"] += time.perf_counter() - t
+                self.stage_n["decode"] += 1
+                faces = self.faces_of(src)
+                if self.plan is not None and faces:
+                    kept = [(box, v) for box, v in faces if self.plan.needs_face(v, i)]
+                    if len(kept) < len(faces):
+                        planned.add(i)
+                    faces = kept
+                batch.append((i, frame, faces))
+                i += 1
+                if len(batch) >= self.batch_frames:
+                    out.put(_Batch(batch, planned_out=planned))
+                    batch, planned = [], set()
+            if batch:
+                out.put(_Batch(batch, planned_out=planned))
+            out.put(END)
+        finally:
+            frames.close()  # stops the decoder (ffmpeg, its thread, the spool) on every path, in this thread
+
+    def prepare(self, b: _Batch) -> _Batch:
+        import torch
+
+        t = time.perf_counter()
+        b.idx = [(k, box, v) for k, (_, _, fs) in enumerate(b.items) for box, v in fs]
+        if b.idx:
+            # the faces the generator sees: each face's own crop and mel window, where the speech drives it, and
+            # the reference crop of each pause that starts here, with the silent window (--silence hold)
+            crops, mels = [], []
+            for k, box, v in b.idx:
+                i = b.items[k][0]
+                crop = None
+                if self.plan is None or self.plan.needs_speech(v, i):
+                    crop = blending.crop_face(b.items[k][1], box)
+                    crops.append(crop)
+                    s = self.starts[i]
+                    mels.append(self.mel_ts[v][:, s:s + MEL_WINDOW])
+                if self.plan is not None and self.plan.needs_held(v, i):
+                    key = (v, int(self.plan.pause[v, i]))
+                    if key not in self.held_asked:  # the pause's first frame: its crop is the reference
+                        self.held_asked.add(key)
+                        b.held.append(key)
+                        crops.append(crop if crop is not None else blending.crop_face(b.items[k][1], box))
+                        mels.append(self.silent_mel)
+            if crops:
+                # (n, 96, 96, 3) uint8: all crops are taken before any face of a frame is blended
+                b.crops = torch.from_numpy(np.stack(crops))
+                b.mels = torch.stack(mels).unsqueeze(1)  # (n, 1, 80, 16)
+            else:
+                b.crops = None
+            if device_type(self.device) == "cuda":  # page-locked: the upload is a DMA that overlaps compute
+                b.crops, b.mels = b.crops.pin_memory(), b.mels.pin_memory()
+        self.stage_s["prepare"] += time.perf_counter() - t
+        self.stage_n["prepare"] += len(b.items)
+        return b
+
+    def generate(self, b: _Batch) -> _Batch:
+        if b.crops is not None:
+            t = time.perf_counter()
+            b.mouths = generate(self.model, b.mels, b.crops, self.device, self.precision, self.gen)
+            n = len(b.mouths)
+            b.crops = b.mels = None
+            if b.held:  # the held mouths come last: kept for every frame of their pause
+                for key, mouth in zip(b.held, b.mouths[n - len(b.held):]):
+                    self.held_mouths[key] = mouth.copy()
+                b.mouths = b.mouths[:n - len(b.held)]
+            self.stage_s["generate"] += time.perf_counter() - t
+            self.stage_n["generate"] += n
+        return b
+
+    def blend(self, b: _Batch) -> _Batch:
+        t = time.perf_counter()
+        if b.idx and self.plan is None:
+            for g, (k, box, _) in zip(b.mouths, b.idx):
+                blending.blend(b.items[k][1], g, box, self.blend_mode)
+        elif b.idx:
+            from lipsync_cli.silence import mix_mouths, mix_region
+
+            made = iter(b.mouths) if b.mouths is not None else iter(())
+            for k, box, v in b.idx:
+                frame, i = b.items[k][1], b.items[k][0]
+                w = float(self.plan.speech[v, i])
+                speech = next(made) if w > 0 else None
+                held = self.held_mouths[(v, int(self.plan.pause[v, i]))] if w < 1 else None
+                alpha = float(self.plan.alpha[v, i])
+                x1, y1, x2, y2 = box
+                before = frame[y1:y2, x1:x2].copy() if alpha < 1 else None
+                blending.blend(frame, mix_mouths(speech, held, w), box, self.blend_mode)
+                if before is not None:
+                    mix_region(frame, before, box, alpha)
+        b.mouths = None
+        self.stage_s["blend"] += time.perf_counter() - t
+        self.stage_n["blend"] += len(b.items)
+        return b
+
+    def enhance(self, b: _Batch) -> _Batch:
+        if b.idx:
+            t = time.perf_counter()
+            self.enhancer.apply([b.items[k][1] for k, _, _ in b.idx], [box for _, box, _ in b.idx])
+            self.stage_s["enhance"] += time.perf_counter() - t
+            self.stage_n["enhance"] += len(b.idx)
+        return b
+
+    def hand_off(self, b: _Batch, out) -> None:
+        """In the caller's thread, in output order: the no-face list, ``frame_sink``, progress, the encoder."""
+        self.n_faces += len(b.idx)
+        for i, frame, fs in b.items:
+            if not fs and i not in b.planned_out:
+                self.no_face.append(i)
+            if self.frame_sink is not None:
+                self.frame_sink(i, frame)
+            out.put(frame)
+        self.frames += len(b.items)
+        if self.progress:
+            if self.enhancer is not None:
+                self.progress("enhance", len(b.items), self.n_out)
+            self.progress("dub", len(b.items), self.n_out)
+
+    def encode(self, writer, inbox, budget) -> None:
+        from lipsync_cli.engine import END
+
+        while (frame := inbox.get()) is not END:
+            t = time.perf_counter()
+            writer.write(frame)
+            self.stage_s["encode"] += time.perf_counter() - t
+            self.stage_n["encode"] += 1
+            budget.release(self.frame_bytes)
+
+    # -- wiring ----------------------------------------------------------------------------------------------
+    def run(self, open_frames: Callable[[], Iterator[tuple[int, np.ndarray]]], writer) -> None:
+        """Stream every frame of ``open_frames()`` through the stages into ``writer``; raises the first error of
+        any stage (after stopping and joining them all)."""
+        from lipsync_cli.engine import END, ByteBudget, Pipeline
+
+        t0 = time.perf_counter()
+        pipe = Pipeline()
+        budget = ByteBudget(self.budget_bytes)
+        q = QUEUE_BATCHES
+        decoded, prepared = pipe.channel("decode>prepare", q), pipe.channel("prepare>generate", q)
+        generated = pipe.channel("generate>blend", q)
+        blended = pipe.channel("blend>enhance" if self.enhancer is not None else "blend>out", q)
+        pipe.spawn("decode", lambda: self.decode(open_frames, decoded, budget, pipe.stop))
+        pipe.map("prepare", self.prepare, decoded, prepared)
+        pipe.map("generate", self.generate, prepared, generated)
+        pipe.map("blend", self.blend, generated, blended)
+        if self.enhancer is not None:
+            enhanced = pipe.channel("enhance>out", q)
+            pipe.map("enhance", self.enhance, blended, enhanced)
+            blended = enhanced
+        to_encoder = pipe.channel("out>encode", q * self.batch_frames, unit="frames")
+        pipe.spawn("encode", lambda: self.encode(writer, to_encoder, budget))
+        try:
+            pipe.run(blended, lambda b: self.hand_off(b, to_encoder), on_end=lambda: to_encoder.put(END))
+        finally:
+            self.queue_stats = pipe.queue_stats()
+            self.peak_bytes = budget.peak
+            self.wall = time.perf_counter() - t0
+
+
+def prepare_for_inference(model, device: str, precision: str = "fp32"):
+    """Eval mode on ``device``, BatchNorm folded into the convolutions, channels-last memory (faster on CPU and
+    tensor cores), and the weights cast once to ``precision`` (bf16/fp16: half the bytes, no autocast re-casting
+    them on every call; fp32 unchanged). fp32 outputs equal the unfused model's to float rounding. On CUDA,
+    cuDNN picks its fastest kernels for the (fixed) input shapes. A model this returned for the same device and
+    precision is returned as it is: a batch worker prepares its generator once, not once per job (the fold copies
+    the network, ~1.5 s for Wav2Lip on a 2-core CPU)."""
+    import torch
+
+    from lipsync_cli.device import amp_dtype
+    from lipsync_cli.models.fuse import fuse_conv_bn
+
+    if getattr(model, "_prepared_for", None) == (str(device), precision):
+        return model
+    if device_type(device) == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = fuse_conv_bn(model.eval())
+    dtype = amp_dtype(precision)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    model = model.to(device=device, memory_format=torch.channels_last)
+    model._prepared_for = (str(device), precision)
+    return model
+
+
+def generate(model, mels, crops, device: str, precision: str, state: dict) -> np.ndarray:
+    """Run the generator on (B, 1, 80, 16) float32 mels and (B, 96, 96, 3) uint8 face crops (torch tensors, pinned
+    for CUDA) -> the (B, 96, 96, 3) uint8 mouths, in micro-batches of ``state["batch"]``.
+
+    On the device: the masking and scaling of ``blend.prepare_batch`` (``prepare_batch_tensor``), the model in
+    ``precision`` (cast once by ``prepare_for_inference``), the rounding of ``blend.to_uint8``; only uint8
+    crosses the bus, asynchronously on CUDA (pinned memory), with one synchronisation per call. On a device
+    out-of-memory error (CUDA or MPS, see ``device.is_out_of_memory``) the micro-batch is halved in ``state``
+    and the batch retried, so the smaller size sticks for the rest of the run; at 1 the error is raised."""
+    import torch
+
+    from lipsync_cli.device import amp_dtype, empty_cache, is_out_of_memory
+
+    dtype = amp_dtype(precision) or torch.float32
+    cuda = device_type(device) == "cuda"
+    out = torch.empty(tuple(crops.shape), dtype=torch.uint8, pin_memory=cuda)  # (B, 96, 96, 3)
+    k = 0
+    while k < len(crops):
+        b = max(1, int(state["batch"]))
+        try:
+            with torch.inference_mode():
+                faces = blending.prepare_batch_tensor(crops[k:k + b].to(device, non_blocking=cuda))  # (b, 6, 96, 96)
+                pred = model(mels[k:k + b].to(device, non_blocking=cuda).to(dtype), faces.to(dtype))
+                out[k:k + b].copy_(blending.to_uint8_tensor(pred), non_blocking=cuda)  # into pinned memory
+            k += b
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err) or b == 1:
+                raise
+            empty_cache(device)
+            state["batch"] = b // 2
+            log.warning("out of %s memory at batch %d; using batch %d from now on", device, b, b // 2)
+    if cuda:
+        torch.cuda.current_stream(device).synchronize()  # the non-blocking downloads have landed
+    return out.numpy()
