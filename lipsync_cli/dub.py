@@ -686,7 +686,9 @@ def _render(run: _EngineRun, video: Path, audio: Path | None, out: Path, options
         sound = segment_audio(plan.segments, audio, video, n_out / fps, options.me)
     else:
         sound = output_audio(plan.voices) if plan.voices is not None else nullcontext(audio)
-    with sound as mux, VideoWriter(out, info.width, info.height, fps, audio_path=mux, plan=plan.output) as writer:
+    with sound as mux, VideoWriter(out, info.width, info.height, fps, audio_path=mux, plan=plan.output,
+                                   audio_info=plan.audio_info if audio is not None and mux == audio else None
+                                   ) as writer:
         run.run(lambda: output_frames(video, info.is_image, fps, n_out, options.loop, info=info,
                                       stats=decode_stats, depth=plan.output.depth), writer)
     if run.frames == 0:

@@ -116,7 +116,7 @@ def write_preview(video: str | os.PathLike, track, out: str | os.PathLike, dista
     with FrameReader(video, fps=None if info.is_image else track.fps, info=info,
                      still_frames=len(track) if info.is_image else None) as reader, \
             VideoWriter(out, reader.width, reader.height, track.fps, audio_path=audio, preset="veryfast",
-                        shortest=audio is not None) as writer:
+                        shortest=audio is not None, audio_info=info.audio if audio is not None else None) as writer:
         for j, frame in enumerate(reader):
             if j < len(track):
                 draw_faces(frame, track.faces[j], labels[j])
