@@ -11,6 +11,14 @@ the released files).
     uv run python benchmarks/dub_bench.py --rss-seconds 60 300 1200   # 1, 5 and 20 minutes (long)
     uv run python benchmarks/dub_bench.py --skip baseline box s3fd --loop-seconds 20 45  # what looping costs
     uv run python benchmarks/dub_bench.py --skip baseline box s3fd --enhance   # --enhance: with and without
+    uv run python benchmarks/dub_bench.py --issue-rows         # issue 20's speed rows (30 s and 5 s clips, SCRFD)
+    uv run python benchmarks/dub_bench.py --issue-rows --row-seconds 10 3   # the same rows, shorter (iterating)
+
+``--issue-rows`` measures, in one run and as a user would (a whole process each, interpreter start-up included):
+the clip looped to 30 s (720p30), fixed box, default precision, against the baseline on the same clip (ratio of
+process times, and peak RSS); the same 30 s with SCRFD detection (frames/s over the whole process); and a 5 s
+clip against the baseline, with the share of start-up in each. Each lipsync row also shows its CPU seconds
+(process and ffmpeg) and how they packed on the cores (``--stats``' packing figure).
 """
 
 from __future__ import annotations
@@ -78,7 +86,8 @@ def run_lipsync(args) -> dict:
             "precision": res.precision, "batch": res.batch_size, "peak_rss_mb": peak_rss_mb(),
             "decoded_frames": res.decoded_frames, "device": res.device, "startup": res.startup,
             "peak_gpu_mb": peak_gpu_mb(res.device), "encoding": res.encoding,
-            "stream_s": res.stream_seconds, "queue_stats": res.queue_stats}
+            "stream_s": res.stream_seconds, "queue_stats": res.queue_stats,
+            "cpu": res.cpu.as_dict() if getattr(res, "cpu", None) is not None else None}
 
 
 def peak_gpu_mb(device: str) -> float | None:
@@ -184,6 +193,48 @@ def loop_media(src_video: Path, src_audio: Path, seconds: float, out_dir: Path,
     return v, a
 
 
+def _row(name: str, r: dict, base: dict | None = None) -> str:
+    """One --issue-rows line: frames/s over the whole process (start-up included) and inside the call, the
+    start-up share, the ratio to ``base`` (process time over process time), peak RSS, CPU seconds and packing."""
+    fps_proc = r["frames"] / r["process_s"]
+    # CPU seconds (ffmpeg included) are the figure a loaded machine distorts least
+    ratio = (f", {base['process_s'] / r['process_s']:.2f}x baseline ({base['cpu_s'] / r['cpu_s']:.2f}x in CPU "
+             "seconds)") if base else ""
+    # start-up: the interpreter and imports before the call, and inside dub() what it did before the first frame
+    startup_s = r["process_s"] - r["wall_s"] + (r.get("startup") or {}).get("total", 0.0)
+    cpu = r.get("cpu")
+    packing = ""
+    if cpu:
+        total = cpu["process"] + cpu["children"]
+        packing = (f"; streaming CPU {total:.1f} s ({1000 * total / r['frames']:.1f} ms a frame), wall "
+                   f"{r['stream_s'] / (total / cpu['cores']):.2f}x the CPU / {cpu['cores']} cores")
+    return (f"  {name}: {r['frames']} frames, process {r['process_s']:.1f} s = {fps_proc:.2f} frames/s with "
+            f"start-up ({startup_s:.1f} s, {100 * startup_s / r['process_s']:.0f}% of it){ratio}; in the call "
+            f"{r['fps']:.2f} frames/s; peak RSS {r['peak_rss_mb']:.0f} MB; CPU {r['cpu_s']:.1f} s with "
+            f"ffmpeg{packing}")
+
+
+def issue_rows(args, ckpt: Path, work: Path, results: dict) -> None:
+    """Issue 20 item 3's rows (see the module docstring)."""
+    long_s, short_s = args.row_seconds
+    print(f"issue rows: {args.video.name} looped, {args.audio.name} looped, box {args.box}, cpu {os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f} at the start", flush=True)
+    for secs in (long_s, short_s):
+        v, a = loop_media(args.video, args.audio, secs, work)
+        common = ["--video", str(v), "--audio", str(a), "--box", *map(str, args.box), "--checkpoint", str(ckpt),
+                  "--workdir", str(work)]
+        base = results[f"baseline-{secs:g}s"] = child([*common, "--mode", "baseline"])
+        print(_row(f"{secs:g} s baseline (Wav2Lip algorithm, fp32, fixed box)", base), flush=True)
+        r = results[f"box-{secs:g}s"] = child([*common, "--mode", "box", "--precision", "auto"])
+        print(_row(f"{secs:g} s lipsync --box ({r['precision']})", r, base), flush=True)
+        if secs == long_s and args.scrfd_onnx.exists():
+            r = results[f"scrfd-{secs:g}s"] = child([*common, "--mode", "scrfd", "--scrfd", str(args.scrfd_onnx)])
+            print(_row(f"{secs:g} s lipsync SCRFD detection ({r['precision']})", r) +
+                  f"; real time needs {r['frames'] / secs:.1f} frames/s", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end (2-core goals: the long box row >= 4x and <= 1.5 GB, "
+          "SCRFD >= 30 frames/s, the short row >= 2.5x)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--video", type=Path, default=MEDIA / "liveportrait_s18.mp4")
@@ -210,6 +261,12 @@ def main() -> None:
                                                                      "about a second per frame on a CPU)")
     p.add_argument("--enhancer-weights", type=Path, help="restorer for --enhance (default: the fake GFPGAN v1.4, "
                                                           "same architecture and cost as GFPGANv1.4.pth)")
+    p.add_argument("--issue-rows", action="store_true",
+                   help="only issue 20's speed rows: --row-seconds clips, fixed box vs baseline, SCRFD detection")
+    p.add_argument("--row-seconds", type=float, nargs=2, default=[30.0, 5.0], metavar=("LONG_S", "SHORT_S"),
+                   help="lengths of --issue-rows' long and short clips (default 30 5)")
+    p.add_argument("--scrfd-onnx", type=Path, default=SHARED / "detectors" / "scrfd_2.5g_bnkps.onnx",
+                   help="SCRFD detector of --issue-rows' detection row")
     p.add_argument("--json", type=Path, help="write all results here")
     # internal
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -235,6 +292,11 @@ def main() -> None:
     if args.device != "cpu":
         common += ["--device", args.device]
     results: dict[str, dict] = {}
+    if args.issue_rows:
+        issue_rows(args, ckpt, work, results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return
     print(f"clip {args.video.name} + {args.audio.name}, box {args.box}, torch threads: default, cpu {os.cpu_count()}")
     if "baseline" not in args.skip:
         results["baseline"] = child([*common, "--mode", "baseline"])

@@ -46,14 +46,15 @@ STFT_BLOCK = 1024  # STFT frames computed at once (12.8 s of audio)
 
 def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, start: float = 0.0,
                duration: float | None = None, min_samples: int | None = None,
-               channels: int | None = None) -> np.ndarray:
+               channels: int | None = None, info=None) -> np.ndarray:
     """Decode the first audio stream of ``path`` to float32 mono at ``sr`` Hz (nominally in [-1, 1]) with ffmpeg.
 
     Works for wav of any rate/sample format/channel count, mp3, m4a/aac, and the audio track of a video.
     Channels are averaged (as librosa does in Wav2Lip). ``start``/``duration`` (seconds) select a part.
     ``min_samples`` (default: one
     generator window, 0.2 s at ``sr``) is the shortest result accepted. ``channels=N`` keeps N channels instead
-    (ffmpeg's up/downmix), as an (n, N) array: for audio that is listened to, not analysed.
+    (ffmpeg's up/downmix), as an (n, N) array: for audio that is listened to, not analysed. ``info``: the file's
+    ``probe_audio``, when the caller has it (each file is probed once).
 
     Raises ``InputNotFound``, ``VideoOpenError`` (not media), ``NoAudioStream`` (no audio track: name it),
     ``AudioTooShort`` (empty or shorter than ``min_samples``), ``MediaError`` (decode failed).
@@ -63,7 +64,7 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, start: float = 0.
 
     if sr <= 0:
         raise BadOption(f"sample rate must be > 0, got {sr}")
-    info = probe_audio(path)  # raises InputNotFound / VideoOpenError / NoAudioStream
+    info = info or probe_audio(path)  # raises InputNotFound / VideoOpenError / NoAudioStream
     cmd = [find_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error"]
     if start > 0:
         cmd += ["-ss", f"{start:.6f}"]

@@ -98,6 +98,13 @@ def _feather_mask(w: int, h: int) -> np.ndarray:
     return mask[:, :, None]
 
 
+@lru_cache(maxsize=8)
+def _feather_masks(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """The feather mask and its complement ``1 - mask``, (h, w, 1) float32 each, computed once per box size."""
+    m = _feather_mask(w, h)
+    return m, 1.0 - m
+
+
 def mouth_mask(w: int, h: int) -> np.ndarray:
     """The dub's blend weights for a w x h face box, (h, w, 1) float32 in [0, 1]: where the generator's mouth is
     blended in (``feather``), and the only place ``dub --enhance`` touches."""
@@ -112,8 +119,15 @@ def feather(frame: np.ndarray, face: np.ndarray, box: Sequence[int]) -> None:
     if frame.dtype != np.uint8:
         pred *= np.float32(_scale_of(frame))
     roi = frame[y1:y2, x1:x2]
-    m = _feather_mask(w, h)
-    roi[:] = (roi.astype(np.float32) * (1.0 - m) + pred * m + 0.5).astype(frame.dtype)
+    m, inv = _feather_masks(w, h)
+    # roi * (1 - m) + pred * m + 0.5, truncated: the same float32 operations in the same order, in place (two
+    # temporaries of the box's size instead of five)
+    out = roi.astype(np.float32)
+    out *= inv
+    pred *= m
+    out += pred
+    out += np.float32(0.5)
+    np.copyto(roi, out, casting="unsafe")
 
 
 def blend(frame: np.ndarray, face: np.ndarray, box: Sequence[int], mode: str = "feather") -> None:

@@ -9,11 +9,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 
 from lipsync_cli.errors import BadOption
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def import_torch():
+    """``import torch`` for a run that shares the cores with other stages (the dub's decoder, blend and encoder):
+    unless torch is loaded already or the environment says otherwise, OpenMP's idle threads sleep at the end of
+    each parallel region instead of spinning (``OMP_WAIT_POLICY=PASSIVE``). A spinning intra-op thread burns the
+    core that ffmpeg's encoder or the blend would use; sleeping changes no result, only who waits."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    return torch
 
 
 def _mps_available() -> bool:

@@ -22,10 +22,11 @@ import numpy as np
 from lipsync_cli import blend as blending
 from lipsync_cli.audio import load_audio, mel_start, melspectrogram, n_output_frames
 from lipsync_cli.constants import CUT_THRESHOLD, DEFAULT_FPS, ENHANCE_NOISE, MEL_WINDOW, SAMPLE_RATE
-from lipsync_cli.device import DEVICES, PRECISIONS, autocast, resolve_device, resolve_precision
+from lipsync_cli.device import DEVICES, PRECISIONS, import_torch, resolve_device, resolve_precision
+from lipsync_cli.engine import CpuMeter, CpuUse
 from lipsync_cli.errors import BadOption, InputNotFound, NoFaceError
 from lipsync_cli.faces.detect import DEFAULT_DETECTOR
-from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, track_video, video_fingerprint
+from lipsync_cli.faces.track import Box, Track, TrackOptions, check_box, face_boxes, video_fingerprint
 from lipsync_cli.media.formats import PRESETS, EncodeOptions
 from lipsync_cli.media.spool import LOOP_MODES, loop_index, output_frames
 from lipsync_cli.render import _EngineRun, engine_batch_frames, prepare_for_inference
@@ -187,6 +188,7 @@ class DubResult:
     dubbed_absent: str = "the dubbed face is not on screen"
     looped: str = ""  # how the video was stretched to the audio ('' when it was not): see loop_note
     pauses: list[tuple[int, int]] = field(default_factory=list)  # [start, end) output frames of the pauses (voice 0)
+    cpu: CpuUse | None = None  # CPU seconds of the streaming part: per stage, torch's workers, ffmpeg, cores
 
     @property
     def realtime_factor(self) -> float:
@@ -230,10 +232,11 @@ class DubResult:
 
     def stats_lines(self) -> list[str]:
         """The summary of ``lipsync dub --stats``: per-stage busy time, queue occupancy, frames in flight."""
-        from lipsync_cli.engine import format_stats
+        from lipsync_cli.engine import format_cpu, format_stats
 
-        return format_stats(self.stage_seconds, self.stage_frames, self.stream_seconds, self.queue_stats,
-                            self.pending_bytes)
+        lines = format_stats(self.stage_seconds, self.stage_frames, self.stream_seconds, self.queue_stats,
+                             self.pending_bytes)
+        return lines + (format_cpu(self.cpu, self.stage_frames, self.frames) if self.cpu is not None else [])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -437,107 +440,100 @@ def plan_silence(speech_wavs, n_out: int, fps: float, options: DubOptions, activ
 
 
 def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
-                 notify: Callable[[str], None] | None = None, fps: float | None = None, info=None,
-                 detector=None) -> Track:
-    """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame.
+                 notify: Callable[[str], None] | None = None, info=None, detector=None) -> Track:
+    """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame (the analysis pass,
+    ``lipsync_cli.analysis``, with detection alone).
 
     The network runs under the generator's autocast precision (bf16 halves S3FD's time on a CPU that has it);
     box decoding and NMS are float32 whatever the precision. ``detector``: one already loaded by
-    ``load_dub_detector(options, device)`` (a batch worker keeps it for every video)."""
-    detector = detector or load_dub_detector(options, device, notify, progress)
+    ``load_dub_detector(options, device)`` (a batch worker keeps it for every video); ``info``: the video's
+    probe, when the caller has it."""
+    from dataclasses import replace
+
+    from lipsync_cli.analysis import analyse
     from lipsync_cli.media.probe import probe
 
     info = info or probe(video)
-    total = info.frames_at(fps) if fps and not info.is_image else info.n_frames
-    cb = (lambda k: progress("detect", k, total)) if progress else None
-    with autocast(device, resolve_precision(options.precision, device)):
-        return track_video(video, detector, fps=fps, det_size=detection_size(options, device),
-                           every=options.detect_every, progress=cb, info=info, cut_threshold=options.cut_threshold)
+    return analyse(video, info, replace(options, box=None, track=None, speakers=None), device=device,
+                   detector=detector, progress=progress, notify=notify).track
 
 
-def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: DubOptions = DubOptions(), *,
-        progress: ProgressFn | None = None, notify: Callable[[str], None] | None = None,
-        track: Track | str | Path | None = None, model=None,
-        frame_sink: Callable[[int, np.ndarray], None] | None = None, restorer=None) -> DubResult:
-    """Dub ``video`` (a video or still image) with the speech in ``audio``; write ``out`` atomically.
+@dataclass
+class _DubPlan:
+    """What is dubbed, by whom, with which audio: decided (and checked) before any model is loaded."""
 
-    ``track``: the faces of ``video`` already found, a :class:`Track` (what ``detect(video)`` returns) or a track
-    file (``lipsync detect -o``): no detection pass runs. It is checked against the video as ``options.track`` is,
-    and replaces it.
+    probe: object  # PendingProbe (or a probe already made): the video's one probe
+    output: object  # EncodePlan: what the output file will be
+    mels: list[np.ndarray]  # (80, T) per voice
+    n_samples: int  # 16 kHz samples of the (longest) speech
+    speech_wavs: list[np.ndarray]  # per voice, for the speech activity (dropped once it is known)
+    voices: object = None  # speakers.Voices with per-speaker audio, else None (one AUDIO)
+    segments: list | None = None  # the lines to dub (lipsync_cli.segments), None: all of it
+    seg_frames: int = 0  # with segments: the output's frames (the video's own length)
+    track: Track | None = None  # the faces given (a Track or a track file), checked against the video
+    audio_info: object = None  # AudioInfo of AUDIO: its one probe
 
-    ``model`` (and ``restorer``, for ``--enhance``) bypass weight loading (tests, the benchmark protocol);
-    ``frame_sink(i, frame)`` sees every
-    output frame before encoding; ``notify`` receives one-line messages for the user (downloads, warnings).
-    With ``options.speakers`` (:mod:`lipsync_cli.speakers`) the faces of each frame and the audio of each come
-    from the speaker description; ``audio`` is then None when every speaker has their own.
-    """
-    from lipsync_cli.heap import tune_malloc
-    from lipsync_cli.media.encode import VideoWriter
-    from lipsync_cli.media.formats import describe, plan_output
+
+class _Probed:
+    """A probe already made (a batch worker's), in ``PendingProbe``'s shape."""
+
+    def __init__(self, info):
+        self.header = info
+
+    def result(self):
+        return self.header
+
+
+def _plan_dub(video: Path, audio: Path | None, out: Path, options: DubOptions, given, info, startup: dict) -> _DubPlan:
+    """The plan of a dub: the video's probe (its header now, the packet scan in a thread), the output's encoding,
+    the lines, the speech of each voice, the track given; every user mistake is raised here, before any load."""
+    from lipsync_cli.media.formats import plan_output
     from lipsync_cli.media.probe import PendingProbe, probe_audio
 
-    t_start = time.perf_counter()
-    startup = dict.fromkeys(STARTUP_PHASES, 0.0)
-    tune_malloc()  # freed frames go back to the system: peak RSS does not creep with the video's length
-    video, audio, out = Path(video), Path(audio) if audio is not None else None, Path(out)
-    options.validate(out)
-    _check_paths(video, audio, out)
-    say = notify or (lambda msg: log.info(msg))
-
     with _timed(startup, "probe"):  # the header now (its errors at once); the exact frame count in a thread
-        pending = PendingProbe(video)
-        plan = plan_output(pending.header, options.encode, out, crf=options.crf, preset=options.preset,
-                           audio=probe_audio(audio) if options.encode.acodec == "copy" and audio is not None
-                           else None)
-    for note in plan.notes:
-        say(note)
-    segments = None
+        pending = PendingProbe(video) if info is None else _Probed(info)
+        audio_info = probe_audio(audio) if options.encode.acodec == "copy" and audio is not None else None
+        output = plan_output(pending.header, options.encode, out, crf=options.crf, preset=options.preset,
+                             audio=audio_info)
+    plan = _DubPlan(pending, output, [], 0, [], audio_info=audio_info)
     if has_segments(options):  # the lines to dub, checked against the video before any work (lipsync_cli.segments)
         with _timed(startup, "probe"):
             info = pending.result()
-        segments, seg_frames = _dub_segments(video, audio, info, options)
+        plan.segments, plan.seg_frames = _dub_segments(video, audio, info, options)
     with _timed(startup, "audio"):
-        if segments is not None:
-            wav = speech_track(segments, audio, int(round(seg_frames / float(info.fps) * SAMPLE_RATE)), SAMPLE_RATE)
-            mels, n_samples, speech_wavs, voices = [melspectrogram(wav)], len(wav), [wav], None
-            del wav
+        if plan.segments is not None:
+            wav = speech_track(plan.segments, audio, int(round(plan.seg_frames / float(info.fps) * SAMPLE_RATE)),
+                               SAMPLE_RATE)
+            plan.mels, plan.n_samples, plan.speech_wavs = [melspectrogram(wav)], len(wav), [wav]
         elif options.speakers is None:
             if audio is None:
                 raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO for each person")
-            wav = load_audio(audio)
-            mels = [melspectrogram(wav)]  # (80, T): one voice
-            n_samples = len(wav)
-            speech_wavs = [wav]  # for the speech activity, dropped once it is known
-            del wav  # only the mel is needed from here: 19 MB less held per 5 minutes of audio
-            voices = None
+            plan.audio_info = plan.audio_info or probe_audio(audio)  # for the decode and the muxer: probed once
+            wav = load_audio(audio, info=plan.audio_info)
+            # only the mel is needed from here (and the speech activity): 19 MB less held per 5 minutes of audio
+            plan.mels, plan.n_samples, plan.speech_wavs = [melspectrogram(wav)], len(wav), [wav]
         else:  # one mel per speaker's voice (see lipsync_cli.speakers)
             from lipsync_cli.speakers import load_voices
 
-            voices = load_voices(audio, options.speakers)
-            mels, n_samples = voices.mels, voices.n_samples
-            speech_wavs, voices.wavs = voices.wavs, []
-    mel = mels[0]
-    given = track if track is not None else options.track
+            if audio is not None and not options.speakers.has_own_audio:
+                plan.audio_info = plan.audio_info or probe_audio(audio)
+            voices = load_voices(audio, options.speakers, audio_info=plan.audio_info)
+            plan.voices, plan.mels, plan.n_samples = voices, voices.mels, voices.n_samples
+            plan.speech_wavs, voices.wavs = voices.wavs, []
     if given is not None and options.box is not None:
         raise BadOption("a box and a track both give the face position: use one")
-    track = None
     if given is not None:  # a track of another video is refused before any load
         with _timed(startup, "probe"):
             info = pending.result()
-        track = given if isinstance(given, Track) else Track.load(given)
-        track.check_matches(info.width, info.height, None if info.is_image else info.n_frames,
-                            video_fingerprint(video))
+        plan.track = given if isinstance(given, Track) else Track.load(given)
+        plan.track.check_matches(info.width, info.height, None if info.is_image else info.n_frames,
+                                 video_fingerprint(video))
+    return plan
 
-    with _timed(startup, "imports"):
-        import torch  # after the cheap checks, so user mistakes are reported at once
 
-    device = resolve_device(options.device)
-    precision = resolve_precision(options.precision, device)
-    batch_size = options.batch_size or (16 if device == "cpu" else 128)
-    stage_s = {"decode": 0.0, "detect": 0.0, "prepare": 0.0, "generate": 0.0, "blend": 0.0,
-               **({"enhance": 0.0} if options.enhance else {}), "encode": 0.0}
-    stage_n = {k: 0 for k in stage_s}
-
+def _load_engines(options: DubOptions, device: str, precision: str, model, restorer, detect: bool, say,
+                  progress: ProgressFn | None, startup: dict):
+    """(generator prepared for inference, enhancer or None, detector or None), each timed in ``startup``."""
     with _timed(startup, "model"):
         if model is None:
             model = load_dub_generator(options, device, notify=say, progress=progress)
@@ -549,24 +545,107 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
             restorer = restorer or load_dub_enhancer(options, device, precision, notify=say, progress=progress)
             enhancer = Enhancer(restorer, options.enhance_strength, points=enhance_points(options, device))
     detector = None
-    if options.box is None and track is None:
+    if detect:
         with _timed(startup, "detector"):
             if options.detector == "insightface":  # a CUDA device without onnxruntime's CUDA: said here, once
                 from lipsync_cli.faces.scrfd import providers_for
 
                 providers_for(device, notify=say)
             detector = load_dub_detector(options, device, notify=say, progress=progress)
-    with _timed(startup, "probe"):
-        info = pending.result()  # the packet scan ran while the audio and the weights loaded
-    fps = float(options.fps) if info.is_image else float(info.fps)
-    n_out = n_output_frames(n_samples, fps) if segments is None else seg_frames  # segments: the video's length
-    # the mel window of each output frame, with the audio/video lead the generator was trained with
-    starts = mel_start(np.arange(n_out), fps, lead=getattr(model, "mel_lead", 0), n_mel=mel.shape[1])
+    return model, enhancer, detector
 
-    # --- the mouth in pauses (and outside the segments): lipsync_cli.silence ---
-    with _timed(startup, "vad"):
-        active = active_frames(segments, n_out, fps) if segments is not None else None
-        mouth_plan, pauses = plan_silence(speech_wavs, n_out, fps, options, active=active)
+
+def _faces_of(video: Path, analysis, options: DubOptions, n_out: int, device: str, say, progress: ProgressFn | None
+              ) -> Callable[[int], list[tuple[Box, int]]]:
+    """Who is dubbed where, per source frame: [(box, voice), ...], from the analysis (or the fixed ``--box``);
+    the warning when nobody dubbed is ever on screen; with ``--strict``, the error for frames without them."""
+    info, track = analysis.info, analysis.track
+    if options.box is not None:
+        fixed = check_box(options.box, info.width, info.height)
+        return lambda j: [(fixed, 0)]
+    if options.speakers is not None:  # who, with which voice: lipsync_cli.speakers decides
+        from lipsync_cli.speakers import plan_faces
+
+        face_plan = plan_faces(video, track, options.speakers, options.track_options, detector=options.detector,
+                               detector_weights=options.detector_weights, device=device, info=info,
+                               offline=options.offline, notify=say, progress=progress,
+                               references=analysis.references)
+        boxes = [(face_plan.of(j)[0][0] if face_plan.of(j) else None) for j in range(len(track))]
+        faces_of = face_plan.of
+    else:
+        boxes = face_boxes(track, options.track_options)
+
+        def faces_of(j: int) -> list[tuple[Box, int]]:
+            b = boxes[j] if j < len(boxes) else boxes[-1] if boxes else None
+            return [(b, 0)] if b is not None else []
+    if not any(b is not None for b in boxes):
+        if options.strict:
+            raise NoFaceError(f"no face found in any frame of {video}", "give the face position with --box")
+        seen = any(len(d) for d in track.faces)  # faces there, but not the one(s) dubbed
+        what = (_dubbed_absent(options) + " in any frame") if seen else "no face found"
+        say(f"warning: {video}: {what}; the video passes through with the new audio")
+    if options.strict:  # decided before any work is done: the boxes are known for every source frame
+        n_src = len(boxes)
+        used = sorted({loop_index(i, n_src, options.loop) if not info.is_image else 0 for i in range(n_out)})
+        missing = [j for j in used if not faces_of(j)]
+        if missing:
+            raise NoFaceError(f"no face in {len(missing)} frame(s) of {video}: {_frame_ranges(missing)}",
+                              "drop --strict to pass those frames through unchanged, or give --box")
+    return faces_of
+
+
+def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: DubOptions = DubOptions(), *,
+        progress: ProgressFn | None = None, notify: Callable[[str], None] | None = None,
+        track: Track | str | Path | None = None, model=None,
+        frame_sink: Callable[[int, np.ndarray], None] | None = None, restorer=None, info=None) -> DubResult:
+    """Dub ``video`` (a video or still image) with the speech in ``audio``; write ``out`` atomically.
+
+    Three steps: the plan (what is dubbed, by whom, with which audio: ``_plan_dub``, every user mistake raised
+    before any load), the analysis (``lipsync_cli.analysis``: faces, cuts, identity, speaking scores, in one
+    decode of the video), the render (one more decode, streamed through the engine into the encoder).
+
+    ``track``: the faces of ``video`` already found, a :class:`Track` (what ``detect(video)`` returns) or a track
+    file (``lipsync detect -o``): no detection pass runs. It is checked against the video as ``options.track`` is,
+    and replaces it. ``info``: the video's ``probe`` (a batch worker probes each video once for all its jobs).
+
+    ``model`` (and ``restorer``, for ``--enhance``) bypass weight loading (tests, the benchmark protocol);
+    ``frame_sink(i, frame)`` sees every
+    output frame before encoding; ``notify`` receives one-line messages for the user (downloads, warnings).
+    With ``options.speakers`` (:mod:`lipsync_cli.speakers`) the faces of each frame and the audio of each come
+    from the speaker description; ``audio`` is then None when every speaker has their own.
+    """
+    from lipsync_cli.analysis import analyse
+    from lipsync_cli.heap import tune_malloc
+
+    t_start = time.perf_counter()
+    startup = dict.fromkeys(STARTUP_PHASES, 0.0)
+    tune_malloc()  # freed frames go back to the system: peak RSS does not creep with the video's length
+    video, audio, out = Path(video), Path(audio) if audio is not None else None, Path(out)
+    options.validate(out)
+    _check_paths(video, audio, out)
+    say = notify or (lambda msg: log.info(msg))
+
+    # --- the plan: what is dubbed, by whom, with which audio ---
+    plan = _plan_dub(video, audio, out, options, track if track is not None else options.track, info, startup)
+    for note in plan.output.notes:
+        say(note)
+    with _timed(startup, "imports"):
+        torch = import_torch()  # after the cheap checks, so user mistakes are reported at once
+
+    device = resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
+    batch_size = options.batch_size or (16 if device == "cpu" else 128)
+    model, enhancer, detector = _load_engines(options, device, precision, model, restorer,
+                                              options.box is None and plan.track is None, say, progress, startup)
+    with _timed(startup, "probe"):
+        info = plan.probe.result()  # the packet scan ran while the audio and the weights loaded
+    fps = float(options.fps) if info.is_image else float(info.fps)
+    n_out = n_output_frames(plan.n_samples, fps) if plan.segments is None else plan.seg_frames
+    # the mel window of each output frame, with the audio/video lead the generator was trained with
+    starts = mel_start(np.arange(n_out), fps, lead=getattr(model, "mel_lead", 0), n_mel=plan.mels[0].shape[1])
+    with _timed(startup, "vad"):  # the mouth in pauses (and outside the segments): lipsync_cli.silence
+        active = active_frames(plan.segments, n_out, fps) if plan.segments is not None else None
+        mouth_plan, pauses = plan_silence(plan.speech_wavs, n_out, fps, options, active=active)
     if pauses == [(0, n_out)]:
         say(f"warning: the voice activity detector found no speech in {audio or 'the speech tracks'}: with "
             f"--silence {options.silence} the mouth stays {'closed' if options.silence == 'hold' else 'as it is'}"
@@ -580,102 +659,92 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
         n_src = 1 if info.is_image else max(1, int(info.n_frames or n_out))
         with _timed(startup, "audio"):  # whisper windows of every voice, once
             adapter = MuseTalkAdapter.for_dub(
-                model, speech_wavs, fps, n_out, src_of=lambda i: 0 if info.is_image else loop_index(i, n_src,
-                                                                                                     options.loop),
+                model, plan.speech_wavs, fps, n_out,
+                src_of=lambda i: 0 if info.is_image else loop_index(i, n_src, options.loop),
                 reuse=info.is_image or n_out > n_src, bbox_shift=options.bbox_shift, silence=mouth_plan is not None)
-    del speech_wavs
-
+    plan.speech_wavs = []
     startup["total"] = time.perf_counter() - t_start  # the fixed cost; the face pass is stage_seconds["detect"]
 
-    # --- where the face is, per source frame ---
-    box_of: Callable[[int], Box | None]
-    faces_of: Callable[[int], list[tuple[Box, int]]] | None = None  # several faces: (box, voice) each
-    if options.box is not None:
-        fixed = check_box(options.box, info.width, info.height)
-        box_of = lambda j: fixed  # noqa: E731
-    else:
-        if track is None:
-            t = time.perf_counter()
-            track = detect_track(video, options, device=device, progress=progress, notify=say, fps=fps, info=info,
-                                 detector=detector)
-            stage_s["detect"] = time.perf_counter() - t
-            stage_n["detect"] = len(track)
-        if options.speakers is not None:  # who, with which voice: lipsync_cli.speakers decides
-            from lipsync_cli.speakers import plan_faces
+    # --- the analysis: one decode of the video for every analyser the options need ---
+    stage_s = {"decode": 0.0, "detect": 0.0, "prepare": 0.0, "generate": 0.0, "blend": 0.0,
+               **({"enhance": 0.0} if options.enhance else {}), "encode": 0.0}
+    stage_n = {k: 0 for k in stage_s}
+    t = time.perf_counter()
+    analysis = analyse(video, info, options, device=device, track=plan.track, detector=detector,
+                       progress=progress, notify=say)
+    faces_of = _faces_of(video, analysis, options, n_out, device, say, progress)
+    if options.box is None and (plan.track is None or options.speakers is not None):
+        stage_s["detect"] = time.perf_counter() - t  # the face pass: detection, identity, speaking scores
+    if options.box is None and plan.track is None:
+        stage_n["detect"] = len(analysis.track)
 
-            t = time.perf_counter()
-            face_plan = plan_faces(video, track, options.speakers, options.track_options, detector=options.detector,
-                                   detector_weights=options.detector_weights, device=device, info=info,
-                                   offline=options.offline, notify=say, progress=progress)
-            stage_s["detect"] += time.perf_counter() - t
-            faces_of = face_plan.of
-            boxes = [(face_plan.of(j)[0][0] if face_plan.of(j) else None) for j in range(len(track))]
-        else:
-            boxes = face_boxes(track, options.track_options)
-        if not any(b is not None for b in boxes):
-            if options.strict:
-                raise NoFaceError(f"no face found in any frame of {video}", "give the face position with --box")
-            seen = any(len(d) for d in track.faces)  # faces there, but not the one(s) dubbed
-            what = (_dubbed_absent(options) + " in any frame") if seen else "no face found"
-            say(f"warning: {video}: {what}; the video passes through with the new audio")
-        box_of = lambda j: boxes[j] if j < len(boxes) else boxes[-1] if boxes else None  # noqa: E731
-
-    if options.strict:
-        # decided before any work is done: the boxes are known for every source frame
-        if options.box is None:
-            n_src = len(boxes)
-            used = sorted({loop_index(i, n_src, options.loop) if not info.is_image else 0 for i in range(n_out)})
-            missing = [j for j in used if box_of(j) is None]
-            if missing:
-                raise NoFaceError(f"no face in {len(missing)} frame(s) of {video}: {_frame_ranges(missing)}",
-                                  "drop --strict to pass those frames through unchanged, or give --box")
-
-    if faces_of is None:
-        faces_of = lambda j: [(b, 0)] if (b := box_of(j)) is not None else []  # noqa: E731
-
-    # --- the streaming loop: threads joined by bounded queues (see _EngineRun and lipsync_cli.engine) ---
+    # --- the render: the streaming loop, threads joined by bounded queues (see _EngineRun, lipsync_cli.engine) ---
     height, width = (info.height, info.width)
-    frame_bytes = height * width * 3 * (2 if plan.depth == 16 else 1)
-    if enhancer is not None and plan.depth == 16:
+    frame_bytes = height * width * 3 * (2 if plan.output.depth == 16 else 1)
+    if enhancer is not None and plan.output.depth == 16:
         raise BadOption("--enhance restores 8-bit frames only, and this output keeps the source's 16-bit depth",
                         "add --pix-fmt yuv420p (8-bit output) or leave out --enhance")
     run = _EngineRun(
         model=model, device=device, precision=precision, gen={"batch": batch_size},
-        mel_ts=[torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)) for m in mels], starts=starts,
+        mel_ts=[torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)) for m in plan.mels], starts=starts,
         blend_mode=options.blend, enhancer=enhancer, faces_of=faces_of, frame_bytes=frame_bytes,
         batch_frames=engine_batch_frames(batch_size, options.max_pending_bytes, frame_bytes),
         budget_bytes=options.max_pending_bytes, n_out=n_out, stage_s=stage_s, stage_n=stage_n,
         frame_sink=frame_sink, progress=progress, plan=mouth_plan,
         silent_mel=torch.from_numpy(silent_mel_window()) if mouth_plan is not None else None, adapter=adapter)
     decode_stats: dict = {}
+    cpu = _render(run, video, audio, out, options, plan, info, fps, n_out, decode_stats)
+    return _result(run, out, options, plan, analysis, info, fps, device, precision, decode_stats, pauses, startup,
+                   t_start, cpu)
+
+
+def _render(run: _EngineRun, video: Path, audio: Path | None, out: Path, options: DubOptions, plan: _DubPlan, info,
+            fps: float, n_out: int, decode_stats: dict) -> CpuUse:
+    """The render pass: the video decoded once more (looped to the audio), through the engine into the encoder,
+    with the output's sound; then the timeline of what was dubbed (``--timeline-out``). Returns the CPU seconds
+    the streaming part used (``--stats``)."""
     from contextlib import nullcontext
 
+    from lipsync_cli.media.encode import VideoWriter
     from lipsync_cli.speakers import output_audio
 
-    if segments is not None:
-        sound = segment_audio(segments, audio, video, n_out / fps, options.me)
+    if plan.segments is not None:
+        sound = segment_audio(plan.segments, audio, video, n_out / fps, options.me)
     else:
-        sound = output_audio(voices) if voices is not None else nullcontext(audio)
-    with sound as mux, VideoWriter(out, width, height, fps, audio_path=mux, plan=plan) as writer:
+        sound = output_audio(plan.voices) if plan.voices is not None else nullcontext(audio)
+    run.cpu_meter = meter = CpuMeter().start()
+    with sound as mux, VideoWriter(out, info.width, info.height, fps, audio_path=mux, plan=plan.output,
+                                   audio_info=plan.audio_info if audio is not None and mux == audio else None
+                                   ) as writer:
         run.run(lambda: output_frames(video, info.is_image, fps, n_out, options.loop, info=info,
-                                      stats=decode_stats, depth=plan.depth), writer)
+                                      stats=decode_stats, depth=plan.output.depth), writer)
+    cpu = meter.stop(run.stage_cpu)
     if run.frames == 0:
         raise BadOption(f"{video} produced no frames")
-    n_src = 1 if info.is_image else decode_stats.get("source_frames", run.frames)
     if options.timeline_out is not None:  # what was dubbed, for the editor (lipsync_cli.timeline)
         from lipsync_cli.segments import Segment
         from lipsync_cli.timeline import write_timeline
 
-        lines = segments if segments is not None else [Segment(0.0, run.frames / fps)]
+        lines = plan.segments if plan.segments is not None else [Segment(0.0, run.frames / fps)]
         write_timeline(Path(options.timeline_out), out, lines, audio, fps, run.frames / fps)
+    return cpu
+
+
+def _result(run: _EngineRun, out: Path, options: DubOptions, plan: _DubPlan, analysis, info, fps: float,
+            device: str, precision: str, decode_stats: dict, pauses, startup: dict, t_start: float,
+            cpu: CpuUse | None = None) -> DubResult:
+    from lipsync_cli.media.formats import describe
+
+    n_src = 1 if info.is_image else decode_stats.get("source_frames", run.frames)
     return DubResult(
         output=out, frames=run.frames, fps=fps, faces=run.n_faces, no_face_frames=run.no_face,
-        audio_seconds=n_samples / SAMPLE_RATE, wall_seconds=time.perf_counter() - t_start, stage_seconds=stage_s,
-        stage_frames=stage_n, device=device, precision=precision, batch_size=run.gen["batch"],
-        decoded_frames=decode_stats.get("decoded", 0), encoding=describe(plan), queue_stats=run.queue_stats,
-        pending_bytes=(run.peak_bytes, options.max_pending_bytes), stream_seconds=run.wall, startup=startup,
-        others_on_screen=_others_on_screen(run.no_face, track, n_src, info.is_image, options.loop,
+        audio_seconds=plan.n_samples / SAMPLE_RATE, wall_seconds=time.perf_counter() - t_start,
+        stage_seconds=run.stage_s, stage_frames=run.stage_n, device=device, precision=precision,
+        batch_size=run.gen["batch"], decoded_frames=decode_stats.get("decoded", 0), encoding=describe(plan.output),
+        queue_stats=run.queue_stats, pending_bytes=(run.peak_bytes, options.max_pending_bytes),
+        stream_seconds=run.wall, startup=startup,
+        others_on_screen=_others_on_screen(run.no_face, analysis.track, n_src, info.is_image, options.loop,
                                            options.track_options.min_score),
         dubbed_absent=_dubbed_absent(options), looped=loop_note(info.is_image, n_src, run.frames, options.loop),
-        pauses=pauses,
+        pauses=pauses, cpu=cpu,
     )

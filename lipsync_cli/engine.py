@@ -17,11 +17,13 @@ the threads have been stopped and joined.
 
 from __future__ import annotations
 
+import os
 import queue
+import resource
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 POLL_S = 0.05  # how often a waiting stage looks at the stop event
 
@@ -227,6 +229,126 @@ class Pipeline:
 
     def queue_stats(self) -> dict[str, dict]:
         return {name: ch.stats().as_dict() for name, ch in self.channels.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CPU seconds: whether the stages pack onto the cores (a stage's busy time counts its waits for a core too)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _native_threads_cpu() -> dict[int, float]:
+    """CPU seconds of each thread of this process that Python did not start (torch's intra-op pool, oneDNN),
+    from /proc; {} where there is none."""
+    py = {t.native_id for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[int, float] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        if int(tid) in py:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds of one streaming run: ``stages`` each stage's own thread while busy (``time.thread_time``);
+    ``workers`` the threads Python did not start (torch's intra-op pool: the generator's helpers); ``process``
+    every thread of this process; ``children`` the processes that ended meanwhile (ffmpeg's decoder and encoder),
+    all over the same ``wall`` seconds, on ``cores`` cores."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+    workers: float = 0.0
+    process: float = 0.0
+    children: float = 0.0
+    cores: int = 1
+    wall: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.process + self.children
+
+    def as_dict(self) -> dict:
+        return {"stages": {k: round(v, 3) for k, v in self.stages.items()}, "workers": round(self.workers, 3),
+                "process": round(self.process, 3), "children": round(self.children, 3), "cores": self.cores,
+                "wall": round(self.wall, 3)}
+
+
+class CpuMeter:
+    """``start()`` then ``stop(stage_cpu)`` -> :class:`CpuUse` of what ran in between (this process, its native
+    threads and its finished child processes; per-thread figures on Linux only).
+
+    OpenMP gives each thread that opens a parallel region its own team, which ends with that thread: the stage
+    that runs torch calls ``sample()`` after each batch, so its workers' CPU is seen before they go."""
+
+    def start(self) -> CpuMeter:
+        self._t = time.perf_counter()
+        self._self = resource.getrusage(resource.RUSAGE_SELF)
+        self._children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._native = _native_threads_cpu()
+        self._seen: dict[int, float] = {}
+        return self
+
+    def sample(self) -> None:
+        """Note the native threads' CPU seconds now (cheap: one /proc read per thread)."""
+        for tid, s in _native_threads_cpu().items():
+            self._seen[tid] = max(s, self._seen.get(tid, 0.0))
+
+    def stop(self, stages: dict[str, float]) -> CpuUse:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.sample()
+        workers = sum(max(0.0, s - self._native.get(tid, 0.0)) for tid, s in self._seen.items())
+        return CpuUse(stages=dict(stages), workers=workers,
+                      process=me.ru_utime + me.ru_stime - self._self.ru_utime - self._self.ru_stime,
+                      children=kids.ru_utime + kids.ru_stime - self._children.ru_utime - self._children.ru_stime,
+                      cores=usable_cores(), wall=time.perf_counter() - self._t)
+
+
+def format_cpu(cpu: CpuUse, stage_frames: dict[str, int], frames: int, worker_stage: str = "generate",
+               face_stages: tuple[str, ...] = ("generate", "enhance"),
+               child_name: str = "ffmpeg decode + encode") -> list[str]:
+    """The CPU lines of ``--stats``: each stage's CPU seconds and milliseconds per item (``worker_stage`` with
+    the native worker threads, which only it uses), the rest of the process, the child processes, the total per
+    frame, and the packing figure: the wall time of the measured span (streaming, the encoder's flush included)
+    against the CPU seconds spread over the cores (1.00x: every core busy throughout; more: cores idle, or lent
+    to other processes)."""
+    n = max(1, frames)
+    lines = [f"CPU seconds, streaming ({cpu.wall:.2f} s, encoder's flush included):"]
+    counted = 0.0
+    for name, s in cpu.stages.items():
+        items = stage_frames.get(name, 0)
+        if not items:
+            continue
+        unit = "face" if name in face_stages else "frame"
+        extra = ""
+        if name == worker_stage and cpu.workers > 0:
+            extra = f"  ({s:.2f} its thread + {cpu.workers:.2f} native threads: torch's pool)"
+            s += cpu.workers
+        counted += s
+        lines.append(f"  {name:9s} {s:7.2f} s {1000 * s / items:7.1f} ms/{unit}{extra}")
+    other = max(0.0, cpu.process - counted)
+    lines.append(f"  {'other':9s} {other:7.2f} s {1000 * other / n:7.1f} ms/frame  (hand-off, readers, queues)")
+    lines.append(f"  {'ffmpeg':9s} {cpu.children:7.2f} s {1000 * cpu.children / n:7.1f} ms/frame  ({child_name})")
+    packed = cpu.total / cpu.cores
+    ratio = f" = {cpu.wall / packed:.2f}x" if packed > 0 else ""
+    lines.append(f"  total     {cpu.total:7.2f} s {1000 * cpu.total / n:7.1f} ms/frame; packed on {cpu.cores} "
+                 f"core{'s' if cpu.cores != 1 else ''}: {packed:.2f} s, wall {cpu.wall:.2f} s{ratio}")
+    return lines
 
 
 MIN_TIMED_S = 0.01  # busy times below this are mostly timer and thread noise: no rate is computed from them

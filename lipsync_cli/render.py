@@ -89,6 +89,13 @@ class _EngineRun:
     queue_stats: dict[str, dict] = field(default_factory=dict)
     peak_bytes: int = 0
     wall: float = 0.0
+    stage_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of each stage's thread while busy
+    cpu_meter: object = None  # engine.CpuMeter of the run: sampled after each generator batch (its torch workers)
+
+    def _busy(self, stage: str, t: float, c: float) -> None:
+        """Count the busy span that started at ``perf_counter() == t`` and ``thread_time() == c`` to ``stage``."""
+        self.stage_s[stage] += time.perf_counter() - t
+        self.stage_cpu[stage] = self.stage_cpu.get(stage, 0.0) + time.thread_time() - c
 
     def __post_init__(self) -> None:
         if self.adapter is None:
@@ -108,13 +115,13 @@ class _EngineRun:
             i = 0
             while True:
                 budget.acquire(self.frame_bytes, stop)  # before decoding: the budget covers this frame too
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 try:
                     src, frame = next(frames)
                 except StopIteration:
                     budget.release(self.frame_bytes)
                     break
-                self.stage_s["decode"] += time.perf_counter() - t
+                self._busy("decode", t, c)
                 self.stage_n["decode"] += 1
                 faces = self.faces_of(src)
                 if self.plan is not None and faces:
@@ -134,7 +141,7 @@ class _EngineRun:
             frames.close()  # stops the decoder (ffmpeg, its thread, the spool) on every path, in this thread
 
     def prepare(self, b: _Batch) -> _Batch:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         b.idx = [(k, box, v) for k, (_, _, fs) in enumerate(b.items) for box, v in fs]
         if b.idx:
             # the faces the generator sees: each face's own crop and mel window, where the speech drives it, and
@@ -156,13 +163,13 @@ class _EngineRun:
                         mels.append(self.adapter.silent)
             # all crops are taken before any face of a frame is blended; one batch of tensors (the adapter's)
             b.crops = self.adapter.collate(crops, mels) if crops else None
-        self.stage_s["prepare"] += time.perf_counter() - t
+        self._busy("prepare", t, c)
         self.stage_n["prepare"] += len(b.items)
         return b
 
     def generate(self, b: _Batch) -> _Batch:
         if b.crops is not None:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             b.mouths = self.adapter.generate(b.crops, self.gen)
             n = len(b.mouths)
             b.crops = None
@@ -170,12 +177,14 @@ class _EngineRun:
                 for key, mouth in zip(b.held, b.mouths[n - len(b.held):]):
                     self.held_mouths[key] = mouth.copy()
                 b.mouths = b.mouths[:n - len(b.held)]
-            self.stage_s["generate"] += time.perf_counter() - t
+            self._busy("generate", t, c)
+            if self.cpu_meter is not None:
+                self.cpu_meter.sample()
             self.stage_n["generate"] += n
         return b
 
     def blend(self, b: _Batch) -> _Batch:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         if b.idx and self.plan is None:
             for g, (k, box, _) in zip(b.mouths, b.idx):
                 self.adapter.paste(b.items[k][1], g, box, self.blend_mode)
@@ -196,15 +205,15 @@ class _EngineRun:
                 if before is not None:
                     mix_region(frame, before, region, alpha)
         b.mouths = None
-        self.stage_s["blend"] += time.perf_counter() - t
+        self._busy("blend", t, c)
         self.stage_n["blend"] += len(b.items)
         return b
 
     def enhance(self, b: _Batch) -> _Batch:
         if b.idx:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             self.enhancer.apply([b.items[k][1] for k, _, _ in b.idx], [box for _, box, _ in b.idx])
-            self.stage_s["enhance"] += time.perf_counter() - t
+            self._busy("enhance", t, c)
             self.stage_n["enhance"] += len(b.idx)
         return b
 
@@ -227,9 +236,9 @@ class _EngineRun:
         from lipsync_cli.engine import END
 
         while (frame := inbox.get()) is not END:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             writer.write(frame)
-            self.stage_s["encode"] += time.perf_counter() - t
+            self._busy("encode", t, c)
             self.stage_n["encode"] += 1
             budget.release(self.frame_bytes)
 

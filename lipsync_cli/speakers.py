@@ -260,12 +260,13 @@ def mix_tracks(tracks: Sequence[np.ndarray], headroom_db: float = HEADROOM_DB) -
     return out.astype(np.float32)
 
 
-def load_voices(audio: Path | None, setup: SpeakerSetup | None) -> Voices:
+def load_voices(audio: Path | None, setup: SpeakerSetup | None, audio_info=None) -> Voices:
     """Mels of each voice, and the output's audio.
 
     Without per-speaker audio there is one voice, ``audio``. With it, voice k is speaker k's track; shorter
     tracks are padded with silence to the longest, so each mouth closes when its speaker is done, and ``audio``
-    (when given) is the output's sound, as ``--mix`` is (both at once is refused: neither is ever ignored)."""
+    (when given) is the output's sound, as ``--mix`` is (both at once is refused: neither is ever ignored).
+    ``audio_info``: ``audio``'s probe, when the caller has it."""
     from lipsync_cli.audio import load_audio, melspectrogram
 
     if setup is not None and setup.has_own_audio and audio is not None:
@@ -276,7 +277,7 @@ def load_voices(audio: Path | None, setup: SpeakerSetup | None) -> Voices:
     if setup is None or not setup.has_own_audio:
         if audio is None:
             raise BadOption("no audio given", "give AUDIO, or --speaker AUDIO --ref-face PHOTO per person")
-        wav = load_audio(audio)
+        wav = load_audio(audio, info=audio_info)
         return Voices([melspectrogram(wav)], len(wav), Path(setup.mix) if setup and setup.mix else Path(audio),
                       wavs=[wav])
     wavs = [load_audio(s.audio) for s in setup.speakers]
@@ -314,23 +315,29 @@ def output_audio(voices: Voices) -> Iterator[Path]:
 # identity
 
 
-def ensure_embeddings(video: Path, track, models, info=None, notify=None, progress=None) -> None:
+def needs_embeddings(track, models) -> bool:
+    """Whether ``track`` lacks the embeddings of ``models``' embedder (none, or another model's)."""
+    return track.embeddings is None or track.embedder != models.embedder.model_id
+
+
+def ensure_embeddings(video: Path, track, models, info=None, notify=None, progress=None, frame_of=None) -> None:
     """Give ``track`` the embeddings of ``models``' embedder, computing them when it has none or another
-    model's."""
+    model's (``frame_of``: see ``embed_track``)."""
     from lipsync_cli.faces.identity import embed_track
 
     model_id = models.embedder.model_id
-    if track.embeddings is not None and track.embedder == model_id:
+    if not needs_embeddings(track, models):
         return
     if track.embeddings is not None and notify is not None:
         notify(f"the track's face embeddings were made by {track.embedder}, not {model_id}: computing them again")
     cb = (lambda k: progress("identify", k, len(track))) if progress else None
-    track.embeddings = embed_track(video, track, models, info=info, progress=cb)
+    track.embeddings = embed_track(video, track, models, info=info, progress=cb, frame_of=frame_of)
     track.embedder = model_id
 
 
-def reference_embeddings(setup: SpeakerSetup, models, video: Path, notify=None) -> np.ndarray:
-    """(S, D) embeddings of the speakers' reference faces."""
+def reference_embeddings(setup: SpeakerSetup, models, video: Path, notify=None, frame_of=None) -> np.ndarray:
+    """(S, D) embeddings of the speakers' reference faces (``frame_of(j)``: frame ``j`` of ``video`` already
+    decoded, for a reference given as a box on one of its frames)."""
     from lipsync_cli.faces.identity import _read_image, embed_reference, frame_at
 
     out = []
@@ -341,6 +348,8 @@ def reference_embeddings(setup: SpeakerSetup, models, video: Path, notify=None) 
             image = _read_image(Path(ref.photo))
         elif ref.video is not None:
             image = frame_at(ref.video, seconds=ref.seconds)
+        elif frame_of is not None:
+            image = frame_of(ref.frame)
         else:
             image = frame_at(video, index=ref.frame)
         out.append(embed_reference(image, models, ref.box, what=what, notify=notify))
@@ -379,7 +388,8 @@ def identity_boxes(track, face_tracks, track_embeddings, references: np.ndarray,
 
 
 def speaking_scores(video: Path, track, model, *, device: str = "cpu", batch_size: int = 20,
-                    window: int = SCORE_WINDOW, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+                    window: int = SCORE_WINDOW, progress: Callable[[int], None] | None = None, info=None,
+                    frame_of: Callable[[int], np.ndarray] | None = None) -> list[np.ndarray]:
     """How much each detection of ``track`` is the one speaking in ``video``'s own audio: per frame an (N,)
     float32 (NaN for detections of face tracks too short to score).
 
@@ -387,16 +397,18 @@ def speaking_scores(video: Path, track, model, *, device: str = "cpu", batch_siz
     crops and the audio under it give lip and audio embeddings (``lse.sync_embeddings``), their distances at
     offsets -15..15 (``lse.offset_distances``); a frame's score is the confidence (median - min of the distance
     curve, ``lse.scores_from_distances``) over the ``window`` windows centred on it: high when the lips move
-    with the sound. Needs the original audio; raises NoAudioStream without it."""
+    with the sound. Needs the original audio; raises NoAudioStream without it (:func:`check_own_audio`).
+
+    ``info``: the video's probe, when the caller has it; ``frame_of(j)``: source frame ``j`` from frames already
+    decoded (the analysis pass): the 25-fps frame k is source frame ``round(k * fps / 25)``. Without it, the video
+    is decoded again at 25 fps."""
     from lipsync_cli.evaluate import lse
     from lipsync_cli.faces.track import link_tracks
     from lipsync_cli.media.decode import FrameReader
-    from lipsync_cli.media.probe import has_audio, probe
+    from lipsync_cli.media.probe import probe
 
-    info = probe(video)
-    if not has_audio(video):
-        raise NoAudioStream(f"{video} has no audio: --speaker auto finds who speaks in the video's own sound",
-                            "give each person their audio with --speaker AUDIO --ref-face PHOTO")
+    info = info or probe(video)
+    check_own_audio(video, info)
     pcm = lse.read_pcm16(video)[round(info.start_time * SAMPLE_RATE):]
     n = len(track.faces)
     scores = [np.full(len(f), np.nan, np.float32) for f in track.faces]
@@ -415,13 +427,21 @@ def speaking_scores(video: Path, track, model, *, device: str = "cpu", batch_siz
     if not spans:
         return scores
     crops: list[list[np.ndarray]] = [[] for _ in spans]
-    with FrameReader(video, fps=lse.SYNC_FPS, info=info, max_frames=n25) as reader:
-        for j, frame in enumerate(reader):
-            if progress is not None:
-                progress(1)
-            for k, (_, js, params) in enumerate(spans):
-                if js[0] <= j <= js[-1]:
-                    crops[k].append(lse.syncnet_crop(frame, params[j - js[0]]))
+
+    def crop(j: int, frame: np.ndarray) -> None:
+        if progress is not None:
+            progress(1)
+        for k, (_, js, params) in enumerate(spans):
+            if js[0] <= j <= js[-1]:
+                crops[k].append(lse.syncnet_crop(frame, params[j - js[0]]))
+
+    if frame_of is not None:
+        for j in range(min(js[0] for _, js, _ in spans), max(js[-1] for _, js, _ in spans) + 1):
+            crop(j, frame_of(src_of[j]))
+    else:
+        with FrameReader(video, fps=lse.SYNC_FPS, info=info, max_frames=n25) as reader:
+            for j, frame in enumerate(reader):
+                crop(j, frame)
     half = window // 2
     for (ft, js, _), cs in zip(spans, crops):
         frames = lse.to_syncnet_frames(cs)
@@ -446,6 +466,13 @@ def speaking_scores(video: Path, track, model, *, device: str = "cpu", batch_siz
             if not np.isfinite(scores[f][r]):
                 scores[f][r] = per25[min(hi, max(lo, int(round(f * lse.SYNC_FPS / track.fps))))]
     return scores
+
+
+def check_own_audio(video: Path, info) -> None:
+    """--speaker auto scores faces against the video's own sound: NoAudioStream when ``info`` has none."""
+    if not info.has_audio:
+        raise NoAudioStream(f"{video} has no audio: --speaker auto finds who speaks in the video's own sound",
+                            "give each person their audio with --speaker AUDIO --ref-face PHOTO")
 
 
 def active_boxes(track, face_tracks, window: int = ACTIVE_WINDOW, min_activity: float = ACTIVE_MIN
@@ -507,9 +534,12 @@ class FacePlan:
 
 def plan_faces(video: Path, track, setup: SpeakerSetup, track_options, *, detector: str = "s3fd",
                detector_weights=None, device: str = "cpu", info=None, offline: bool | None = None,
-               notify: Callable[[str], None] | None = None, progress=None, models=None, scorer=None) -> FacePlan:
+               notify: Callable[[str], None] | None = None, progress=None, models=None, scorer=None,
+               references: np.ndarray | None = None) -> FacePlan:
     """The faces of every source frame of ``video`` (described by ``track``) and the voice of each, for
-    ``setup``. ``models`` (identity) and ``scorer`` (SyncNet) may be given ready (tests, batch runs)."""
+    ``setup``. ``models`` (identity) and ``scorer`` (SyncNet) may be given ready (tests, batch runs); a track
+    from the analysis pass (``lipsync_cli.analysis``) has its embeddings and scores already, and ``references``
+    are the speakers' reference embeddings (``reference_embeddings``)."""
     from lipsync_cli.faces.track import finish_boxes, link_tracks
 
     face_tracks = link_tracks(track.faces, cuts=track.cuts, min_score=track_options.min_score,
@@ -521,7 +551,7 @@ def plan_faces(video: Path, track, setup: SpeakerSetup, track_options, *, detect
             if scorer is None:
                 scorer = load_scorer(setup, device, offline)
             cb = (lambda k: progress("score speakers", k, None)) if progress else None
-            track.speaking = speaking_scores(video, track, scorer, device=device, progress=cb)
+            track.speaking = speaking_scores(video, track, scorer, device=device, progress=cb, info=info)
         raw, seg = active_boxes(track, face_tracks, setup.window, setup.min_activity)
         for j, b in enumerate(finish_boxes(raw, seg, track_options, track.width, track.height)):
             if b is not None:
@@ -529,10 +559,11 @@ def plan_faces(video: Path, track, setup: SpeakerSetup, track_options, *, detect
         return plan
     from lipsync_cli.faces.identity import IdentityModels, face_track_embeddings
 
-    if models is None:
+    if models is None and (references is None or track.embeddings is None):
         models = IdentityModels.load(setup.recognition_weights, detector, detector_weights, device)
-    ensure_embeddings(video, track, models, info=info, notify=notify, progress=progress)
-    refs = reference_embeddings(setup, models, video, notify)
+    if models is not None:
+        ensure_embeddings(video, track, models, info=info, notify=notify, progress=progress)
+    refs = references if references is not None else reference_embeddings(setup, models, video, notify)
     raws, segs, dist = identity_boxes(track, face_tracks, face_track_embeddings(face_tracks, track.embeddings),
                                       refs, setup.thresholds())
     plan.distances = dist
@@ -595,32 +626,3 @@ def setup_from_options(*, speaker: Sequence[str] = (), ref_face: Sequence[str] =
     if "mix" in top:
         raise BadOption("--mix is the audio of a dub with several --speaker tracks")
     return None
-
-
-def annotate_track(video: Path, track, *, identity: bool = False, speaking: bool = False,
-                   setup: SpeakerSetup | None = None, detector: str = "s3fd", detector_weights=None,
-                   device: str = "cpu", offline: bool | None = None, notify=None, progress=None, models=None,
-                   scorer=None) -> np.ndarray | None:
-    """What ``lipsync detect`` adds to a track: face embeddings (``identity``, or when ``setup`` names
-    reference faces) and SyncNet speaking scores (``speaking``). Returns the (face tracks, speakers) identity
-    distances when ``setup`` has references (for the preview), else None."""
-    from lipsync_cli.faces.identity import IdentityModels, face_track_embeddings, track_distances
-    from lipsync_cli.faces.track import link_tracks
-
-    refs_wanted = setup is not None and setup.uses_identity
-    dist = None
-    if identity or refs_wanted:
-        rec = setup.recognition_weights if setup is not None else None
-        if models is None:
-            models = IdentityModels.load(rec, detector, detector_weights, device)
-        ensure_embeddings(video, track, models, notify=notify, progress=progress)
-        if refs_wanted:
-            refs = reference_embeddings(setup, models, video, notify)
-            fts = link_tracks(track.faces, cuts=track.cuts)
-            dist = track_distances(face_track_embeddings(fts, track.embeddings), refs)
-    if speaking:
-        if scorer is None:
-            scorer = load_scorer(setup or SpeakerSetup(auto=True), device, offline)
-        cb = (lambda k: progress("score speakers", k, None)) if progress else None
-        track.speaking = speaking_scores(video, track, scorer, device=device, progress=cb)
-    return dist

@@ -12,6 +12,7 @@ reads its track.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -54,7 +55,22 @@ def detection_key(video_hash: str, options: DubOptions, device: str, is_image: b
         "fps": float(options.fps) if is_image else None,
         "precision": options.precision,
     }
+    setup = options.speakers
+    if setup is not None and setup.uses_identity:  # the track carries the embeddings of this ArcFace model
+        parts["identity"] = _file_key(_recognition_file(setup.recognition_weights))
+    if setup is not None and setup.auto:  # ... and the speaking scores of this SyncNet
+        parts["speaking"] = _file_key(setup.syncnet) if setup.syncnet else "syncnet_v2"
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _recognition_file(spec) -> Path | None:
+    from lipsync_cli.errors import WeightsNotFound
+    from lipsync_cli.faces.identity import resolve_recognition_weights
+
+    try:
+        return resolve_recognition_weights(spec)
+    except WeightsNotFound:  # said by the analysis itself, in its own words
+        return None
 
 
 @contextlib.contextmanager
@@ -95,15 +111,19 @@ def _locked(path: Path) -> Iterator[None]:
 
 def cached_track(video: str | Path, options: DubOptions, cache_dir: str | Path, *, device: str = "cpu",
                  get_detector: Callable[[], object] | None = None, progress: ProgressFn | None = None,
-                 notify: Callable[[str], None] | None = None) -> tuple[Path, bool]:
-    """(path of the track file of ``video`` in ``cache_dir``, whether it was detected now rather than found).
+                 notify: Callable[[str], None] | None = None, info=None) -> tuple[Path, bool]:
+    """(path of the track file of ``video`` in ``cache_dir``, whether it was analysed now rather than found).
 
-    ``get_detector()``: returns a loaded detector (``load_dub_detector``), called only when detection runs: a
-    batch worker keeps one for every video."""
+    The track is the analysis pass's (``lipsync_cli.analysis``): the faces and cuts, and what
+    ``options.speakers`` needs of the video itself (the faces' embeddings, the speaking scores), so every
+    language of a video is dubbed from one analysis. ``get_detector()``: returns a loaded detector
+    (``load_dub_detector``), called only when detection runs: a batch worker keeps one for every video.
+    ``info``: the video's probe, when the caller has it."""
+    from lipsync_cli.analysis import analyse
     from lipsync_cli.media.probe import probe
 
     video, cache_dir = Path(video), Path(cache_dir)
-    info = probe(video)
+    info = info or probe(video)
     key = detection_key(content_hash(video), options, device, info.is_image)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.track.json"
@@ -114,9 +134,10 @@ def cached_track(video: str | Path, options: DubOptions, cache_dir: str | Path, 
                 return path, False
             except Exception as err:  # noqa: BLE001 - a damaged cache entry is detected again, never fatal
                 log.warning("track cache entry %s is unusable (%s); detecting again", path, err)
-        fps = float(options.fps) if info.is_image else float(info.fps)
-        track = detect_track(video, options, device=device, progress=progress, notify=notify, fps=fps, info=info,
-                             detector=get_detector() if get_detector else None)
+        setup = options.speakers
+        track = analyse(video, info, dataclasses.replace(options, box=None, track=None), device=device,
+                        setup=setup, detector=get_detector() if get_detector else None, progress=progress,
+                        notify=notify, references=False).track
         track.source = str(video)
         track.save(path)  # atomic: a reader never sees half a track
     return path, True
@@ -139,6 +160,4 @@ def detect(video: str | Path, options: DubOptions = DubOptions(), *, cache_dir: 
         return Track.load(path)
     from lipsync_cli.media.probe import probe
 
-    info = probe(video)
-    fps = float(options.fps) if info.is_image else None
-    return detect_track(video, options, device=device, progress=progress, notify=notify, fps=fps, info=info)
+    return detect_track(video, options, device=device, progress=progress, notify=notify, info=probe(video))

@@ -180,8 +180,9 @@ REGISTRY: dict[str, WeightSpec] = {
 _MUSETALK_HF = "https://huggingface.co/TMElyralab/MuseTalk/resolve/main/musetalkV15/"
 _SD_VAE_HF = "https://huggingface.co/stabilityai/sd-vae-ft-mse/resolve/main/"
 _WHISPER_HF = "https://huggingface.co/openai/whisper-tiny/resolve/main/"
-MUSETALK_LICENCE = ("MuseTalk: code MIT; 'the trained model are available for any purpose, even commercially' "
-                    "(TMElyralab/MuseTalk README); the Hugging Face model card is tagged creativeml-openrail-m")
+MUSETALK_LICENCE = ("code MIT, weights for any use, commercial included (TMElyralab/MuseTalk README: 'the trained "
+                    "model are available for any purpose, even commercially'; its Hugging Face model card is tagged "
+                    "creativeml-openrail-m)")
 SD_VAE_LICENCE = "MIT (stabilityai/sd-vae-ft-mse model card)"
 WHISPER_LICENCE = "Apache-2.0 (openai/whisper-tiny model card)"
 NO_CHECKSUM = "no published size or sha256 could be verified when this entry was written"

@@ -205,7 +205,7 @@ def test_speaker_options_are_columns_as_on_the_dub_command_line(clips, tmp_path)
 
 @pytest.fixture(scope="module")
 def first_run(clips, real_clip, fake_ckpt, tmp_path_factory):
-    import lipsync_cli.tracks as tracks
+    import lipsync_cli.faces.track as track_module
     from lipsync_cli import DubOptions, run_batch
     from lipsync_cli.batch import BatchOptions
 
@@ -215,16 +215,17 @@ def first_run(clips, real_clip, fake_ckpt, tmp_path_factory):
                      "portrait.mp4,de.wav,,,", f"broken.mp4,fr.wav,{BOX},,", f"talk.mp4,de.wav,{BOX},prores_ks,fra"],
                header="video,audio,box,vcodec,language")
     out = tmp_path_factory.mktemp("batch") / "out"
-    calls = []
-    real = tracks.detect_track
-    tracks.detect_track = lambda *a, **k: calls.append(a[0]) or real(*a, **k)
+    calls = []  # one per detection pass (lipsync_cli.analysis -> faces.track.track_frames)
+    real = track_module.track_frames
+    track_module.track_frames = lambda frames, det, info, *a, **k: calls.append(info.path) or real(frames, det, info,
+                                                                                                   *a, **k)
     try:
         opts = BatchOptions(outdir=out, dub=DubOptions(checkpoint=fake_ckpt("wav2lip"), device="cpu", batch_size=8,
                                                        detector="insightface", detector_weights=SCRFD_ONNX,
                                                        det_size=160, offline=True))
         report = run_batch(man, opts)
     finally:
-        tracks.detect_track = real
+        track_module.track_frames = real
     return {"man": man, "out": out, "report": report, "detect_calls": calls, "opts": opts}
 
 

@@ -15,7 +15,7 @@ from synth import make_audio, make_video
 from lipsync_cli import blend as blending
 from lipsync_cli.constants import MEL_WINDOW
 from lipsync_cli.dub import DubOptions, dub
-from lipsync_cli.engine import END, ByteBudget, Channel, Pipeline, Stopped, format_stats
+from lipsync_cli.engine import END, ByteBudget, Channel, CpuUse, Pipeline, Stopped, format_cpu, format_stats
 from lipsync_cli.render import _EngineRun, engine_batch_frames, generate, prepare_for_inference
 
 H, W = 120, 160
@@ -279,6 +279,35 @@ def test_dub_result_carries_the_engine_stats(tmp_path):
     assert 0 < res.pending_bytes[0] <= res.pending_bytes[1] == DubOptions().max_pending_bytes
     assert 0 < res.stream_seconds <= res.wall_seconds
     assert any("limits the run" in line for line in res.stats_lines())
+
+
+def test_cpu_lines_add_up():
+    cpu = CpuUse(stages={"decode": 0.5, "prepare": 0.1, "generate": 6.0, "blend": 0.9, "encode": 0.2},
+                 workers=5.0, process=13.5, children=4.5, cores=2, wall=10.35)
+    n = {"decode": 100, "prepare": 100, "generate": 100, "blend": 100, "encode": 100}
+    text = "\n".join(format_cpu(cpu, n, 100))
+    assert "generate    11.00 s   110.0 ms/face  (6.00 its thread + 5.00 native threads: torch's pool)" in text
+    assert "other        0.80 s     8.0 ms/frame" in text  # 13.5 - (0.5 + 0.1 + 11 + 0.9 + 0.2)
+    assert "total       18.00 s   180.0 ms/frame; packed on 2 cores: 9.00 s, wall 10.35 s = 1.15x" in text
+
+
+def test_stats_show_cpu_seconds_per_stage_and_the_packing(fake_ckpt, tmp_path):
+    video = make_video(tmp_path / "v.mp4", seconds=0.6, fps=25, size=(320, 240))
+    audio = make_audio(tmp_path / "a.wav", seconds=0.6)
+    res = dub(video, audio, tmp_path / "o.mp4", DubOptions(checkpoint=fake_ckpt("wav2lip"), box=(100, 40, 260, 200),
+                                                           precision="fp32", device="cpu", batch_size=4))
+    cpu = res.cpu
+    assert set(cpu.stages) == {"decode", "prepare", "generate", "blend", "encode"}
+    for name, s in cpu.stages.items():  # a stage's own thread, while busy: at most its busy time
+        assert 0 <= s <= res.stage_seconds[name] + 0.02, (name, s, res.stage_seconds[name])
+    assert cpu.stages["generate"] > 0 and cpu.children > 0  # the generator ran; so did ffmpeg (decode, encode)
+    assert cpu.process + 0.02 >= sum(cpu.stages.values()) + cpu.workers
+    assert cpu.cores >= 1 and cpu.total == cpu.process + cpu.children
+    text = "\n".join(res.stats_lines())
+    assert "CPU seconds" in text and "ms/face" in text and f"packed on {cpu.cores} core" in text
+    assert res.stream_seconds <= cpu.wall <= res.wall_seconds
+    ratio = float(text.split(f"wall {cpu.wall:.2f} s = ")[1].split("x")[0])
+    assert ratio == pytest.approx(cpu.wall / (cpu.total / cpu.cores), abs=0.006)
 
 
 def test_byte_budget_and_channel_give_up_when_stopped():

@@ -49,8 +49,7 @@ def _preview(monkeypatch, faces: np.ndarray, width: int, height: int) -> np.ndar
 
     monkeypatch.setattr(decode, "FrameReader", Reader)
     monkeypatch.setattr(encode, "VideoWriter", Writer)
-    monkeypatch.setattr(probe, "probe", lambda path: SimpleNamespace(is_image=False))
-    monkeypatch.setattr(probe, "has_audio", lambda path: False)
+    monkeypatch.setattr(probe, "probe", lambda path: SimpleNamespace(is_image=False, has_audio=False))
     track = Track(width, height, 25.0, [faces], speaking=[SPEAKING])
     assert write_preview("in.mp4", track, "out.mp4", DISTANCES) == 1
     return frames[0]

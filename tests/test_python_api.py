@@ -24,7 +24,7 @@ def test_readme_python_example_detects_once(tmp_path, monkeypatch, fake_ckpt, ca
     import lipsync_cli
     from lipsync_cli.weights import get_spec
 
-    dub_module = importlib.import_module("lipsync_cli.dub")  # the module (`lipsync_cli.dub` is the function)
+    track_module = importlib.import_module("lipsync_cli.faces.track")
     home = tmp_path / "home"
     home.mkdir()
     os.symlink(fake_ckpt("s3fd"), home / get_spec("s3fd").file)  # the default detector's weights, found offline
@@ -37,10 +37,10 @@ def test_readme_python_example_detects_once(tmp_path, monkeypatch, fake_ckpt, ca
     os.symlink(fake_ckpt("wav2lip"), tmp_path / "wav2lip_gan.pth")
     (tmp_path / "jobs.csv").write_text("video,audio\ntalk.mp4,talk.de.wav\n")
 
-    passes = []  # one entry per detection pass over a video (lipsync_cli.dub.detect_track -> track_video)
-    track_video = dub_module.track_video
-    monkeypatch.setattr(dub_module, "track_video", lambda video, *a, **k: passes.append(video) or
-                        track_video(video, *a, **k))
+    passes = []  # one entry per detection pass over a video (lipsync_cli.analysis -> faces.track.track_frames)
+    track_frames = track_module.track_frames
+    monkeypatch.setattr(track_module, "track_frames", lambda frames, detector, info, *a, **k:
+                        passes.append(info.path) or track_frames(frames, detector, info, *a, **k))
 
     exec(compile(_readme_example(), "README.md", "exec"), {"__name__": "readme"})
 

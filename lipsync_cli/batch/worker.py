@@ -1,8 +1,10 @@
 """What runs one batch job, in whichever process the executor chose (this one, a local worker, a Ray actor).
 
 A worker keeps what is expensive to make for every job that can use it: generators by (checkpoint, arch,
-device) and detectors by their options. The face track of a video comes from the track cache
-(``lipsync_cli.tracks``), so each video is detected once for all its languages and for every rerun. A failure
+device), detectors by their options, and the probe of each video (by path, size and modification time). The
+analysis of a video (its track: faces, cuts, and the embeddings or speaking scores its speakers need) comes from
+the track cache (``lipsync_cli.tracks``), so each video is analysed once for all its languages and for every
+rerun; each job then decodes it once, to render. A failure
 of any kind but an interrupt becomes the job's one-line reason; it never stops the other jobs.
 """
 
@@ -27,7 +29,9 @@ JobProgress = Callable[[str, int, "int | None"], None]
 
 _models: dict[tuple, Any] = {}
 _detectors: dict[tuple, Any] = {}
-stats = {"model_loads": 0, "detector_loads": 0, "detections": 0}
+_probes: dict[tuple, Any] = {}
+PROBES_KEPT = 256  # videos whose probe a worker keeps
+stats = {"model_loads": 0, "detector_loads": 0, "detections": 0, "probes": 0}
 
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
@@ -71,6 +75,20 @@ def _detector(options, device: str):
     return _detectors[key]
 
 
+def _probe(video: Path):
+    """The probe of ``video``, made once per worker for all the jobs of that file (as long as it is unchanged)."""
+    from lipsync_cli.media.probe import probe
+
+    st = video.stat()
+    key = (str(video.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _probes:
+        if len(_probes) >= PROBES_KEPT:
+            _probes.pop(next(iter(_probes)))
+        _probes[key] = probe(video)
+        stats["probes"] += 1
+    return _probes[key]
+
+
 def _check_visible(job: Job) -> None:
     """Inputs are read where the job runs: on a cluster node that does not see the path, say so plainly."""
     for what, path in (("video", job.video), ("audio", job.audio)):
@@ -94,17 +112,19 @@ def run_job(job: Job, cache_dir: str | Path | None, progress: JobProgress | None
         options = job.options
         device = resolve_device(options.device)
         track = "box" if options.box is not None else "track" if options.track is not None else None
+        info = _probe(job.video)
         if track is None and cache_dir is not None:
             from lipsync_cli.tracks import cached_track
 
             path, detected = cached_track(job.video, options, cache_dir, device=device,
-                                          get_detector=lambda: _detector(options, device), progress=progress)
+                                          get_detector=lambda: _detector(options, device), progress=progress,
+                                          info=info)
             track = "detected" if detected else "cached"
             stats["detections"] += int(detected)
             options = dataclasses.replace(options, track=path)
         model = _generator(options, device)
         job.output.parent.mkdir(parents=True, exist_ok=True)
-        result = dub(job.video, job.audio, job.output, options, progress=progress, model=model)
+        result = dub(job.video, job.audio, job.output, options, progress=progress, model=model, info=info)
         out.update(state="done", frames=result.frames, fps=result.fps, faces=result.faces,
                    no_face_frames=len(result.no_face_frames), device=result.device, track=track or "detected",
                    output_size=job.output.stat().st_size)

@@ -133,10 +133,11 @@ def detect(
     **flags,
 ) -> None:
     """Detect the faces of every frame once and save them, for `lipsync dub --track` (one video, many dubs)."""
+    from lipsync_cli.analysis import analyse
     from lipsync_cli.batch.manifest import build_options
     from lipsync_cli.device import resolve_device
-    from lipsync_cli.dub import detect_track
     from lipsync_cli.errors import BadOption, InputNotFound
+    from lipsync_cli.media.probe import probe
 
     if not video.is_file():
         raise InputNotFound(f"video file not found: {video}")
@@ -148,7 +149,7 @@ def detect(
         raise BadOption(f"--speakers takes a speakers.yaml (as in `lipsync dub`), got {speakers_file}",
                         SPEAKING_HINT)
     opts = build_options({**given(flags), **({"offline": True} if offline else {})})
-    detector, detector_weights, device = opts.detector, opts.detector_weights, flags["device"]
+    device = flags["device"]
     setup = None
     if identity or speaking or ref_face or speakers_file:  # checked before the detection pass
         from lipsync_cli.speakers import Reference, SpeakerSetup, SpeakerSpec
@@ -165,22 +166,16 @@ def detect(
     if preview is not None and preview.suffix.lower() not in (".mp4", ".mov", ".mkv", ".m4v"):
         raise BadOption(f"preview {preview} should end in .mp4")
     console = _console()
-    with progress_bars(quiet) as progress:
-        track = detect_track(video, opts, device=resolve_device(device), progress=progress,
-                             notify=lambda m: console.print(m, highlight=False))
-        distances = None
-        if setup is not None:
-            from lipsync_cli.speakers import annotate_track
-
-            distances = annotate_track(video, track, identity=identity, speaking=speaking, setup=setup,
-                                       detector=detector, detector_weights=detector_weights,
-                                       device=resolve_device(device), offline=True if offline else None,
-                                       notify=lambda m: console.print(m, highlight=False), progress=progress)
+    with progress_bars(quiet) as progress:  # faces, cuts, embeddings, scores: one decode (lipsync_cli.analysis)
+        info = probe(video)
+        analysis = analyse(video, info, opts, device=resolve_device(device), setup=setup, identity=identity,
+                           speaking=speaking, progress=progress, notify=lambda m: console.print(m, highlight=False))
+    track, distances = analysis.track, analysis.distances
     track.save(output)
     if preview is not None:
         from lipsync_cli.faces.preview import write_preview
 
-        write_preview(video, track, preview, distances)
+        write_preview(video, track, preview, distances, info=info)
     if not quiet:
         with_face = sum(1 for f in track.faces if len(f))
         console.print(f"wrote {output}: {len(track)} frames, {with_face} with at least one face"

@@ -35,7 +35,8 @@ def list_cmd() -> None:
     table = Table(title="Known weights", title_justify="left")
     table.add_column("name", no_wrap=True)
     for col in ("kind", "file", "size", "present", "licence"):
-        table.add_column(col, overflow="fold")
+        # the long pack paths (musetalk/...) fold first, so where a file was found keeps its line
+        table.add_column(col, overflow="fold", max_width=30 if col == "file" else None)
     for row in weights.status_rows():
         if row["path"] is None:
             where = "[red]missing[/]"

@@ -270,31 +270,44 @@ def sample_detections(track, samples: int = EMBED_SAMPLES) -> dict[int, list[int
 
 
 def embed_track(video: str | os.PathLike, track, models: IdentityModels, *, samples: int = EMBED_SAMPLES,
-                info=None, progress: Callable[[int], None] | None = None) -> dict[int, np.ndarray]:
-    """Embed some detections of every face track of ``track`` (see :func:`sample_detections`) in one pass over
-    the full-resolution frames of ``video``: ``{frame: (N, D) float32}`` aligned with ``track.faces[frame]``,
-    NaN rows for the detections not embedded. ``progress(frames)`` as frames are read."""
-    from lipsync_cli.media.decode import FrameReader
-
+                info=None, progress: Callable[[int], None] | None = None,
+                frame_of: Callable[[int], np.ndarray] | None = None) -> dict[int, np.ndarray]:
+    """Embed some detections of every face track of ``track`` (see :func:`sample_detections`) from the
+    full-resolution frames of ``video``: ``{frame: (N, D) float32}`` aligned with ``track.faces[frame]``, NaN rows
+    for the detections not embedded. ``frame_of(j)``: frame ``j``, from frames already decoded (the analysis pass,
+    ``lipsync_cli.analysis``); without it, one pass over ``video`` reads them. ``progress(frames)`` as frames are
+    read."""
     todo = sample_detections(track, samples)
     out: dict[int, np.ndarray] = {}
     if not todo:
         return out
-    last = max(todo)
-    with FrameReader(video, fps=None if info is not None and info.is_image else track.fps, info=info,
-                     max_frames=last + 1) as reader:
-        for j, frame in enumerate(reader):
+
+    def embed(j: int, frame: np.ndarray) -> None:
+        dets = track.faces[j]
+        rows = todo[j]
+        emb = models.embed_boxes(frame, dets[rows, :4])
+        full = np.full((len(dets), emb.shape[1]), np.nan, np.float32)
+        full[rows] = emb
+        out[j] = full
+
+    if frame_of is not None:
+        for j in todo:
+            embed(j, frame_of(j))
             if progress is not None:
                 progress(1)
-            rows = todo.get(j)
-            if rows:
-                dets = track.faces[j]
-                emb = models.embed_boxes(frame, dets[rows, :4])
-                full = np.full((len(dets), emb.shape[1]), np.nan, np.float32)
-                full[rows] = emb
-                out[j] = full
-            if j >= last:
-                break
+    else:
+        from lipsync_cli.media.decode import FrameReader
+
+        last = max(todo)
+        with FrameReader(video, fps=None if info is not None and info.is_image else track.fps, info=info,
+                         max_frames=last + 1) as reader:
+            for j, frame in enumerate(reader):
+                if progress is not None:
+                    progress(1)
+                if j in todo:
+                    embed(j, frame)
+                if j >= last:
+                    break
     log.debug("embedded %d detections in %d frames", sum(len(r) for r in todo.values()), len(todo))
     return out
 

@@ -101,21 +101,22 @@ def draw_faces(frame: np.ndarray, faces: np.ndarray, labels: list[tuple[int, str
 
 
 def write_preview(video: str | os.PathLike, track, out: str | os.PathLike, distances: np.ndarray | None = None,
-                  progress: Callable[[int], None] | None = None) -> int:
+                  progress: Callable[[int], None] | None = None, info=None) -> int:
     """Write ``out`` (an .mp4 with the video's audio): every frame of ``video`` with the faces of ``track``
-    drawn and labelled (:func:`draw_faces`). Returns the frames written."""
+    drawn and labelled (:func:`draw_faces`). Returns the frames written. ``info``: the video's probe, when the
+    caller has it."""
     from lipsync_cli.media.decode import FrameReader
     from lipsync_cli.media.encode import VideoWriter
-    from lipsync_cli.media.probe import has_audio, probe
+    from lipsync_cli.media.probe import probe
 
-    info = probe(video)
+    info = info or probe(video)
     labels = preview_labels(track, distances)
     n = 0
-    audio = video if not info.is_image and has_audio(video) else None
+    audio = video if not info.is_image and info.has_audio else None
     with FrameReader(video, fps=None if info.is_image else track.fps, info=info,
                      still_frames=len(track) if info.is_image else None) as reader, \
             VideoWriter(out, reader.width, reader.height, track.fps, audio_path=audio, preset="veryfast",
-                        shortest=audio is not None) as writer:
+                        shortest=audio is not None, audio_info=info.audio if audio is not None else None) as writer:
         for j, frame in enumerate(reader):
             if j < len(track):
                 draw_faces(frame, track.faces[j], labels[j])

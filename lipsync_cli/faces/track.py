@@ -595,43 +595,61 @@ class CutDetector:
         return sorted({c for c in self._cuts if 0 < c < self.n_frames})
 
 
+def detection_frame_size(info, det_size: int | None) -> tuple[int, int] | None:
+    """(width, height) the frames of ``info``'s video are shrunk to for detection (longest side ``det_size``), or
+    None when they are detected at full size."""
+    if not det_size:
+        return None
+    h, w = detection_size(info.height, info.width, det_size)
+    return None if (h, w) == (info.height, info.width) else (max(2, w), max(2, h))
+
+
+def track_frames(frames: Iterable[np.ndarray], detector, info, fps: float, *, size: tuple[int, int] | None = None,
+                 batch_size: int = 8, every: int = 1, progress: Callable[[int], None] | None = None,
+                 cut_threshold: float | None = CUT_THRESHOLD) -> Track:
+    """The faces and shot cuts of the frames of ``info``'s video, given in order at ``fps`` (at ``size``, (width,
+    height), when shrunk for detection: boxes are scaled back to full resolution). Each frame goes through the
+    detector (:func:`detect_faces`, ``every``) and a :class:`CutDetector` (``cut_threshold``; None: no cut
+    detection, the video is one shot). The frames may come from any decode: :func:`track_video` opens its own,
+    ``lipsync_cli.analysis`` shares one with the other analysers."""
+    shots = CutDetector(fps, cut_threshold) if cut_threshold is not None and not info.is_image else None
+
+    def fed() -> Iterator[np.ndarray]:
+        for frame in frames:
+            if shots is not None:
+                shots.feed(frame)
+            yield frame
+
+    faces = detect_faces(fed(), detector, batch_size=batch_size, every=every, progress=progress)
+    if size is not None:
+        sx, sy = info.width / size[0], info.height / size[1]
+        faces = [f * np.array([sx, sy, sx, sy, 1.0], dtype=np.float32) for f in faces]
+    if shots is not None:
+        cuts: list[int] | None = shots.cuts()
+    else:  # a still image is one shot; without cut detection the cuts are unknown
+        cuts = None if cut_threshold is None else []
+    return Track(info.width, info.height, float(fps), faces, source=str(info.path), cuts=cuts,
+                 fingerprint=video_fingerprint(info.path))
+
+
 def track_video(path: str | Path, detector, *, fps: float | None = None, det_size: int | None = None,
                 batch_size: int = 8, every: int = 1, progress: Callable[[int], None] | None = None,
                 info=None, cut_threshold: float | None = CUT_THRESHOLD) -> Track:
-    """Detect every face in every frame of a video (or still image) streamed from disk, and find its shot cuts.
+    """Detect every face in every frame of a video (or still image) streamed from disk, and find its shot cuts
+    (:func:`track_frames`).
 
     With ``det_size``, ffmpeg decodes frames already downscaled so the longest side is at most ``det_size`` px and
     boxes are scaled back to full resolution: faces do not need 1080p to be found. ``every``: see
-    :func:`detect_faces`. The same frames go through a :class:`CutDetector` (``cut_threshold``; None: no cut
-    detection, the video is one shot). Tracks keep every detection; :func:`face_boxes` chooses the face.
+    :func:`detect_faces`. Tracks keep every detection; :func:`face_boxes` chooses the face.
     ``info``: the file's ``probe`` result, when the caller has it.
     """
     from lipsync_cli.media.decode import FrameReader
     from lipsync_cli.media.probe import probe
 
     info = info or probe(path)
-    kwargs = {}
-    if det_size:
-        h, w = detection_size(info.height, info.width, det_size)
-        if (h, w) != (info.height, info.width):
-            kwargs["size"] = (max(2, w), max(2, h))
-    with FrameReader(path, fps=fps, info=info, **kwargs) as reader:
-        out_fps = float(reader.fps)
-        shots = CutDetector(out_fps, cut_threshold) if cut_threshold is not None and not info.is_image else None
-
-        def frames() -> Iterator[np.ndarray]:
-            for frame in reader:
-                if shots is not None:
-                    shots.feed(frame)
-                yield frame
-
-        faces = detect_faces(frames(), detector, batch_size=batch_size, every=every, progress=progress)
-    if kwargs:
-        sx, sy = info.width / kwargs["size"][0], info.height / kwargs["size"][1]
-        faces = [f * np.array([sx, sy, sx, sy, 1.0], dtype=np.float32) for f in faces]
-    if shots is not None:
-        cuts: list[int] | None = shots.cuts()
-    else:  # a still image is one shot; without cut detection the cuts are unknown
-        cuts = None if cut_threshold is None else []
-    return Track(info.width, info.height, out_fps, faces, source=str(path), cuts=cuts,
-                 fingerprint=video_fingerprint(info.path))
+    size = detection_frame_size(info, det_size)
+    with FrameReader(path, fps=fps, info=info, size=size) as reader:
+        track = track_frames(reader, detector, info, float(reader.fps), size=size, batch_size=batch_size,
+                             every=every, progress=progress, cut_threshold=cut_threshold)
+    track.source = str(path)
+    return track

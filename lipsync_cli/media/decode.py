@@ -17,6 +17,7 @@ import numpy as np
 
 from lipsync_cli.constants import DEFAULT_FPS
 from lipsync_cli.errors import BadOption, VideoOpenError
+from lipsync_cli.heap import copy_frame, frame_array
 from lipsync_cli.media.ffmpeg import _fps_arg, _last_line, find_ffmpeg, run_child, start_child
 from lipsync_cli.media.probe import VideoInfo, probe
 
@@ -138,7 +139,7 @@ class FrameReader:
         frame = self._decode_still()  # (H, W, 3) uint8, decoded once
         for _ in range(n):
             self.frames_read += 1
-            yield frame.copy()  # a copy each time: callers paint mouths into their frame in place
+            yield copy_frame(frame)  # a copy each time: callers paint mouths into their frame in place
 
     def _decode_still(self) -> np.ndarray:
         cmd = [self._ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(self.path),
@@ -225,7 +226,7 @@ class FrameReader:
         try:
             assert proc.stdout is not None
             while not self._stop.is_set():
-                frame = np.empty((h, w, 3), self.dtype)  # (H, W, 3) BGR, writable
+                frame = frame_array((h, w, 3), self.dtype)  # (H, W, 3) BGR, writable, its own mapping
                 buf = memoryview(frame).cast("B")
                 got = 0
                 while got < size:

@@ -23,7 +23,7 @@ from lipsync_cli.files import remove_stale_temps, temp_path, write_error
 from lipsync_cli.media.ffmpeg import _fps_arg, _last_line, _tail, find_ffmpeg, start_child
 from lipsync_cli.media.formats import MUXERS as VIDEO_SUFFIX_MUXERS
 from lipsync_cli.media.formats import EncodePlan, simple_plan
-from lipsync_cli.media.probe import probe_audio
+from lipsync_cli.media.probe import AudioInfo, probe_audio
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -137,7 +137,7 @@ class VideoWriter:
                  audio_path: str | os.PathLike | None = None, audio_start: float = 0.0,
                  audio_duration: float | None = None, crf: int = 18, preset: str = "medium",
                  codec: str = "libx264", *, audio_bitrate: str = "192k", shortest: bool = False,
-                 plan: EncodePlan | None = None):
+                 plan: EncodePlan | None = None, audio_info: AudioInfo | None = None):
         self.out_path = Path(out_path)
         if width <= 0 or height <= 0:
             raise BadOption(f"frame size must be positive, got {width}x{height}")
@@ -154,7 +154,8 @@ class VideoWriter:
         suffix = self.out_path.suffix.lower()
         if suffix not in VIDEO_SUFFIX_MUXERS:
             raise BadOption(f"output {self.out_path} must end in {', '.join(VIDEO_SUFFIX_MUXERS)}")
-        self.audio = probe_audio(audio_path) if audio_path is not None else None
+        # ``audio_info``: ``audio_path``'s probe, when the caller made it (each input is probed once)
+        self.audio = (audio_info or probe_audio(audio_path)) if audio_path is not None else None
         self.width, self.height, self.fps = int(width), int(height), float(fps)
         muxer = self._muxer = VIDEO_SUFFIX_MUXERS[suffix]
         if plan is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lipsync_cli.heap import copy_frame, frame_array
 from lipsync_cli.media.decode import FrameReader
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class FrameSpool:
         """A fresh writable copy of frame ``i``."""
         if not 0 <= i < self.n:
             raise IndexError(f"frame {i} not in the spool of {self.n}")
-        frame = np.empty(self.shape, self.dtype)
+        frame = frame_array(self.shape, self.dtype)
         self._file.seek(i * self.nbytes)
         got = self._file.readinto(memoryview(frame).cast("B"))
         if got != self.nbytes:
@@ -105,7 +106,7 @@ def output_frames(video: Path, is_image: bool, fps: float, n_out: int, loop: str
             still = next(iter(reader))
         stats["decoded"] += 1
         for _ in range(n_out):
-            yield 0, still.copy()
+            yield 0, copy_frame(still)
         return
     produced = 0
     spool: FrameSpool | None = None
