@@ -27,6 +27,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 # The files that take longest go first, so that no worker is left alone with one of them at the end.
 LONGEST_FIRST = ["test_train.py", "test_train_steps.py", "test_train_dist.py", "test_train_run.py", "test_batch.py",
+                 "test_musetalk_dub.py",
                  "test_speakers.py", "test_output.py", "test_dub_real.py", "test_eval_cli.py", "test_train_lead.py",
                  "test_dub.py", "test_studio_segments.py", "test_attn_models.py", "test_dub_archs.py",
                  "test_studio_silence.py", "test_signals.py", "test_enhance.py"]
