@@ -26,10 +26,14 @@ def crop_face(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
     """The box's pixels resized to FACE_SIZE x FACE_SIZE (bilinear, as Wav2Lip). (96, 96, 3) uint8 BGR, also
     from a uint16 frame (v16 / 257, rounded: the 8-bit value the same colour has)."""
     x1, y1, x2, y2 = box
-    crop = cv2.resize(frame[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE))
-    if crop.dtype == np.uint16:
-        crop = ((crop.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    return crop
+    return to_8bit(cv2.resize(frame[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE)))
+
+
+def to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as they are; uint16 ones as the 8-bit value of the same colour (v16 / 257, rounded)."""
+    if pixels.dtype == np.uint16:
+        return ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return pixels
 
 
 def _scale_of(frame: np.ndarray) -> float:

@@ -137,6 +137,29 @@ def empty_cache(device) -> None:
         torch.mps.empty_cache()
 
 
+def in_micro_batches(fn, n: int, state: dict, device, cap: int | None = None) -> None:
+    """Call ``fn(start, stop)`` over ``range(n)`` in micro-batches of ``state["batch"]`` (at most ``cap``). On a
+    device out-of-memory error (``is_out_of_memory``) the cache is emptied, ``state["batch"]`` halved for good (the
+    smaller size sticks for the rest of the run) and the micro-batch retried; at batch 1 the error is raised."""
+    import logging
+
+    k = 0
+    while k < n:
+        b = max(1, int(state["batch"]))
+        if cap is not None:
+            b = min(b, cap)
+        try:
+            fn(k, min(n, k + b))
+            k += b
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err) or b == 1:
+                raise
+            empty_cache(device)
+            state["batch"] = b // 2
+            logging.getLogger(__name__).warning("out of %s memory at batch %d; using batch %d from now on",
+                                                device, b, b // 2)
+
+
 def cpu_count() -> int:
     """Cores this process may use (its affinity mask where the OS has one): what worker counts are capped by."""
     try:

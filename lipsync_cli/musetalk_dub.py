@@ -30,7 +30,6 @@ What differs from upstream (scripts/inference.py, v1.5):
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,8 +38,6 @@ import numpy as np
 
 from lipsync_cli import blend as blending
 from lipsync_cli.models import musetalk as mt
-
-log = logging.getLogger(__name__)
 
 ARCH = "musetalk"
 # the registry entries of ``lipsync weights download musetalk`` (lipsync_cli.weights.GROUPS["musetalk"])
@@ -85,10 +82,8 @@ def crop_face(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
     """The crop box's pixels resized to 256x256 with Lanczos (upstream's), (256, 256, 3) uint8 BGR; from a uint16
     frame, the 8-bit value of the same colour (as ``blend.crop_face``)."""
     x1, y1, x2, y2 = box
-    crop = cv2.resize(frame[y1:y2, x1:x2], (mt.FACE_SIZE, mt.FACE_SIZE), interpolation=cv2.INTER_LANCZOS4)
-    if crop.dtype == np.uint16:
-        crop = ((crop.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    return crop
+    return blending.to_8bit(cv2.resize(frame[y1:y2, x1:x2], (mt.FACE_SIZE, mt.FACE_SIZE),
+                                       interpolation=cv2.INTER_LANCZOS4))
 
 
 @dataclass
@@ -158,7 +153,7 @@ class MuseTalkAdapter:
         MICRO_BATCH_CPU on a CPU), halved for good on a device out-of-memory error."""
         import torch
 
-        from lipsync_cli.device import device_type, empty_cache, is_out_of_memory
+        from lipsync_cli.device import device_type, in_micro_batches
 
         entries, chunks = batch
         device = str(self.model.device)
@@ -170,21 +165,10 @@ class MuseTalkAdapter:
         fresh: dict[int, object] = {}
         out = np.empty((len(entries), mt.FACE_SIZE, mt.FACE_SIZE, 3), np.uint8)
 
+        cap = MICRO_BATCH_CPU if device_type(device) == "cpu" else None
+
         def step(fn, n):  # fn(start, stop) over range(n) in micro-batches, with the out-of-memory rule
-            k = 0
-            while k < n:
-                b = max(1, int(gen["batch"]))
-                if device_type(device) == "cpu":
-                    b = min(b, MICRO_BATCH_CPU)
-                try:
-                    fn(k, min(n, k + b))
-                    k += b
-                except (RuntimeError, MemoryError) as err:
-                    if not is_out_of_memory(err) or b == 1:
-                        raise
-                    empty_cache(device)
-                    gen["batch"] = b // 2
-                    log.warning("out of %s memory at batch %d; using batch %d from now on", device, b, b // 2)
+            in_micro_batches(fn, n, gen, device, cap)
 
         def encode(a, z):
             faces = np.stack([entries[k][1] for k in todo[a:z]])  # (b, 256, 256, 3)

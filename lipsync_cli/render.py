@@ -5,7 +5,6 @@ in bytes. ``prepare_for_inference`` readies the generator once, ``generate`` run
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from lipsync_cli.faces.track import Box
 if TYPE_CHECKING:
     from lipsync_cli.dub import ProgressFn
 
-log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -309,26 +307,19 @@ def generate(model, mels, crops, device: str, precision: str, state: dict) -> np
     and the batch retried, so the smaller size sticks for the rest of the run; at 1 the error is raised."""
     import torch
 
-    from lipsync_cli.device import amp_dtype, empty_cache, is_out_of_memory
+    from lipsync_cli.device import amp_dtype, in_micro_batches
 
     dtype = amp_dtype(precision) or torch.float32
     cuda = device_type(device) == "cuda"
     out = torch.empty(tuple(crops.shape), dtype=torch.uint8, pin_memory=cuda)  # (B, 96, 96, 3)
-    k = 0
-    while k < len(crops):
-        b = max(1, int(state["batch"]))
-        try:
-            with torch.inference_mode():
-                faces = blending.prepare_batch_tensor(crops[k:k + b].to(device, non_blocking=cuda))  # (b, 6, 96, 96)
-                pred = model(mels[k:k + b].to(device, non_blocking=cuda).to(dtype), faces.to(dtype))
-                out[k:k + b].copy_(blending.to_uint8_tensor(pred), non_blocking=cuda)  # into pinned memory
-            k += b
-        except (RuntimeError, MemoryError) as err:
-            if not is_out_of_memory(err) or b == 1:
-                raise
-            empty_cache(device)
-            state["batch"] = b // 2
-            log.warning("out of %s memory at batch %d; using batch %d from now on", device, b, b // 2)
+
+    def run(a: int, z: int) -> None:
+        with torch.inference_mode():
+            faces = blending.prepare_batch_tensor(crops[a:z].to(device, non_blocking=cuda))  # (b, 6, 96, 96)
+            pred = model(mels[a:z].to(device, non_blocking=cuda).to(dtype), faces.to(dtype))
+            out[a:z].copy_(blending.to_uint8_tensor(pred), non_blocking=cuda)  # into pinned memory
+
+    in_micro_batches(run, len(crops), state, device)
     if cuda:
         torch.cuda.current_stream(device).synchronize()  # the non-blocking downloads have landed
     return out.numpy()
