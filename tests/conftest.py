@@ -33,6 +33,17 @@ LONGEST_FIRST = ["test_train.py", "test_train_steps.py", "test_train_dist.py", "
                  "test_studio_silence.py", "test_signals.py", "test_enhance.py"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _remove_temporary_files_after_a_green_run(request, tmp_path_factory):
+    """The session fixtures write fake checkpoints and models (about 3 GB per worker): after a session in which no
+    test failed, this worker's temporary tree goes; after a red one, pytest keeps the failed tests' folders."""
+    yield
+    if request.session.testsfailed == 0:
+        import shutil
+
+        shutil.rmtree(tmp_path_factory.getbasetemp(), ignore_errors=True)
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept
