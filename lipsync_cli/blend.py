@@ -115,6 +115,27 @@ def mouth_mask(w: int, h: int) -> np.ndarray:
     return _feather_mask(w, h)
 
 
+@lru_cache(maxsize=64)
+def _feather_first_row(w: int, h: int) -> int:
+    m = _feather_mask(w, h)[:, :, 0]
+    top = int(np.argmax(m.max(axis=1) > 0))  # the mask's first row with any weight
+    # feather's bicubic resize makes box row y from prediction rows floor(src) - 1 .. floor(src) + 2, where
+    # src = (y + 0.5) * FACE_SIZE / h - 0.5; one row more is kept for the rounding of that mapping
+    src = (top + 0.5) * FACE_SIZE / h - 0.5
+    return max(0, int(np.floor(src)) - 2)
+
+
+def first_row_read(box: Sequence[int], mode: str = "feather") -> int:
+    """The first row of a generated (96, 96, 3) face that ``blend(frame, face, box, mode)`` reads: the rows above
+    it never reach the frame (their weight is 0), so the generator need not compute them
+    (``Wav2Lip.forward_rows``). 'feather' starts at ~35 of 96 (the mask begins at ~38% of the box); 'paste'
+    reads every row (0)."""
+    if mode != "feather":
+        return 0
+    x1, y1, x2, y2 = box
+    return _feather_first_row(x2 - x1, y2 - y1)
+
+
 def feather(frame: np.ndarray, face: np.ndarray, box: Sequence[int]) -> None:
     """Blend the lower part of the prediction into ``frame`` in place through a soft mask."""
     x1, y1, x2, y2 = box

@@ -6,7 +6,9 @@ An adapter answers four questions for the engine's stages, for one face ``box`` 
     prepare   crop(frame, box, i)       -> the network's face input (uint8, the family's size)
               features(voice, i)         -> the audio input of that frame (a torch tensor)
               silent                     -> the audio input of digital silence (``--silence hold``)
-              collate(crops, features)   -> one batch of tensors (pinned for CUDA)
+              collate(crops, features, boxes, mode)
+                                         -> one batch of tensors (pinned for CUDA); ``boxes`` and the blend
+                                            ``mode`` say which pixels of the faces will be read
     generate  generate(batch, gen)       -> (n, S, S, 3) uint8 faces; ``gen["batch"]`` the micro-batch
     blend     paste(frame, face, box, mode)  into the frame, in place
               region(box, frame)        -> (x1, y1, x2, y2): the only pixels ``paste`` may change
@@ -45,19 +47,20 @@ class Wav2LipAdapter:
         s = self.starts[i]
         return self.mel_ts[voice][:, s:s + MEL_WINDOW]  # (80, 16)
 
-    def collate(self, crops: list, features: list):
+    def collate(self, crops: list, features: list, boxes: list, mode: str):
         import torch
 
         out = torch.from_numpy(np.stack(crops)), torch.stack(features).unsqueeze(1)  # (n, 96, 96, 3), (n, 1, 80, 16)
         if device_type(self.device) == "cuda":  # page-locked: the upload is a DMA that overlaps compute
             out = out[0].pin_memory(), out[1].pin_memory()
-        return out
+        # the rows of the faces that the blend of these boxes reads: the generator computes no others
+        return (*out, min(blending.first_row_read(box, mode) for box in boxes))
 
     def generate(self, batch, gen: dict) -> np.ndarray:
         from lipsync_cli.render import generate
 
-        crops, mels = batch
-        return generate(self.model, mels, crops, self.device, self.precision, gen)
+        crops, mels, first_row = batch
+        return generate(self.model, mels, crops, self.device, self.precision, gen, first_row)
 
     def paste(self, frame: np.ndarray, face: np.ndarray, box, mode: str) -> None:
         blending.blend(frame, face, box, mode)

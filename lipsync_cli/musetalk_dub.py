@@ -142,7 +142,7 @@ class MuseTalkAdapter:
 
         return torch.from_numpy(self.chunks[voice][i])  # (50, 384)
 
-    def collate(self, crops: list, features: list):
+    def collate(self, crops: list, features: list, boxes: list, mode: str):  # every pixel of a face is blended
         import torch
 
         return crops, torch.stack(features)  # [(key, crop)], (n, 50, 384)

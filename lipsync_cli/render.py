@@ -144,7 +144,7 @@ class _EngineRun:
         if b.idx:
             # the faces the generator sees: each face's own crop and mel window, where the speech drives it, and
             # the reference crop of each pause that starts here, with the silent window (--silence hold)
-            crops, mels = [], []
+            crops, mels, boxes = [], [], []
             for k, box, v in b.idx:
                 i = b.items[k][0]
                 crop = None
@@ -152,6 +152,7 @@ class _EngineRun:
                     crop = self.adapter.crop(b.items[k][1], box, i)
                     crops.append(crop)
                     mels.append(self.adapter.features(v, i))
+                    boxes.append(box)
                 if self.plan is not None and self.plan.needs_held(v, i):
                     key = (v, int(self.plan.pause[v, i]))
                     if key not in self.held_asked:  # the pause's first frame: its crop is the reference
@@ -159,8 +160,9 @@ class _EngineRun:
                         b.held.append(key)
                         crops.append(crop if crop is not None else self.adapter.crop(b.items[k][1], box, i))
                         mels.append(self.adapter.silent)
+                        boxes.append(box)
             # all crops are taken before any face of a frame is blended; one batch of tensors (the adapter's)
-            b.crops = self.adapter.collate(crops, mels) if crops else None
+            b.crops = self.adapter.collate(crops, mels, boxes, self.blend_mode) if crops else None
         self._busy("prepare", t, c)
         self.stage_n["prepare"] += len(b.items)
         return b
@@ -296,9 +298,12 @@ def prepare_for_inference(model, device: str, precision: str = "fp32"):
     return model
 
 
-def generate(model, mels, crops, device: str, precision: str, state: dict) -> np.ndarray:
+def generate(model, mels, crops, device: str, precision: str, state: dict, first_row: int = 0) -> np.ndarray:
     """Run the generator on (B, 1, 80, 16) float32 mels and (B, 96, 96, 3) uint8 face crops (torch tensors, pinned
     for CUDA) -> the (B, 96, 96, 3) uint8 mouths, in micro-batches of ``state["batch"]``.
+
+    ``first_row`` > 0 (a model with ``forward_rows``): only rows ``first_row:`` are generated, the ones the blend
+    reads (``blend.first_row_read``), equal to the whole face's; the rows above are the crop's own pixels.
 
     On the device: the masking and scaling of ``blend.prepare_batch`` (``prepare_batch_tensor``), the model in
     ``precision`` (cast once by ``prepare_for_inference``), the rounding of ``blend.to_uint8``; only uint8
@@ -312,12 +317,16 @@ def generate(model, mels, crops, device: str, precision: str, state: dict) -> np
     dtype = amp_dtype(precision) or torch.float32
     cuda = device_type(device) == "cuda"
     out = torch.empty(tuple(crops.shape), dtype=torch.uint8, pin_memory=cuda)  # (B, 96, 96, 3)
+    r = first_row if first_row > 0 and hasattr(model, "forward_rows") else 0
+    if r:
+        out[:, :r] = crops[:, :r]  # rows no blend reads: the face as it was
 
     def run(a: int, z: int) -> None:
         with torch.inference_mode():
             faces = blending.prepare_batch_tensor(crops[a:z].to(device, non_blocking=cuda))  # (b, 6, 96, 96)
-            pred = model(mels[a:z].to(device, non_blocking=cuda).to(dtype), faces.to(dtype))
-            out[a:z].copy_(blending.to_uint8_tensor(pred), non_blocking=cuda)  # into pinned memory
+            mel = mels[a:z].to(device, non_blocking=cuda).to(dtype)
+            pred = model.forward_rows(mel, faces.to(dtype), r) if r else model(mel, faces.to(dtype))
+            out[a:z, r:].copy_(blending.to_uint8_tensor(pred), non_blocking=cuda)  # into pinned memory
 
     in_micro_batches(run, len(crops), state, device)
     if cuda:

@@ -60,3 +60,33 @@ def test_blend_handles_boxes_at_the_frame_edge(mode):
     box = (0, 0, 31, 47)  # odd, small, touching the corner
     blend.blend(frame, face, box, mode)
     assert frame.shape == (200, 240, 3) and frame.dtype == np.uint8
+
+
+def test_feather_never_reads_the_rows_above_first_row_read():
+    # the generator skips those rows (Wav2Lip.forward_rows): garbage there must not change one output pixel
+    rng = np.random.default_rng(3)
+    sizes = [(w, h) for h in (8, 31, 64, 95, 96, 97, 150, 233, 400, 401, 720) for w in (9, 60, 300)]
+    for w, h in sizes:
+        box = (4, 6, 4 + w, 6 + h)
+        r = blend.first_row_read(box)
+        frame = rng.integers(0, 256, (h + 12, w + 9, 3), dtype=np.uint8)
+        face = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        garbage = face.copy()
+        garbage[:r] = 255 - face[:r]
+        a, b = frame.copy(), frame.copy()
+        blend.feather(a, face, box)
+        blend.feather(b, garbage, box)
+        assert np.array_equal(a, b), (w, h, r)
+    # the saving is real on a face-sized box, and the rows just below it are read
+    box = (600, 60, 900, 460)
+    r = blend.first_row_read(box)
+    assert 30 <= r <= 40
+    face = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    below = face.copy()
+    below[r:r + 4] = 255 - face[r:r + 4]
+    frame = rng.integers(0, 256, (520, 1000, 3), dtype=np.uint8)
+    a, b = frame.copy(), frame.copy()
+    blend.feather(a, face, box)
+    blend.feather(b, below, box)
+    assert not np.array_equal(a, b)
+    assert blend.first_row_read(box, "paste") == 0

@@ -98,3 +98,21 @@ def test_checkpoint_round_trip_without_arch(net, tmp_path, ref):
 def test_registry_builds_wav2lip():
     m = build_generator("wav2lip")
     assert isinstance(m, Wav2Lip) and m.arch == "wav2lip" and m.config == {}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_forward_rows_equal_the_whole_forward_bit_for_bit(net, ref, precision):
+    # the dub computes only the rows its blend reads (blend.first_row_read): they must be the whole face's rows
+    from lipsync_cli.render import prepare_for_inference
+
+    model = prepare_for_inference(net, "cpu", precision)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    mel = torch.from_numpy(ref["mel"]).to(dtype)
+    face = torch.from_numpy(ref["face"]).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        whole = model(mel, face)
+        for first_row in (1, 5, 17, 34, 35, 48, 95):
+            rows = model.forward_rows(mel, face, first_row)
+            assert rows.shape == (2, 3, 96 - first_row, 96)
+            assert torch.equal(rows, whole[:, :, first_row:]), first_row
+        assert torch.equal(model.forward_rows(mel, face, 0), whole)

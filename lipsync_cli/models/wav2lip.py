@@ -137,3 +137,53 @@ class Wav2Lip(nn.Module):
             x = torch.cat((x, feats.pop()), dim=1)  # skip from the encoder stage of the same size
         out = self.output_block(x)  # (N, 3, 96, 96)
         return unfold_time(out, batch)
+
+    def forward_rows(self, mel: torch.Tensor, face: torch.Tensor, first_row: int) -> torch.Tensor:
+        """Rows ``first_row:`` of ``forward``'s per-frame output, (N, 3, 96 - first_row, 96), computing only what
+        they depend on: the decoder's upsampling stages run on the rows below their receptive field's top.
+
+        The same convolutions on a crop of the same tensors, so the rows equal ``forward``'s bit for bit (each
+        output pixel sums the same products in the same order; ``tests/test_models.py`` checks it). The dub
+        asks for the rows its blend reads (``blend.first_row_read``): the feather mask starts at ~38% of the
+        box, and the 48- and 96-pixel stages hold ~70% of the generator's work."""
+        if first_row <= 0:
+            return self.forward(mel, face)
+        x = self.encode_audio(mel)
+        feats = []
+        h = face
+        for block in self.face_encoder_blocks:
+            h = block(h)
+            feats.append(h)
+        offset = 0  # the row of the full-size map that x's row 0 is
+        for block, start in zip(self.face_decoder_blocks, _decoder_input_rows(self.face_decoder_blocks, first_row)):
+            if start > offset:
+                x, offset = x[:, :, start - offset:], start
+            x = block(x)
+            offset *= _upsampling(block)
+            x = torch.cat((x, feats.pop()[:, :, offset:]), dim=1)
+        # the output block's 3x3 convolution reads one row above its first output row
+        out = self.output_block(x[:, :, first_row - 1 - offset:])
+        return out[:, :, 1:]
+
+
+def _upsampling(stage: nn.Sequential) -> int:
+    """2 for a decoder stage that opens with a stride-2 transposed convolution (96 <- 48 <- ... <- 6), else 1."""
+    conv = stage[0].conv_block[0]
+    return 2 if isinstance(conv, nn.ConvTranspose2d) and conv.stride[0] == 2 else 1
+
+
+def _decoder_input_rows(stages: nn.ModuleList, first_row: int) -> list[int]:
+    """The first row of each decoder stage's input that output rows ``first_row:`` depend on.
+
+    Walks back from the output block (a 3x3 conv: one row above). A stride-2 stage (transposed conv, padding 1,
+    output padding 1, then ``r`` residual 3x3 convs) makes output row ``2i`` from input row ``i`` alone and each
+    residual conv reads one row higher, so rows ``n:`` of its output need rows ``(n - r) // 2:`` of its input;
+    a stage that needs all its input rows, and every stage before it, runs whole (0)."""
+    rows, need = [], first_row - 1
+    for stage in reversed(stages):
+        if _upsampling(stage) == 2 and need > 0:
+            need = max(0, (need - (len(stage) - 1)) // 2)
+        else:
+            need = 0
+        rows.append(need)
+    return rows[::-1]
