@@ -27,6 +27,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -283,6 +284,14 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="dub_bench_"))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the fake weights, clips and outputs (about 250 MB a run)
+
+
+def measure(args, work: Path) -> None:
+    """The runs ``args`` ask for, in ``work``; prints each row as it is measured."""
     ckpt = args.checkpoint or fake_checkpoint("wav2lip", work)
     s3fd = args.s3fd or fake_checkpoint("s3fd", work)
     common = ["--video", str(args.video), "--audio", str(args.audio), "--box", *map(str, args.box),
