@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,14 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# Hermetic caches: weights a developer has downloaded (``~/.cache/lipsync``, ``$LIPSYNC_HOME``, insightface's packs)
+# must not change what the tests see ("not found" tests would find them). Every worker and every lipsync it starts
+# looks in an empty folder of its own, removed at exit; a test that wants a cache sets its own.
+_CACHE_HOME = tempfile.mkdtemp(prefix="lipsync-test-home-")
+atexit.register(shutil.rmtree, _CACHE_HOME, True)
+os.environ["LIPSYNC_HOME"] = os.path.join(_CACHE_HOME, "lipsync")
+os.environ["INSIGHTFACE_HOME"] = os.path.join(_CACHE_HOME, "insightface")
 
 # The files that take longest go first, so that no worker is left alone with one of them at the end.
 LONGEST_FIRST = ["test_train.py", "test_train_steps.py", "test_train_dist.py", "test_train_run.py", "test_batch.py",

@@ -174,6 +174,16 @@ def test_cli_lse_writes_table_json_csv_and_plots(clips, fake_ckpt, tmp_path):
     assert all((out / "png" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
 
 
+def test_cli_lse_fails_when_no_video_could_be_scored(clips, fake_ckpt, tmp_path):
+    # a script must not read "exit 0" as scores: every video failing is an error, after the reports are written
+    out = tmp_path / "r.json"
+    r = runner.invoke(app, ["eval", "lse", str(clips / "silent_film.mp4"), "--mode", "crop", "--syncnet",
+                            str(fake_ckpt("syncnet_v2")), "--json", str(out), "--quiet"])
+    assert r.exit_code == 1, r.output
+    assert "none of the 1 video(s) could be scored" in r.output
+    assert json.loads(out.read_text())["videos"][0]["status"] == "no_audio"
+
+
 def test_cli_rejects_bad_mode(clips, fake_ckpt):
     from lipsync_cli.cli import main
 

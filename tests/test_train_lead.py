@@ -97,13 +97,13 @@ def _dubbed_windows(root, ckpt, tmp_path, monkeypatch) -> torch.Tensor:
     video = tmp_path / "clip.mp4"
     write_mp4(video, [cv2.imread(str(d / f"{i}.jpg")) for i in range(N_FRAMES)], FPS, None)
     seen: list[torch.Tensor] = []
-    forward = Wav2Lip.forward
+    encode_audio = Wav2Lip.encode_audio  # what forward and forward_rows (the dub's) both feed the windows to
 
-    def recording(self, mel, face):
+    def recording(self, mel):
         seen.append(mel.detach().float().cpu().clone())  # (B, 1, 80, 16)
-        return forward(self, mel, face)
+        return encode_audio(self, mel)
 
-    monkeypatch.setattr(Wav2Lip, "forward", recording)
+    monkeypatch.setattr(Wav2Lip, "encode_audio", recording)
     out = tmp_path / "dubbed.mp4"
     # --silence model: every frame's own window reaches the generator (hold would give pauses the silent one)
     args = ["dub", str(video), str(d / "audio.wav"), "-o", str(out), "--checkpoint", str(ckpt), "--silence", "model"]

@@ -108,8 +108,15 @@ def lse(
         from lipsync_cli.evaluate.plots import write_plots
 
         write_plots(results, plot)
-    if quiet:
-        return
+    if not quiet:
+        _print_lse_table(results, summary, mode)
+    if summary["scored"] == 0:  # nothing to report is a failure, for scripts too (the files above say why)
+        err_console.print(f"error: none of the {len(results)} video(s) could be scored", style="red", highlight=False)
+        raise typer.Exit(1)
+
+
+def _print_lse_table(results: list, summary: dict, mode: str) -> None:
+    """The per-video table of ``eval lse`` and its mean row, then each failed video's reason."""
     from rich.table import Table
 
     table = Table(title=f"LSE ({mode} mode)")
