@@ -142,8 +142,9 @@ class Wav2Lip(nn.Module):
         """Rows ``first_row:`` of ``forward``'s per-frame output, (N, 3, 96 - first_row, 96), computing only what
         they depend on: the decoder's upsampling stages run on the rows below their receptive field's top.
 
-        The same convolutions on a crop of the same tensors, so the rows equal ``forward``'s bit for bit (each
-        output pixel sums the same products in the same order; ``tests/test_models.py`` checks it). The dub
+        The same convolutions on a crop of the same tensors: on the CPU the rows equal ``forward``'s bit for bit
+        (each output pixel sums the same products in the same order; ``tests/test_wav2lip.py`` checks fp32 and
+        bf16); on a GPU, cuDNN may choose other algorithms for the smaller maps (float rounding). The dub
         asks for the rows its blend reads (``blend.first_row_read``): the feather mask starts at ~38% of the
         box, and the 48- and 96-pixel stages hold ~70% of the generator's work."""
         if first_row <= 0:
