@@ -39,7 +39,7 @@ TIMELINE_SUFFIXES = (".otio", ".edl")
 SEGMENT_SUFFIXES = TABLE_SUFFIXES + SUBTITLE_SUFFIXES + TIMELINE_SUFFIXES
 EDGE_RAMP = 0.005  # seconds: the line's sound fades in and out over this, inside the segment (no click)
 
-_TIMECODE = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2})[:;](\d{1,3})$")
+_TIMECODE = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2})([:;])(\d{1,3})$")  # ';' before the frames: drop-frame
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:[.,]\d*)?)$")
 
 
@@ -87,6 +87,24 @@ def has_segments(options) -> bool:
 # times
 
 
+def _timecode_frame(h: int, mi: int, s: int, f: int, nominal: int, fps: float, drop: bool, what: str) -> int:
+    """The frame number of a timecode. Non-drop counts ``nominal`` frames a second (30 at 29.97 fps); drop-frame
+    (SMPTE 12M, 29.97 and 59.94 fps only) skips the first 2 (4 at 59.94) frame numbers of every minute but each
+    tenth, so that its clock keeps to the real time: 00:10:00;00 is frame 17982 at 29.97."""
+    minutes = h * 60 + mi
+    frame = (minutes * 60 + s) * nominal + f
+    if not drop:
+        return frame
+    if nominal not in (30, 60) or abs(fps - nominal * 1000 / 1001) > 1e-3:
+        raise BadOption(f"{what} is drop-frame (';'), which exists at 29.97 and 59.94 fps only; the video runs at "
+                        f"{fps:g} fps", "write it with ':' before the frames (HH:MM:SS:FF), or give seconds")
+    skip = nominal // 15  # frame numbers skipped a minute: 2 at 29.97, 4 at 59.94
+    if s == 0 and f < skip and mi % 10:
+        raise BadOption(f"{what} does not exist in drop-frame: frames 0-{skip - 1} of minute {mi} are skipped",
+                        f"the minute starts at frame {skip:02d}")
+    return frame - skip * (minutes - minutes // 10)
+
+
 def parse_time(value, fps: float | None, where: str) -> float:
     """Seconds from a number, ``HH:MM:SS:FF`` (frames at ``fps``; ``;`` for drop-frame), ``[HH:]MM:SS[.mmm]`` or
     ``HH:MM:SS,mmm`` (SRT). ``fps`` None checks the format only."""
@@ -103,7 +121,8 @@ def parse_time(value, fps: float | None, where: str) -> float:
         if t is not None:
             pass
         elif m:
-            h, mi, s, f = (int(g) for g in m.groups())
+            h, mi, s, sep, f = m.groups()
+            h, mi, s, f = int(h), int(mi), int(s), int(f)
             if fps is None:
                 return 0.0
             nominal = math.ceil(fps - 1e-6)
@@ -112,7 +131,7 @@ def parse_time(value, fps: float | None, where: str) -> float:
                                 f"(frames 0-{nominal - 1})", "give the timecode at the video's frame rate, or seconds")
             if mi > 59 or s > 59:
                 raise BadOption(f"{where}: timecode {text} is not HH:MM:SS:FF")
-            t = (h * 3600 + mi * 60 + s) * nominal / fps + f / fps  # non-drop timecode counts nominal frames
+            t = _timecode_frame(h, mi, s, f, nominal, fps, sep == ";", f"{where}: timecode {text}") / fps
         elif c:
             h, mi, s = c.groups()
             t = int(h or 0) * 3600 + int(mi) * 60 + float(s.replace(",", "."))

@@ -211,3 +211,22 @@ def test_timeline_at_another_frame_rate_is_refused(clip, fake_ckpt, tmp_path):
                "--checkpoint", fake_ckpt("wav2lip"), "--device", "cpu")
     assert proc.returncode == 2 and "24 fps" in proc.stderr and "25 fps" in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def test_drop_frame_timecodes_count_the_dropped_frame_numbers():
+    # 29.97 fps drop-frame ("HH:MM:SS;FF") skips frame numbers 00 and 01 each minute but every tenth: ten minutes
+    # are 17982 frames, not 18000 (read as non-drop, a line at 00:10:00;00 landed 0.6 s late)
+    from lipsync_cli.errors import BadOption
+    from lipsync_cli.segments import parse_time
+
+    ntsc = 30000 / 1001
+    assert parse_time("00:10:00;00", ntsc, "--start") == pytest.approx(17982 / ntsc)
+    assert parse_time("00:01:00;02", ntsc, "--start") == pytest.approx(1800 / ntsc)
+    assert parse_time("00:00:59;29", ntsc, "--start") == pytest.approx(1799 / ntsc)
+    assert parse_time("01:00:00;00", ntsc, "--start") == pytest.approx(107892 / ntsc)
+    assert parse_time("00:01:00;04", 60000 / 1001, "--start") == pytest.approx(3600 / (60000 / 1001))
+    assert parse_time("00:10:00:00", ntsc, "--start") == pytest.approx(18000 / ntsc)  # ':' stays non-drop
+    with pytest.raises(BadOption, match="drop-frame"):
+        parse_time("00:01:00;01", ntsc, "--start")  # a frame number drop-frame skips
+    with pytest.raises(BadOption, match="drop-frame"):
+        parse_time("00:00:01;00", 25.0, "--start")  # drop-frame exists at 29.97 and 59.94 only
