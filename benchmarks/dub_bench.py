@@ -281,6 +281,10 @@ def main() -> None:
     if args.child:
         res = run_baseline(args) if args.mode == "baseline" else run_lipsync(args)
         print(json.dumps(res))
+        if args.mode != "baseline":  # a lipsync process ends as the `lipsync` command does (no teardown)
+            from lipsync_cli.cli import leave
+
+            leave(0)
         return
 
     work = Path(tempfile.mkdtemp(prefix="dub_bench_"))

@@ -231,3 +231,33 @@ def test_version_and_domain_errors_keep_their_codes(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["detect", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "t.json")])
     assert exc.value.code == 2 and "missing.mp4" in capsys.readouterr().err
+
+
+def _console_script(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``body`` then the ``lipsync`` console-script entry point (``main()`` with no argv) with ``args``."""
+    code = (f"import sys, atexit, threading, time\nimport torch\n{body}\n"
+            f"sys.argv = ['lipsync', *{list(args)!r}]\nfrom lipsync_cli.cli import main\nmain()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+
+def test_the_command_leaves_without_teardown_but_runs_atexit_and_flushes(tmp_path):
+    # the console script ends with os._exit after the atexit handlers (torch's teardown costs ~0.5 s a command):
+    # the handlers ran, the output is whole and the exit code is the command's
+    flag = tmp_path / "atexit.txt"
+    body = (f"atexit.register(lambda: open({str(flag)!r}, 'w').write('ran'))\n"
+            "sys.stdout.write('x' * 100000)")  # buffered output, flushed only at exit
+    ok = _console_script(tmp_path, body, "models")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("x" * 100000) and "wav2lip" in ok.stdout
+    assert flag.read_text() == "ran"
+    bad = _console_script(tmp_path, "", "dub", "nosuch.mp4", "nosuch.wav", "-o", "out.mp4")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "nosuch" in bad.stderr
+
+
+def test_the_command_exits_normally_while_another_thread_works(tmp_path):
+    # a non-daemon thread still running (a library's) is not cut off: the exit waits for it, as Python's does
+    done = tmp_path / "thread.txt"
+    body = (f"threading.Thread(target=lambda: (time.sleep(1.0), open({str(done)!r}, 'w').write('done'))).start()")
+    r = _console_script(tmp_path, body, "models")
+    assert r.returncode == 0, r.stderr
+    assert done.read_text() == "done"
