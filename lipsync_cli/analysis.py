@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +95,7 @@ def analyse(video, info, options, *, device: str = "cpu", track: Track | None = 
     for them without a setup (``lipsync detect --identity --speaking``). ``detector``, ``models`` (identity)
     and ``scorer`` (SyncNet): loaded already (a batch worker keeps them); else loaded here when needed.
     ``references=False``: the track alone (the batch's track cache), not the speakers' reference embeddings."""
-    from lipsync_cli.dub import load_dub_detector
+    from lipsync_cli.dub import dub_fps, load_dub_detector
     from lipsync_cli.speakers import SpeakerSetup, check_own_audio, needs_embeddings
 
     t0 = time.perf_counter()
@@ -123,13 +123,12 @@ def analyse(video, info, options, *, device: str = "cpu", track: Track | None = 
     if not detect and not full:
         out.references = _references(video, setup, models, notify, None) if refs_wanted else None
         return out
-    fps = float(options.fps) if info.is_image else float(info.fps)
+    fps = dub_fps(info, options)
     keep = None if detect else _frames_wanted(track, embed, score, ref_frames)
-    with _frame_store(info, keep) if full else _no_store() as store:
+    with _frame_store(info, keep) if full else nullcontext() as store:
         if detect:
             detector = detector or load_dub_detector(options, device, notify, progress)
-            track = _detect(video, info, options, device, fps, detector, store if store is not None else False,
-                            progress)
+            track = _detect(video, info, options, device, fps, detector, full, store, progress)
         elif store is not None:
             _decode_into(video, info, fps, store, max(keep) + 1 if keep else 0)
         out.track = track
@@ -158,11 +157,6 @@ def analyse(video, info, options, *, device: str = "cpu", track: Track | None = 
     return out
 
 
-@contextmanager
-def _no_store() -> Iterator[None]:
-    yield None
-
-
 def _references(video, setup, models, notify, frame_of):
     from lipsync_cli.speakers import reference_embeddings
 
@@ -182,9 +176,10 @@ def _frames_wanted(track: Track, embed: bool, score: bool, ref_frames: set[int])
     return keep
 
 
-def _detect(video, info, options, device: str, fps: float, detector, store, progress) -> Track:
-    """The faces and cuts of ``video``, from one decode: at the detection size (``store`` False), or at full
-    resolution into ``store`` (the spool the other analysers read), shrunk here for the detector."""
+def _detect(video, info, options, device: str, fps: float, detector, full: bool, store: _Frames | None,
+            progress) -> Track:
+    """The faces and cuts of ``video``, from one decode: at the detection size, or (``full``) at full resolution,
+    into ``store`` when there is one (the spool the other analysers read), shrunk here for the detector."""
     import cv2
 
     from lipsync_cli.device import autocast, resolve_precision
@@ -193,9 +188,6 @@ def _detect(video, info, options, device: str, fps: float, detector, store, prog
     from lipsync_cli.media.decode import FrameReader
 
     size = detection_frame_size(info, detection_size(options, device))
-    full = store is not False
-    if not full:
-        store = None
     total = info.frames_at(fps) if not info.is_image else info.n_frames
     cb = (lambda k: progress("detect", k, total)) if progress else None
     with FrameReader(video, fps=fps, info=info, size=None if full else size) as reader:

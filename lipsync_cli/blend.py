@@ -94,12 +94,16 @@ def _feather_mask(w: int, h: int) -> np.ndarray:
     soft edges (a Gaussian of ~8% of the box) hides the seam and keeps the original eyes and hair sharp.
     """
     mask = np.zeros((h, w), np.float32)
-    top = int(round(h * 0.42))
-    margin_x = max(1, int(round(w * 0.08)))
-    mask[top:h - max(1, h // 40), margin_x:w - margin_x] = 1.0
-    k = max(3, int(round(max(w, h) * 0.08)) | 1)
+    top, bottom, margin_x, k = _feather_geometry(w, h)
+    mask[top:bottom, margin_x:w - margin_x] = 1.0
     mask = cv2.GaussianBlur(mask, (k, k), 0)
     return mask[:, :, None]
+
+
+def _feather_geometry(w: int, h: int) -> tuple[int, int, int, int]:
+    """The feather mask's rows of weight 1 (``top:bottom``), its side margin and its Gaussian kernel size (odd)."""
+    return (int(round(h * 0.42)), h - max(1, h // 40), max(1, int(round(w * 0.08))),
+            max(3, int(round(max(w, h) * 0.08)) | 1))
 
 
 @lru_cache(maxsize=8)
@@ -115,10 +119,12 @@ def mouth_mask(w: int, h: int) -> np.ndarray:
     return _feather_mask(w, h)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _feather_first_row(w: int, h: int) -> int:
-    m = _feather_mask(w, h)[:, :, 0]
-    top = int(np.argmax(m.max(axis=1) > 0))  # the mask's first row with any weight
+    top, bottom, margin_x, k = _feather_geometry(w, h)
+    if bottom <= top or w - margin_x <= margin_x:
+        return 0  # an empty mask (a box a few pixels high or wide): nothing saved
+    top = max(0, top - k // 2)  # the mask's first row with any weight: the blur reaches k // 2 rows up
     # feather's bicubic resize makes box row y from prediction rows floor(src) - 1 .. floor(src) + 2, where
     # src = (y + 0.5) * FACE_SIZE / h - 0.5; one row more is kept for the rounding of that mapping
     src = (top + 0.5) * FACE_SIZE / h - 0.5

@@ -164,5 +164,5 @@ def cpu_count() -> int:
     """Cores this process may use (its affinity mask where the OS has one): what worker counts are capped by."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
+    except (AttributeError, OSError):  # macOS, Windows
         return os.cpu_count() or 1

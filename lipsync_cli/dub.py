@@ -439,6 +439,11 @@ def plan_silence(speech_wavs, n_out: int, fps: float, options: DubOptions, activ
     return plan, pauses
 
 
+def dub_fps(info, options: DubOptions) -> float:
+    """The frame rate a dub of the video probed as ``info`` runs at: the video's own, ``--fps`` for a still."""
+    return float(options.fps) if info.is_image else float(info.fps)
+
+
 def detect_track(video: Path, options: DubOptions, *, device: str = "cpu", progress: ProgressFn | None = None,
                  notify: Callable[[str], None] | None = None, info=None, detector=None) -> Track:
     """The detection pass of ``lipsync detect`` / ``lipsync dub``: every face of every frame (the analysis pass,
@@ -474,16 +479,6 @@ class _DubPlan:
     audio_info: object = None  # AudioInfo of AUDIO: its one probe
 
 
-class _Probed:
-    """A probe already made (a batch worker's), in ``PendingProbe``'s shape."""
-
-    def __init__(self, info):
-        self.header = info
-
-    def result(self):
-        return self.header
-
-
 def _plan_dub(video: Path, audio: Path | None, out: Path, options: DubOptions, given, info, startup: dict) -> _DubPlan:
     """The plan of a dub: the video's probe (its header now, the packet scan in a thread), the output's encoding,
     the lines, the speech of each voice, the track given; every user mistake is raised here, before any load."""
@@ -491,7 +486,7 @@ def _plan_dub(video: Path, audio: Path | None, out: Path, options: DubOptions, g
     from lipsync_cli.media.probe import PendingProbe, probe_audio
 
     with _timed(startup, "probe"):  # the header now (its errors at once); the exact frame count in a thread
-        pending = PendingProbe(video) if info is None else _Probed(info)
+        pending = PendingProbe(video, info=info)
         audio_info = probe_audio(audio) if options.encode.acodec == "copy" and audio is not None else None
         output = plan_output(pending.header, options.encode, out, crf=options.crf, preset=options.preset,
                              audio=audio_info)
@@ -570,7 +565,7 @@ def _faces_of(video: Path, analysis, options: DubOptions, n_out: int, device: st
                                detector_weights=options.detector_weights, device=device, info=info,
                                offline=options.offline, notify=say, progress=progress,
                                references=analysis.references)
-        boxes = [(face_plan.of(j)[0][0] if face_plan.of(j) else None) for j in range(len(track))]
+        boxes = [(fs[0][0] if (fs := face_plan.of(j)) else None) for j in range(len(track))]
         faces_of = face_plan.of
     else:
         boxes = face_boxes(track, options.track_options)
@@ -639,7 +634,7 @@ def dub(video: str | Path, audio: str | Path | None, out: str | Path, options: D
                                               options.box is None and plan.track is None, say, progress, startup)
     with _timed(startup, "probe"):
         info = plan.probe.result()  # the packet scan ran while the audio and the weights loaded
-    fps = float(options.fps) if info.is_image else float(info.fps)
+    fps = dub_fps(info, options)
     n_out = n_output_frames(plan.n_samples, fps) if plan.segments is None else plan.seg_frames
     # the mel window of each output frame, with the audio/video lead the generator was trained with
     starts = mel_start(np.arange(n_out), fps, lead=getattr(model, "mel_lead", 0), n_mel=plan.mels[0].shape[1])

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lipsync_cli.device import cpu_count
+
 POLL_S = 0.05  # how often a waiting stage looks at the stop event
 
 
@@ -235,14 +237,6 @@ class Pipeline:
 # CPU seconds: whether the stages pack onto the cores (a stage's busy time counts its waits for a core too)
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask), else the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _native_threads_cpu() -> dict[int, float]:
     """CPU seconds of each thread of this process that Python did not start (torch's intra-op pool, oneDNN),
     from /proc; {} where there is none."""
@@ -316,7 +310,7 @@ class CpuMeter:
         return CpuUse(stages=dict(stages), workers=workers,
                       process=me.ru_utime + me.ru_stime - self._self.ru_utime - self._self.ru_stime,
                       children=kids.ru_utime + kids.ru_stime - self._children.ru_utime - self._children.ru_stime,
-                      cores=usable_cores(), wall=time.perf_counter() - self._t)
+                      cores=cpu_count(), wall=time.perf_counter() - self._t)
 
 
 def format_cpu(cpu: CpuUse, stage_frames: dict[str, int], frames: int, worker_stage: str = "generate",

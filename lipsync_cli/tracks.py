@@ -138,7 +138,6 @@ def cached_track(video: str | Path, options: DubOptions, cache_dir: str | Path, 
         track = analyse(video, info, dataclasses.replace(options, box=None, track=None), device=device,
                         setup=setup, detector=get_detector() if get_detector else None, progress=progress,
                         notify=notify, references=False).track
-        track.source = str(video)
         track.save(path)  # atomic: a reader never sees half a track
     return path, True
 

@@ -403,9 +403,14 @@ class PendingProbe:
 
     The header is read at construction, so a missing file or one that is not media raises at once; ``header``
     is what ``probe(path, count_frames=False)`` gives (size, streams, colour: all but the exact count and rate);
-    ``result()`` waits for the scan and gives exactly what ``probe(path)`` gives."""
+    ``result()`` waits for the scan and gives exactly what ``probe(path)`` gives. ``info``: the probe already
+    made, given back as both."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, info: VideoInfo | None = None):
+        if info is not None:  # a probe already made (a batch worker's, for all the jobs of a video): no scan
+            self.header, self._done, self._opened = info, info, None
+            self._scan, self._error, self._thread = None, None, None
+            return
         opened = _open_video(path)
         self._opened = opened if isinstance(opened, _Opened) else None
         if isinstance(opened, VideoInfo):
